@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up kil in .venv on a fresh machine (Debian 12, Python 3.10-3.12, no ROS, no GPU).
+# Idempotent: a second run with unchanged setup.py / constraints.txt does nothing.
+#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to sim,models,dev
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-sim,models,dev}"
+python="${PYTHON:-python3}"
+venv=.venv
+
+# Debian packages the project needs at run time (installed only where missing).
+apt_packages=()
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    echo "[setup] apt-get install ${missing[*]}"
+    $sudo_cmd apt-get update -qq && $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! "$python" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
+    echo "[setup] kil needs Python 3.10-3.12; $("$python" --version 2>&1) found (set PYTHON=...)" >&2
+    exit 1
+fi
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+
+# Every later pip call in this venv honours constraints.txt (torch stays at 2.13.0).
+printf '[global]\nconstraint = %s\n' "$PWD/constraints.txt" > "$venv/pip.conf"
+
+stamp="$(cat setup.py constraints.txt | sha256sum | cut -c1-16) $extras"
+if [ -f "$venv/.kil-setup" ] && [ "$(cat "$venv/.kil-setup")" = "$stamp" ]; then
+    echo "[setup] .venv is up to date ($extras)"
+    exit 0
+fi
+echo "[setup] installing torch==2.13.0 and kil[$extras] into $venv"
+quiet_pip() {  # this machine's global pip.conf names local indexes pip warns about per package
+    "$venv/bin/pip" install --progress-bar off -q "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+    return "${PIPESTATUS[0]}"
+}
+quiet_pip "torch==2.13.0"
+quiet_pip -e ".[$extras]"
+echo "$stamp" > "$venv/.kil-setup"
+echo "[setup] done: $("$venv/bin/kil" --version)"

@@ -1,0 +1,60 @@
+"""One setup for `pip install -e .[extras]` and colcon's ament_python build.
+
+colcon installs launch/ and config/ into share/kil (data_files below); pip ignores those
+paths for editable installs, where the CLI finds them beside the source tree instead.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "kil"
+ROOT = Path(__file__).resolve().parent
+
+
+def share_tree(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries that mirror `folder` below share/kil, one entry per directory."""
+    entries: dict[str, list[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            rel = path.relative_to(ROOT)
+            entries.setdefault(f"share/{PACKAGE}/{rel.parent.as_posix()}", []).append(rel.as_posix())
+    return sorted(entries.items())
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Keypoint imitation learning as a ROS 2 node graph for live robot control",
+    python_requires=">=3.10,<3.13",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={PACKAGE: ["converters/msgdefs/*/msg/*.msg"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        *share_tree("launch"),
+        *share_tree("config"),
+    ],
+    install_requires=[
+        "numpy>=1.23",
+        "pyyaml>=6",
+        "rosbags>=0.10.11",
+        "mcap>=1.1",
+        "rich>=13",
+        "tqdm>=4.64",
+    ],
+    extras_require={
+        "models": ["torch", "safetensors"],
+        "sim": ["robosuite==1.5.2", "mujoco==3.3.7", "h5py"],
+        "dev": ["pytest>=7.4", "hypothesis>=6.80"],
+    },
+    entry_points={
+        "console_scripts": [
+            "kil = kil.cli:main",
+            # The generic ROS 2 shell: one process per graph node (launch/ starts them).
+            "kil_node = kil.runtimes.ros2.node:main",
+        ],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,3 @@
+from kil.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The `kil` command line: one subcommand per job, each in its own module.
+
+A subcommand module defines `add_arguments(parser)` and `main(args) -> int`; those not
+written yet say so in one line and exit 2. Modules import heavy dependencies (torch,
+the simulator) inside `main`, so `kil --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kil import __version__
+from kil.errors import KilError
+
+# name -> (module implementing it, or None while it is not written; one-line help)
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "run": ("kil.cli.run", "run a graph description in the local runtime"),
+    "record": (None, "record demonstration episodes through the local graph (teleop or scripted expert)"),
+    "sim": (None, "simulated rig: scripted demonstrations, renders, ground truth"),
+    "annotate": (None, "click reference keypoints on a recorded frame in a local web page"),
+    "build-dataset": (None, "turn recorded episodes into a training store with keypoints"),
+    "train": (None, "train a keypoint diffusion policy"),
+    "eval": (None, "run closed-loop episodes in the sim and report success rates"),
+    "bench": (None, "benchmarks that print speed, memory and quality figures"),
+    "models": (None, "feature backends: where each looks for weights and whether they are present"),
+    "bag": ("kil.cli.bag", "inspect or recover rosbag2 episodes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kil", description="Keypoint imitation learning as a ROS 2 node graph.")
+    parser.add_argument("--version", action="version", version=f"kil {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if module is None:
+            command.set_defaults(handler=_not_implemented(name))
+            continue
+        impl = importlib.import_module(module)
+        impl.add_arguments(command)
+        command.set_defaults(handler=impl.main)
+    return parser
+
+
+def _not_implemented(name: str):
+    def handler(args: argparse.Namespace) -> int:
+        print(f"kil {name}: not implemented yet", file=sys.stderr)
+        return 2
+
+    return handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KilError as err:
+        print(f"kil {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kil {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,38 @@
+"""`kil bag`: inspect or recover rosbag2 episodes."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("info", "recover"), help="info: topics and episode metadata; recover: repair a killed recording")
+    parser.add_argument("episodes", nargs="+", help="episode (rosbag2) directories")
+
+
+def main(args: argparse.Namespace) -> int:
+    from kil.config import to_plain
+    from kil.data.bag import EpisodeReader, is_complete, recover_episode
+
+    console = Console()
+    for path in args.episodes:
+        if args.action == "recover":
+            if is_complete(path):
+                console.print(f"{path}: complete, nothing to recover")
+            else:
+                console.print(f"{path}: recovered {recover_episode(path)} messages")
+            continue
+        reader = EpisodeReader(path, recover=False)
+        table = Table(title=str(path))
+        table.add_column("topic")
+        table.add_column("type")
+        table.add_column("messages", justify="right")
+        for topic, (msgtype, count) in sorted(reader.topics().items()):
+            table.add_row(topic, msgtype, str(count))
+        console.print(table)
+        if reader.metadata is not None:
+            console.print(to_plain(reader.metadata))
+    return 0

@@ -1,0 +1,174 @@
+"""Keypoints <-> sensor_msgs/PointCloud2, and -> visualization_msgs/MarkerArray for RViz.
+
+The cloud has one point per keypoint with fields x, y, z (metres, base frame; NaN where not
+visible, so RViz skips them), u, v (pixels), score, instance, index (into the keypoint
+names, which the reference spec defines) and visible. Readers look fields up by name, so
+a cloud laid out differently by another publisher still reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from kil.converters.factory import MessageFactory, as_bytes, duration_msg, header_msg, time_ns
+from kil.converters.pose import point_msg, pose_msg
+from kil.errors import MessageError
+from kil.msgs import Keypoints
+
+# sensor_msgs/PointField datatype constants
+POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+_CLOUD_FIELDS = (  # name, offset, datatype
+    ("x", 0, 7),
+    ("y", 4, 7),
+    ("z", 8, 7),
+    ("u", 12, 7),
+    ("v", 16, 7),
+    ("score", 20, 7),
+    ("instance", 24, 5),
+    ("index", 28, 6),
+    ("visible", 32, 2),
+)
+_POINT_STEP = 36  # 33 bytes of fields, padded to 4-byte alignment
+_REQUIRED = ("x", "y", "z", "u", "v", "score", "visible", "index")
+
+# Marker constants (visualization_msgs/Marker)
+SPHERE_LIST, TEXT_VIEW_FACING, ADD, DELETEALL = 7, 9, 0, 3
+# Colour per keypoint index (matplotlib tab10), RGB in [0, 1].
+PALETTE = np.array(
+    [
+        [0.12, 0.47, 0.71], [1.00, 0.50, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16], [0.58, 0.40, 0.74],
+        [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.50, 0.50, 0.50], [0.74, 0.74, 0.13], [0.09, 0.75, 0.81],
+    ]
+)
+
+
+def _cloud_dtype(fields: Sequence[tuple[str, int, int]], itemsize: int, bigendian: bool = False) -> np.dtype:
+    order = ">" if bigendian else "<"
+    return np.dtype(
+        {
+            "names": [f[0] for f in fields],
+            "formats": [order + POINTFIELD_DTYPES[f[2]] for f in fields],
+            "offsets": [f[1] for f in fields],
+            "itemsize": itemsize,
+        }
+    )
+
+
+def keypoints_to_ros(factory: MessageFactory, keypoints: Keypoints) -> Any:
+    """PointCloud2 (height 1, one point per keypoint) in the keypoints' base frame."""
+    n = len(keypoints)
+    points = np.zeros(n, _cloud_dtype(_CLOUD_FIELDS, _POINT_STEP))
+    for axis, name in enumerate("xyz"):
+        points[name] = keypoints.xyz[:, axis]
+    points["u"], points["v"] = keypoints.uv[:, 0], keypoints.uv[:, 1]
+    points["score"] = keypoints.score
+    points["instance"] = keypoints.instance
+    points["index"] = np.arange(n)
+    points["visible"] = keypoints.visible
+    fields = [
+        factory.new("sensor_msgs/msg/PointField", name=name, offset=offset, datatype=datatype, count=1)
+        for name, offset, datatype in _CLOUD_FIELDS
+    ]
+    return factory.new(
+        "sensor_msgs/msg/PointCloud2",
+        header=header_msg(factory, keypoints.stamp_ns, keypoints.frame_id),
+        height=1,
+        width=n,
+        fields=fields,
+        is_bigendian=False,
+        point_step=_POINT_STEP,
+        row_step=_POINT_STEP * n,
+        data=points.view(np.uint8).reshape(-1),
+        is_dense=bool(np.all(keypoints.visible)),
+    )
+
+
+def keypoints_from_ros(msg: Any, names: Sequence[str] = ()) -> Keypoints:
+    """Keypoints from a PointCloud2; `names` are indexed by the cloud's `index` field
+    (without names, keypoint k is called "kp<k>")."""
+    fields = {str(f.name): (str(f.name), int(f.offset), int(f.datatype)) for f in msg.fields}
+    missing = [f for f in _REQUIRED if f not in fields]
+    if missing:
+        raise MessageError(f"PointCloud2.fields: keypoint cloud lacks {missing} (has {sorted(fields)})")
+    if any(d not in POINTFIELD_DTYPES for _, _, d in fields.values()):
+        raise MessageError(f"PointCloud2.fields: unknown datatype in {sorted(fields.values())}")
+    n = int(msg.width) * int(msg.height)
+    step = int(msg.point_step)
+    data = as_bytes(msg.data)
+    if data.size < n * step:
+        raise MessageError(f"PointCloud2.data: {data.size} bytes for {n} points of {step} bytes")
+    points = data[: n * step].view(_cloud_dtype(list(fields.values()), step, bool(msg.is_bigendian)))
+    index = points["index"].astype(np.int64)
+    if names:
+        if np.any(index < 0) or np.any(index >= len(names)):
+            raise MessageError(f"PointCloud2 index field: values {index.tolist()} outside the {len(names)} keypoint names")
+        point_names = tuple(names[i] for i in index)
+    else:
+        point_names = tuple(f"kp{i}" for i in index)
+    return Keypoints(
+        stamp_ns=time_ns(msg.header.stamp),
+        frame_id=str(msg.header.frame_id),
+        names=point_names,
+        uv=np.stack([points["u"], points["v"]], axis=1),
+        xyz=np.stack([points["x"], points["y"], points["z"]], axis=1),
+        score=points["score"],
+        visible=points["visible"].astype(bool),
+        instance=points["instance"].astype(np.int32) if "instance" in fields else None,
+    )
+
+
+def _colour(factory: MessageFactory, rgb: np.ndarray, alpha: float = 1.0) -> Any:
+    r, g, b = (float(c) for c in rgb)
+    return factory.new("std_msgs/msg/ColorRGBA", r=r, g=g, b=b, a=alpha)
+
+
+def keypoints_to_markers(
+    factory: MessageFactory, keypoints: Keypoints, *, namespace: str = "kil_keypoints", diameter: float = 0.02
+) -> Any:
+    """MarkerArray: DELETEALL, one SPHERE_LIST of the visible keypoints (coloured by index),
+    and a TEXT_VIEW_FACING name label above each visible keypoint."""
+    header = header_msg(factory, keypoints.stamp_ns, keypoints.frame_id)
+    visible = np.flatnonzero(keypoints.visible)
+    scale = point_msg(factory, np.full(3, diameter), "geometry_msgs/msg/Vector3")
+    markers = [factory.new("visualization_msgs/msg/Marker", header=header, ns=namespace, action=DELETEALL)]
+    lifetime = duration_msg(factory, 0)
+    markers.append(
+        factory.new(
+            "visualization_msgs/msg/Marker",
+            header=header,
+            ns=namespace,
+            id=0,
+            type=SPHERE_LIST,
+            action=ADD,
+            pose=_identity_pose(factory),
+            scale=scale,
+            color=_colour(factory, PALETTE[0]),
+            lifetime=lifetime,
+            points=[point_msg(factory, keypoints.xyz[i]) for i in visible],
+            colors=[_colour(factory, PALETTE[i % len(PALETTE)]) for i in visible],
+        )
+    )
+    for i in visible:
+        label_pose = _identity_pose(factory, keypoints.xyz[i] + np.array([0.0, 0.0, 1.5 * diameter]))
+        markers.append(
+            factory.new(
+                "visualization_msgs/msg/Marker",
+                header=header,
+                ns=namespace,
+                id=int(i) + 1,
+                type=TEXT_VIEW_FACING,
+                action=ADD,
+                pose=label_pose,
+                scale=point_msg(factory, np.array([0.0, 0.0, diameter]), "geometry_msgs/msg/Vector3"),
+                color=_colour(factory, PALETTE[i % len(PALETTE)]),
+                lifetime=lifetime,
+                text=keypoints.names[i],
+            )
+        )
+    return factory.new("visualization_msgs/msg/MarkerArray", markers=markers)
+
+
+def _identity_pose(factory: MessageFactory, position: np.ndarray | None = None) -> Any:
+    return pose_msg(factory, np.zeros(3) if position is None else position, np.array([0.0, 0.0, 0.0, 1.0]))

@@ -1,0 +1,285 @@
+"""How each project message travels over ROS 2: its topics ("roles"), types and converters.
+
+One project message may need several ROS 2 topics: an `RGBD` is a colour Image, a depth
+Image and a CameraInfo sharing one stamp, plus the camera pose on TF. A wire format names
+those roles, converts both ways and says how role messages are matched (`exact` header
+stamp, or `latest`: the first role triggers and takes the newest of the others). The ROS 2
+shell, the bag recorder and the bag reader all go through these, so a live graph, a
+recording and a dataset see the same messages on the same topics.
+
+Role topics default to ``<topic>/<role>`` (a role named "" is the topic itself); a graph
+description may name them explicitly, e.g. the ZED wrapper's topics for an RGBD.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from kil.converters import image, keypoints, pose, trajectory
+from kil.converters.factory import MessageFactory, time_ns
+from kil.errors import MessageError
+from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Keypoints, PoseCommand, RobotState
+
+# (parent frame, child frame, stamp_ns) -> (4, 4) pose of child in parent
+TransformLookup = Callable[[str, str, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Role:
+    """One ROS 2 topic of a wire format. Publish-only roles are companions for RViz."""
+
+    name: str
+    ros_type: str
+    publish_only: bool = False
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The ROS 2 side of one project message: role -> message, plus TF it implies."""
+
+    messages: dict[str, Any]
+    transforms: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Wire formats without options."""
+
+
+class WireFormat:
+    """Base class: subclasses set the class attributes and implement the two conversions."""
+
+    message_type: ClassVar[type]
+    roles: ClassVar[tuple[Role, ...]]
+    options_class: ClassVar[type] = NoOptions
+    sync: ClassVar[Literal["exact", "latest"]] = "exact"
+
+    def to_ros(self, msg: Any, factory: MessageFactory, options: Any) -> Packet:
+        raise NotImplementedError
+
+    def from_ros(self, messages: Mapping[str, Any], options: Any, lookup: TransformLookup | None, receive_ns: int) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def input_roles(cls) -> tuple[Role, ...]:
+        """Roles a subscriber needs (publish-only companions excluded)."""
+        return tuple(r for r in cls.roles if not r.publish_only)
+
+    @classmethod
+    def role_topics(cls, topic: str, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        """role -> ROS topic name for a graph topic."""
+        overrides = overrides or {}
+        return {r.name: overrides.get(r.name) or (topic if not r.name else f"{topic.rstrip('/')}/{r.name}") for r in cls.roles}
+
+
+@dataclass(frozen=True)
+class RGBDOptions:
+    rgb_encoding: Literal["rgb8", "bgr8", "bgra8", "rgba8", "mono8"] = "rgb8"
+    depth_encoding: Literal["32FC1", "16UC1"] = "32FC1"
+    # Robot base frame the camera pose is looked up in (TF base <- optical frame).
+    base_frame: str = ""
+
+
+class RGBDWire(WireFormat):
+    message_type = RGBD
+    options_class = RGBDOptions
+    roles = (
+        Role("image", "sensor_msgs/msg/Image"),
+        Role("depth", "sensor_msgs/msg/Image"),
+        Role("camera_info", "sensor_msgs/msg/CameraInfo"),
+    )
+
+    def to_ros(self, msg: RGBD, factory: MessageFactory, options: RGBDOptions) -> Packet:
+        rgb, depth, info = image.rgbd_to_ros(factory, msg, options.rgb_encoding, options.depth_encoding)
+        camera = pose.transform_to_ros(factory, msg.stamp_ns, msg.base_frame_id, msg.frame_id, msg.T_base_camera)
+        return Packet({"image": rgb, "depth": depth, "camera_info": info}, (camera,))
+
+    def from_ros(self, messages: Mapping[str, Any], options: RGBDOptions, lookup: TransformLookup | None, receive_ns: int) -> RGBD:
+        if not options.base_frame or lookup is None:
+            raise MessageError("options.base_frame: needed to look up the camera pose of an RGBD on TF")
+        rgb = messages["image"]
+        T = lookup(options.base_frame, str(rgb.header.frame_id), time_ns(rgb.header.stamp))
+        return image.rgbd_from_ros(rgb, messages["depth"], messages["camera_info"], options.base_frame, T)
+
+
+class FeatureMapWire(WireFormat):
+    message_type = FeatureMap
+    roles = (Role("", "sensor_msgs/msg/Image"),)
+
+    def to_ros(self, msg: FeatureMap, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": image.features_to_image(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> FeatureMap:
+        return image.image_to_features(messages[""])
+
+
+@dataclass(frozen=True)
+class KeypointsOptions:
+    names: tuple[str, ...] = ()  # keypoint names by index (the reference spec's order)
+    marker_diameter: float = 0.02  # metres, RViz spheres
+
+
+class KeypointsWire(WireFormat):
+    message_type = Keypoints
+    options_class = KeypointsOptions
+    roles = (Role("", "sensor_msgs/msg/PointCloud2"), Role("markers", "visualization_msgs/msg/MarkerArray", True))
+
+    def to_ros(self, msg: Keypoints, factory: MessageFactory, options: KeypointsOptions) -> Packet:
+        return Packet(
+            {
+                "": keypoints.keypoints_to_ros(factory, msg),
+                "markers": keypoints.keypoints_to_markers(factory, msg, diameter=options.marker_diameter),
+            }
+        )
+
+    def from_ros(self, messages: Mapping[str, Any], options: KeypointsOptions, lookup: TransformLookup | None, receive_ns: int) -> Keypoints:
+        return keypoints.keypoints_from_ros(messages[""], options.names)
+
+
+@dataclass(frozen=True)
+class RobotStateOptions:
+    # JointState names whose positions make up the gripper opening (see GripperJoints).
+    gripper_joints: tuple[str, ...] = ("gripper",)
+    gripper_scale: float = 1.0
+    gripper_offset: float = 0.0
+
+    @property
+    def gripper(self) -> pose.GripperJoints:
+        return pose.GripperJoints(self.gripper_joints, self.gripper_scale, self.gripper_offset)
+
+
+class RobotStateWire(WireFormat):
+    message_type = RobotState
+    options_class = RobotStateOptions
+    roles = (Role("pose", "geometry_msgs/msg/PoseStamped"), Role("joints", "sensor_msgs/msg/JointState"))
+    sync = "latest"  # the pose and joint_states come from different publishers
+
+    def to_ros(self, msg: RobotState, factory: MessageFactory, options: RobotStateOptions) -> Packet:
+        if len(options.gripper_joints) != 1 or options.gripper_scale != 1.0 or options.gripper_offset != 0.0:
+            raise MessageError("options.gripper_joints: writing RobotState needs a single plain gripper joint")
+        ee, joints = pose.robot_state_to_ros(factory, msg, options.gripper_joints[0])
+        return Packet({"pose": ee, "joints": joints})
+
+    def from_ros(self, messages: Mapping[str, Any], options: RobotStateOptions, lookup: TransformLookup | None, receive_ns: int) -> RobotState:
+        return pose.robot_state_from_ros(messages["pose"], messages["joints"], options.gripper)
+
+
+class ActionChunkWire(WireFormat):
+    message_type = ActionChunk
+    roles = (Role("", "trajectory_msgs/msg/MultiDOFJointTrajectory"), Role("path", "nav_msgs/msg/Path", True))
+
+    def to_ros(self, msg: ActionChunk, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": trajectory.chunk_to_ros(factory, msg), "path": trajectory.chunk_to_path(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> ActionChunk:
+        return trajectory.chunk_from_ros(messages[""])
+
+
+class PoseCommandWire(WireFormat):
+    message_type = PoseCommand
+    roles = (Role("", "geometry_msgs/msg/PoseStamped"),)
+
+    def to_ros(self, msg: PoseCommand, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": pose.pose_command_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> PoseCommand:
+        return pose.pose_command_from_ros(messages[""])
+
+
+class GripperCommandWire(WireFormat):
+    message_type = GripperCommand
+    roles = (Role("", "control_msgs/msg/GripperCommand"),)
+
+    def to_ros(self, msg: GripperCommand, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": pose.gripper_command_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> GripperCommand:
+        return pose.gripper_command_from_ros(messages[""], receive_ns)
+
+
+WIRE_FORMATS: dict[type, WireFormat] = {
+    wire.message_type: wire
+    for wire in (
+        RGBDWire(),
+        FeatureMapWire(),
+        KeypointsWire(),
+        RobotStateWire(),
+        ActionChunkWire(),
+        PoseCommandWire(),
+        GripperCommandWire(),
+    )
+}
+
+
+def wire_format(message_type: type) -> WireFormat:
+    """The wire format of a project message class."""
+    return WIRE_FORMATS[message_type]
+
+
+def header_stamp_ns(msg: Any) -> int | None:
+    """Header stamp of a ROS message in nanoseconds, None for headerless messages."""
+    header = getattr(msg, "header", None)
+    return None if header is None else time_ns(header.stamp)
+
+
+@dataclass
+class RoleAssembler:
+    """Collects role messages of one topic into complete sets, by the wire format's rule.
+
+    exact: roles with equal header stamps form a set (older incomplete sets are dropped).
+    latest: a message of the first role forms a set with the newest message of each other role.
+    """
+
+    wire: WireFormat
+    max_pending: int = 30
+    _pending: OrderedDict = field(default_factory=OrderedDict)
+    _latest: dict = field(default_factory=dict)
+
+    def add(self, role: str, msg: Any) -> dict[str, Any] | None:
+        needed = [r.name for r in self.wire.input_roles()]
+        if role not in needed:
+            return None
+        if len(needed) == 1:
+            return {role: msg}
+        if self.wire.sync == "latest":
+            self._latest[role] = msg
+            if role == needed[0] and all(r in self._latest for r in needed):
+                return dict(self._latest)
+            return None
+        stamp = header_stamp_ns(msg)
+        group = self._pending.setdefault(stamp, {})
+        group[role] = msg
+        if len(group) < len(needed):
+            while len(self._pending) > self.max_pending:
+                self._pending.popitem(last=False)
+            return None
+        for older in [s for s in self._pending if s is not None and stamp is not None and s <= stamp]:
+            del self._pending[older]
+        return group
+
+
+@dataclass
+class TransformRouter:
+    """Decides where a transform goes: /tf_static the first time a frame pair is seen,
+    nowhere while it stays the same, /tf once it has ever changed (a moving camera)."""
+
+    tolerance: float = 1e-9
+    _last: dict = field(default_factory=dict)
+    _moving: set = field(default_factory=set)
+
+    def route(self, transform: Any) -> Literal["static", "dynamic"] | None:
+        _, parent, child, T = pose.transform_from_ros(transform)
+        key = (parent, child)
+        previous = self._last.get(key)
+        self._last[key] = T
+        if previous is None:
+            return "static"
+        if key in self._moving or not np.allclose(previous, T, atol=self.tolerance):
+            self._moving.add(key)
+            return "dynamic"
+        return None

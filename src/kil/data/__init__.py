@@ -1,0 +1,1 @@
+"""Demonstration data: rosbag2 episodes and their metadata (later: datasets, stores)."""

@@ -1,0 +1,286 @@
+"""rosbag2 (MCAP) episodes: one bag directory per demonstration, plus `kil_episode.yaml`.
+
+Writing goes through `rosbags` (the same topics and ROS 2 types a real rig records with
+``ros2 bag record -s mcap``); reading goes through rosbags' AnyReader, so a bag from a
+robot and one written here read the same. Project messages are converted by the topic's
+wire format (`kil.converters.wire`), the camera pose goes to /tf_static.
+
+Crash safety: the writer completes and fsyncs an MCAP chunk at least every
+`flush_interval_s`. A writer killed mid-episode leaves a bag without summary and
+metadata.yaml; `recover_episode` (run by `EpisodeReader` or `kil bag recover`) rebuilds a
+complete bag from every flushed message and keeps the partial file beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.metadata import parse_qos
+from rosbags.rosbag2.storage_mcap import McapWriter
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from kil.converters.factory import TypestoreFactory
+from kil.converters.pose import tf_message, transform_from_ros
+from kil.converters.typestore import ros2_typestore
+from kil.converters.wire import RoleAssembler, TransformRouter
+from kil.data.episode import METADATA_FILE, EpisodeMetadata, read_metadata, write_metadata
+from kil.errors import BagError, MessageError, TransformError
+from kil.graph import QoSSpec, TopicSpec
+from kil.runtimes.tf import TransformBuffer
+
+log = logging.getLogger(__name__)
+
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+TF_QOS = QoSSpec(depth=100)
+TF_STATIC_QOS = QoSSpec(durability="transient_local", depth=1)
+_ZERO = QosTime(0, 0)
+
+
+def qos_profile(spec: QoSSpec) -> Qos:
+    """rosbags Qos (what metadata.yaml records as offered_qos_profiles) for a QoSSpec."""
+    return Qos(
+        history=QosHistory.KEEP_LAST if spec.history == "keep_last" else QosHistory.KEEP_ALL,
+        depth=spec.depth,
+        reliability=QosReliability.RELIABLE if spec.reliability == "reliable" else QosReliability.BEST_EFFORT,
+        durability=QosDurability.TRANSIENT_LOCAL if spec.durability == "transient_local" else QosDurability.VOLATILE,
+        deadline=_ZERO,
+        lifespan=_ZERO,
+        liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=_ZERO,
+        avoid_ros_namespace_conventions=False,
+    )
+
+
+class _FlushingMcapWriter(McapWriter):
+    """rosbags' MCAP storage writer that can push the open chunk to disk on demand."""
+
+    def flush(self) -> None:
+        if self.chunk.msgs:
+            self.close_chunk()
+        self.bio.flush()
+        os.fsync(self.bio.fileno())
+
+
+class _Rosbag2Writer(Writer):
+    STORAGE_PLUGINS = {StoragePlugin.MCAP: _FlushingMcapWriter}
+
+
+class EpisodeWriter:
+    """Writes one episode. Use as a context manager; `close` also happens on errors, so what
+    was recorded before an exception is kept."""
+
+    def __init__(self, path: str | Path, metadata: EpisodeMetadata, flush_interval_s: float = 0.5) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"{self.path}: exists already; episodes are never overwritten")
+        self.metadata = metadata.with_updates(status="recording")
+        self.typestore = ros2_typestore(metadata.distro)
+        self.factory = TypestoreFactory(self.typestore)
+        self.flush_interval_s = flush_interval_s
+        self.message_count = 0
+        self._writer = _Rosbag2Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._connections: dict[str, Any] = {}
+        self._router = TransformRouter()
+        self._last_flush = time.monotonic()
+        self._open = False
+
+    def open(self) -> EpisodeWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer.open()
+        write_metadata(self.path, self.metadata)
+        self._open = True
+        return self
+
+    def __enter__(self) -> EpisodeWriter:
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def write(self, topic: TopicSpec, msg: Any, log_time_ns: int) -> None:
+        """Record a project message on `topic` (all its roles, and the TF it implies)."""
+        packet = topic.wire.to_ros(msg, self.factory, topic.options)
+        for transform in packet.transforms:
+            route = self._router.route(transform)
+            if route is not None:
+                static = route == "static"
+                self.write_ros(
+                    "/tf_static" if static else "/tf",
+                    TF_TYPE,
+                    tf_message(self.factory, [transform]),
+                    log_time_ns,
+                    TF_STATIC_QOS if static else TF_QOS,
+                )
+        ros_types = {role.name: role.ros_type for role in topic.wire.roles}
+        for role, ros_msg in packet.messages.items():
+            self.write_ros(topic.ros_topics[role], ros_types[role], ros_msg, log_time_ns, topic.qos)
+
+    def write_ros(self, topic: str, typename: str, msg: Any, log_time_ns: int, qos: QoSSpec = QoSSpec()) -> None:
+        """Record a ROS 2 message (a typestore message of `typename`)."""
+        self.write_cdr(topic, typename, self.typestore.serialize_cdr(msg, typename), log_time_ns, qos)
+
+    def write_cdr(self, topic: str, typename: str, data: bytes, log_time_ns: int, qos: QoSSpec = QoSSpec()) -> None:
+        """Record an already serialised message."""
+        if not self._open:
+            raise BagError(f"{self.path}: writer is not open")
+        connection = self._connections.get(topic)
+        if connection is None:
+            connection = self._writer.add_connection(
+                topic, typename, typestore=self.typestore, offered_qos_profiles=[qos_profile(qos)]
+            )
+            self._connections[topic] = connection
+        elif connection.msgtype != typename:
+            raise BagError(f"{self.path}: topic {topic} is recorded as {connection.msgtype}, got {typename}")
+        self._writer.write(connection, int(log_time_ns), data)
+        self.message_count += 1
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make everything written so far durable (a complete MCAP chunk, fsynced)."""
+        if self._open:
+            self._writer.storage.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self, **metadata_updates: Any) -> None:
+        """Finish the bag (summary, metadata.yaml) and mark the episode complete."""
+        if not self._open:
+            return
+        self._open = False
+        self._writer.close()
+        self.metadata = self.metadata.with_updates(status="complete", **metadata_updates)
+        write_metadata(self.path, self.metadata)
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / "metadata.yaml").is_file()
+
+
+def recover_episode(path: str | Path) -> int:
+    """Rebuild a complete bag from an episode whose writer was killed; returns the number of
+    messages recovered. The partial MCAP file is kept in the episode as ``*.mcap.partial``."""
+    from mcap.records import Channel, Message, Schema
+    from mcap.stream_reader import StreamReader
+
+    path = Path(path)
+    if is_complete(path):
+        return 0
+    partials = sorted(path.glob("*.mcap"))
+    if len(partials) != 1:
+        raise BagError(f"{path}: expected one .mcap file to recover, found {len(partials)}")
+    staging = path.parent / f".{path.name}.recovering"
+    shutil.rmtree(staging, ignore_errors=True)
+    rebuilt = staging / path.name
+    schemas: dict[int, Schema] = {}
+    channels: dict[int, Any] = {}
+    store = get_typestore(Stores.EMPTY)
+    count = 0
+    writer = Writer(rebuilt, version=9, storage_plugin=StoragePlugin.MCAP)
+    with partials[0].open("rb") as stream, writer:
+        try:
+            for record in StreamReader(stream, skip_magic=False).records:
+                if isinstance(record, Schema):
+                    schemas[record.id] = record
+                    store.register(get_types_from_msg(record.data.decode(), record.name))
+                elif isinstance(record, Channel):
+                    schema = schemas[record.schema_id]
+                    channels[record.id] = writer.add_connection(
+                        record.topic,
+                        schema.name,
+                        msgdef=schema.data.decode(),
+                        rihs01=store.hash_rihs01(schema.name),
+                        serialization_format=record.message_encoding,
+                        offered_qos_profiles=parse_qos(record.metadata.get("offered_qos_profiles", "[]")),
+                    )
+                elif isinstance(record, Message) and record.channel_id in channels:
+                    writer.write(channels[record.channel_id], record.log_time, record.data)
+                    count += 1
+        except Exception as err:  # the first torn record ends what was flushed
+            log.info("%s: partial MCAP ends after %d messages (%s)", path, count, type(err).__name__)
+    os.replace(partials[0], rebuilt / f"{partials[0].name}.partial")
+    metadata = read_metadata(path)
+    for leftover in path.iterdir():
+        if leftover.name != METADATA_FILE:
+            os.replace(leftover, rebuilt / leftover.name)
+    if metadata is not None:
+        write_metadata(rebuilt, metadata.with_updates(status="recovered"))
+        (path / METADATA_FILE).unlink()
+    path.rmdir()
+    os.replace(rebuilt, path)
+    staging.rmdir()
+    return count
+
+
+class EpisodeReader:
+    """Reads an episode (written here or by ``ros2 bag record -s mcap``) with rosbags' AnyReader.
+
+    An episode left incomplete by a killed writer is recovered first (unless `recover` is
+    False, which makes that a `BagError`).
+    """
+
+    def __init__(self, path: str | Path, recover: bool = True) -> None:
+        self.path = Path(path)
+        if not is_complete(self.path):
+            if not any(self.path.glob("*.mcap")):
+                raise BagError(f"{self.path}: not a rosbag2 episode (no metadata.yaml, no .mcap file)")
+            if not recover:
+                raise BagError(f"{self.path}: recording was not closed; run `kil bag recover {self.path}`")
+            count = recover_episode(self.path)
+            log.warning("%s: recovered an unclosed recording (%d messages)", self.path, count)
+        self.metadata = read_metadata(self.path)
+        self.typestore = ros2_typestore(self.metadata.distro if self.metadata else "jazzy")
+
+    def _reader(self) -> AnyReader:
+        return AnyReader([self.path], default_typestore=self.typestore)
+
+    def topics(self) -> dict[str, tuple[str, int]]:
+        """ROS topic -> (message type, message count)."""
+        with self._reader() as reader:
+            return {name: (info.msgtype, info.msgcount) for name, info in reader.topics.items()}
+
+    def ros_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
+        """(topic, type, log time ns, deserialised ROS message) in log-time order."""
+        wanted = None if topics is None else set(topics)
+        with self._reader() as reader:
+            connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
+            for connection, log_time, raw in reader.messages(connections=connections):
+                yield connection.topic, connection.msgtype, log_time, reader.deserialize(raw, connection.msgtype)
+
+    def messages(self, topics: Iterable[TopicSpec]) -> Iterator[tuple[str, int, Any]]:
+        """(graph topic, log time ns, project message) for each complete message on `topics`,
+        assembled from their ROS role topics exactly as a live subscriber would."""
+        specs = list(topics)
+        available = self.topics()
+        role_of: dict[str, tuple[TopicSpec, Any]] = {}
+        for spec in specs:
+            for role in spec.wire.input_roles():
+                ros_topic = spec.ros_topics[role.name]
+                if ros_topic not in available:
+                    raise BagError(f"{self.path}: topic {ros_topic} ({spec.name} {role.name or 'message'}) is not in the bag")
+                if available[ros_topic][0] != role.ros_type:
+                    raise BagError(f"{self.path}: topic {ros_topic} has type {available[ros_topic][0]}, {spec.name} needs {role.ros_type}")
+                role_of[ros_topic] = (spec, role)
+        tf = TransformBuffer()
+        for name, _, _, msg in self.ros_messages({"/tf_static", "/tf"} & set(available)):
+            for transform in msg.transforms:
+                stamp, parent, child, T = transform_from_ros(transform)
+                tf.set_transform(parent, child, T, stamp, static=name == "/tf_static")
+        assemblers = {spec.name: RoleAssembler(spec.wire) for spec in specs}
+        for ros_topic, _, log_time, msg in self.ros_messages(role_of):
+            spec, role = role_of[ros_topic]
+            group = assemblers[spec.name].add(role.name, msg)
+            if group is None:
+                continue
+            try:
+                yield spec.name, log_time, spec.wire.from_ros(group, spec.options, tf.lookup, log_time)
+            except (MessageError, TransformError) as err:
+                raise BagError(f"{self.path}: {ros_topic}: {err}") from err

@@ -1,0 +1,53 @@
+"""Episode metadata: the small YAML file kept inside each episode's rosbag2 directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kil import __version__
+from kil.config import load_dataclass, load_yaml, to_plain
+
+METADATA_FILE = "kil_episode.yaml"
+EpisodeStatus = Literal["recording", "complete", "recovered"]
+
+
+@dataclass(frozen=True)
+class EpisodeMetadata:
+    """What an episode is: task, rig, variation, seed, outcome; plus free-form `extra`
+    (object ids, task completion, operator notes). `status` is maintained by the writer:
+    `recording` until the bag is closed, `recovered` after a killed recording is repaired."""
+
+    task: str
+    rig: str
+    variation: str = "in"
+    seed: int | None = None
+    success: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    distro: Literal["humble", "jazzy"] = "jazzy"
+    status: EpisodeStatus = "recording"
+    kil_version: str = __version__
+
+    def with_updates(self, **changes: Any) -> EpisodeMetadata:
+        return replace(self, **changes)
+
+
+def write_metadata(bag_dir: str | Path, metadata: EpisodeMetadata) -> Path:
+    """Write (atomically replace) the episode metadata file in `bag_dir`."""
+    path = Path(bag_dir) / METADATA_FILE
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(to_plain(metadata), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(bag_dir: str | Path) -> EpisodeMetadata | None:
+    """The episode metadata of `bag_dir`, or None for a bag without one (e.g. ros2 bag record)."""
+    path = Path(bag_dir) / METADATA_FILE
+    if not path.exists():
+        return None
+    return load_dataclass(EpisodeMetadata, load_yaml(path), f"{path}:")

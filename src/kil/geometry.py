@@ -1,0 +1,73 @@
+"""Rigid-body helpers. Quaternions are (x, y, z, w) as in ROS; poses are 4x4 matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(4,) unit quaternion (x, y, z, w) -> (3, 3) rotation matrix."""
+    x, y, z, w = np.asarray(q, dtype=np.float64)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def matrix_to_quat(R: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix -> (4,) unit quaternion (x, y, z, w) with w >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    trace = np.trace(R)
+    if trace > 0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(np.diag(R)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + R[i, i] - R[j, j] - R[k, k])
+        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
+        q[i] = 0.25 * s
+        q[j] = (R[j, i] + R[i, j]) / s
+        q[k] = (R[k, i] + R[i, k]) / s
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return -q if q[3] < 0 else q
+
+
+def pose_to_matrix(position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+    """Position (3,) metres and quaternion (x, y, z, w) -> (4, 4) homogeneous transform."""
+    T = np.eye(4)
+    T[:3, :3] = quat_to_matrix(orientation)
+    T[:3, 3] = position
+    return T
+
+
+def matrix_to_pose(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(4, 4) homogeneous transform -> (position (3,), quaternion (x, y, z, w))."""
+    T = np.asarray(T, dtype=np.float64)
+    return T[:3, 3].copy(), matrix_to_quat(T[:3, :3])
+
+
+def invert(T: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) rigid transform."""
+    inv = np.eye(4)
+    R = T[:3, :3]
+    inv[:3, :3] = R.T
+    inv[:3, 3] = -R.T @ T[:3, 3]
+    return inv
+
+
+def is_rigid(T: np.ndarray, atol: float = 1e-5) -> bool:
+    """True for a finite (4, 4) matrix with an orthonormal, right-handed rotation block."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return (
+        np.allclose(R.T @ R, np.eye(3), atol=atol)
+        and abs(np.linalg.det(R) - 1.0) < atol
+        and np.allclose(T[3], [0, 0, 0, 1], atol=atol)
+    )

@@ -1,0 +1,189 @@
+"""The contract between a node's logic (a stage) and the runtimes that wire it into a graph.
+
+A stage is a plain class with a config dataclass. It declares
+
+* inputs, by decorating methods: ``@subscribe(state=RobotState)`` is called with each
+  message; ``@subscribe(rgbd=RGBD, features=FeatureMap)`` with sets of messages sharing a
+  stamp (within ``slop_s``); ``@subscribe_any()`` with ``(port, msg)`` for whatever ports
+  the graph description connects (a recorder);
+* outputs, in ``outputs = {"port": MessageClass}``, published with ``self.io.publish``;
+* timers, with ``@every(hz="rate_hz")`` (a config field) or ``@every(period_s=0.01)``.
+
+It receives a `StageIO` from the runtime for publishing, the clock, TF and logging, and
+never learns whether it runs in one process or as a ROS 2 node. Stages never import ROS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from kil.errors import ConfigError
+
+_SUBSCRIPTION_ATTR = "_kil_subscription"
+_TIMER_ATTR = "_kil_timer"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A callback on one or more input ports (port -> message class; empty for any port)."""
+
+    method: str
+    ports: dict[str, type]
+    slop_s: float = 0.0
+    any_port: bool = False
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """A periodic callback; `hz` or `period_s` is a number or the name of a config field."""
+
+    method: str
+    hz: float | str | None = None
+    period_s: float | str | None = None
+
+    def period_ns(self, config: Any) -> int:
+        """The period in integer nanoseconds for a stage config."""
+        value = self.hz if self.hz is not None else self.period_s
+        if isinstance(value, str):
+            value = getattr(config, value)
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"timer {self.method}: {'rate' if self.hz is not None else 'period'} must be > 0, got {value!r}")
+        return int(round(1e9 / value if self.hz is not None else value * 1e9))
+
+
+def subscribe(slop_s: float = 0.0, **ports: type) -> Callable:
+    """Decorate a method taking one message per port (in keyword order), matched by stamp."""
+    if not ports:
+        raise TypeError("subscribe() needs at least one port=MessageClass")
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, dict(ports), slop_s))
+        return fn
+
+    return mark
+
+
+def subscribe_any() -> Callable:
+    """Decorate a method ``(port, msg)`` called for every port the graph connects to this node
+    beyond the declared ones; message types come from the graph's topics."""
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, {}, any_port=True))
+        return fn
+
+    return mark
+
+
+def every(*, hz: float | str | None = None, period_s: float | str | None = None) -> Callable:
+    """Decorate a method to run periodically (first call one period after start)."""
+    if (hz is None) == (period_s is None):
+        raise TypeError("every() takes exactly one of hz= or period_s=")
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _TIMER_ATTR, TimerSpec(fn.__name__, hz, period_s))
+        return fn
+
+    return mark
+
+
+class StageIO(Protocol):
+    """What a runtime offers a stage."""
+
+    log: logging.Logger
+
+    def publish(self, port: str, msg: Any) -> None:
+        """Publish on an output port (a no-op when the graph leaves the port unconnected)."""
+
+    def now_ns(self) -> int:
+        """Current time of the runtime's clock (simulated or real) in nanoseconds."""
+
+    def topic(self, port: str) -> Any:
+        """The graph's TopicSpec a port is connected to (None if unconnected): a recorder
+        writes each message under that topic's ROS names and options."""
+
+    def lookup_transform(self, parent: str, child: str, stamp_ns: int | None = None) -> np.ndarray:
+        """(4, 4) pose of `child` in `parent` at `stamp_ns` (None: latest); TransformError if unknown."""
+
+    def send_transform(self, parent: str, child: str, T: np.ndarray, stamp_ns: int, static: bool = False) -> None:
+        """Broadcast the pose of `child` in `parent` on TF."""
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        """Run `callback` once after `delay_s` seconds of runtime clock."""
+
+    def shutdown(self, reason: str) -> None:
+        """Ask the runtime to stop the whole graph (a finished episode, a fatal condition)."""
+
+
+@dataclass(frozen=True)
+class EmptyConfig:
+    """Config of stages without parameters."""
+
+
+class Stage:
+    """Base class of every node's logic."""
+
+    Config: ClassVar[type] = EmptyConfig
+    outputs: ClassVar[Mapping[str, type]] = {}
+
+    def __init__(self, config: Any, io: StageIO) -> None:
+        self.config = config
+        self.io = io
+
+    def start(self) -> None:
+        """Called once every stage of the graph exists, before the clock starts."""
+
+    def stop(self) -> None:
+        """Called once when the graph stops: flush and close files here."""
+
+    @classmethod
+    def subscriptions(cls) -> list[Subscription]:
+        return [getattr(fn, _SUBSCRIPTION_ATTR) for fn in _members(cls) if hasattr(fn, _SUBSCRIPTION_ATTR)]
+
+    @classmethod
+    def timers(cls) -> list[TimerSpec]:
+        return [getattr(fn, _TIMER_ATTR) for fn in _members(cls) if hasattr(fn, _TIMER_ATTR)]
+
+    @classmethod
+    def input_ports(cls) -> dict[str, type]:
+        """Declared input port -> message class."""
+        ports: dict[str, type] = {}
+        for sub in cls.subscriptions():
+            ports.update(sub.ports)
+        return ports
+
+    @classmethod
+    def accepts_any_port(cls) -> bool:
+        return any(sub.any_port for sub in cls.subscriptions())
+
+
+def _members(cls: type) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            seen[name] = value
+    return [seen[name] for name in sorted(seen)]
+
+
+def load_stage_class(name: str, where: str) -> type[Stage]:
+    """The stage class called `name`: module ``kil.stages.<name>``, or a dotted module path,
+    whose ``STAGE`` attribute is the class."""
+    module_name = name if "." in name else f"kil.stages.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            raise ConfigError(f"{where}: unknown stage {name!r} (no module {module_name})") from None
+        raise
+    stage = getattr(module, "STAGE", None)
+    if not (isinstance(stage, type) and issubclass(stage, Stage)):
+        raise ConfigError(f"{where}: module {module_name} has no STAGE class deriving from kil.stage.Stage")
+    if not dataclasses.is_dataclass(stage.Config):
+        raise ConfigError(f"{where}: {stage.__name__}.Config is not a dataclass")
+    return stage
