@@ -94,8 +94,12 @@ def key_path(where: str, key: Any) -> str:
     return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
 
 
+def _loc(where: str) -> str:
+    return where.rstrip(":")
+
+
 def _fail(where: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
+    return ConfigError(f"{_loc(where)}: expected {type_name(tp)}, got {value!r}")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:  # noqa: C901 - one branch per type form
@@ -117,13 +121,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:  # noqa: C901 - one branch
     if origin is typing.Literal:
         if value in args:
             return value
-        raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        raise ConfigError(f"{_loc(where)}: expected one of {', '.join(map(repr, args))}, got {value!r}")
     if origin in (list, tuple, Sequence):
         if not isinstance(value, (list, tuple)):
             raise _fail(where, tp, value)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+                raise ConfigError(f"{_loc(where)}: expected {len(args)} items, got {len(value)}")
             return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
         items = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -165,9 +169,9 @@ def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
             if value in (member.value, member.name):
                 return member
         choices = ", ".join(repr(m.value) for m in tp)
-        raise ConfigError(f"{where}: expected one of {choices}, got {value!r}")
+        raise ConfigError(f"{_loc(where)}: expected one of {choices}, got {value!r}")
     else:
-        raise TypeError(f"{where}: unsupported config annotation {tp!r}")
+        raise TypeError(f"{_loc(where)}: unsupported config annotation {tp!r}")
     raise _fail(where, tp, value)
 
 
@@ -175,7 +179,7 @@ def _convert_dataclass(cls: type, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(value) and isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {value!r}")
+        raise ConfigError(f"{_loc(where)}: expected a mapping for {cls.__name__}, got {value!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(map(str, value)) - set(fields))
@@ -192,4 +196,4 @@ def _convert_dataclass(cls: type, value: Any, where: str) -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{where.rstrip(':')}: {err}" if where else str(err)) from err
+        raise ConfigError(f"{_loc(where)}: {err}" if where else str(err)) from err

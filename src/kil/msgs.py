@@ -43,7 +43,8 @@ def _check_frame(owner: str, name: str, frame: Any) -> str:
 
 
 def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join("*" if d is None else str(d) for d in shape) + ")"
+    text = ", ".join("*" if d is None else str(d) for d in shape)
+    return f"({text},)" if len(shape) == 1 else f"({text})"
 
 
 def _check_array(

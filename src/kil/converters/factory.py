@@ -35,6 +35,10 @@ _PRIMITIVE_DTYPES = {
 }
 
 
+# Non-zero field defaults of the ROS 2 definitions, which rosbags' parsed types do not keep.
+_ROS_DEFAULTS = {"geometry_msgs/msg/Quaternion": {"w": 1.0}}
+
+
 class MessageFactory(Protocol):
     """Builds ROS 2 messages by type name (``pkg/msg/Name``)."""
 
@@ -56,8 +60,11 @@ class TypestoreFactory:
         except KeyError:
             raise MessageError(f"{typename}: message type unknown to the typestore") from None
         values = {}
+        defaults = _ROS_DEFAULTS.get(typename, {})
         for name, desc in fielddefs:
-            if name in fields:
+            if name in defaults and name not in fields:
+                values[name] = defaults[name]
+            elif name in fields:
                 values[name] = self._coerce(typename, name, desc, fields.pop(name))
             else:
                 values[name] = self._default(desc)

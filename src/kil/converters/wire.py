@@ -2,8 +2,8 @@
 
 One project message may need several ROS 2 topics: an `RGBD` is a colour Image, a depth
 Image and a CameraInfo sharing one stamp, plus the camera pose on TF. A wire format names
-those roles, converts both ways and says how role messages are matched (`exact` header
-stamp, or `latest`: the first role triggers and takes the newest of the others). The ROS 2
+those roles, converts both ways and says how far apart the header stamps of role messages
+may be to belong together (`sync_slop_s`: 0 for roles published together). The ROS 2
 shell, the bag recorder and the bag reader all go through these, so a live graph, a
 recording and a dataset see the same messages on the same topics.
 
@@ -13,7 +13,6 @@ description may name them explicitly, e.g. the ZED wrapper's topics for an RGBD.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -24,6 +23,7 @@ from kil.converters import image, keypoints, pose, trajectory
 from kil.converters.factory import MessageFactory, time_ns
 from kil.errors import MessageError
 from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Keypoints, PoseCommand, RobotState
+from kil.sync import StampSynchronizer
 
 # (parent frame, child frame, stamp_ns) -> (4, 4) pose of child in parent
 TransformLookup = Callable[[str, str, int], np.ndarray]
@@ -57,7 +57,7 @@ class WireFormat:
     message_type: ClassVar[type]
     roles: ClassVar[tuple[Role, ...]]
     options_class: ClassVar[type] = NoOptions
-    sync: ClassVar[Literal["exact", "latest"]] = "exact"
+    sync_slop_s: ClassVar[float] = 0.0
 
     def to_ros(self, msg: Any, factory: MessageFactory, options: Any) -> Packet:
         raise NotImplementedError
@@ -157,7 +157,7 @@ class RobotStateWire(WireFormat):
     message_type = RobotState
     options_class = RobotStateOptions
     roles = (Role("pose", "geometry_msgs/msg/PoseStamped"), Role("joints", "sensor_msgs/msg/JointState"))
-    sync = "latest"  # the pose and joint_states come from different publishers
+    sync_slop_s = 0.005  # pose and joint_states come from two broadcasters of one control loop
 
     def to_ros(self, msg: RobotState, factory: MessageFactory, options: RobotStateOptions) -> Packet:
         if len(options.gripper_joints) != 1 or options.gripper_scale != 1.0 or options.gripper_offset != 0.0:
@@ -221,46 +221,25 @@ def wire_format(message_type: type) -> WireFormat:
     return WIRE_FORMATS[message_type]
 
 
-def header_stamp_ns(msg: Any) -> int | None:
-    """Header stamp of a ROS message in nanoseconds, None for headerless messages."""
-    header = getattr(msg, "header", None)
-    return None if header is None else time_ns(header.stamp)
-
-
-@dataclass
 class RoleAssembler:
-    """Collects role messages of one topic into complete sets, by the wire format's rule.
+    """Collects the role messages of one topic into complete sets by header stamp (within
+    the wire format's slop), as the ROS 2 shell's message_filters synchronizer does live."""
 
-    exact: roles with equal header stamps form a set (older incomplete sets are dropped).
-    latest: a message of the first role forms a set with the newest message of each other role.
-    """
-
-    wire: WireFormat
-    max_pending: int = 30
-    _pending: OrderedDict = field(default_factory=OrderedDict)
-    _latest: dict = field(default_factory=dict)
+    def __init__(self, wire: WireFormat, queue_size: int = 30) -> None:
+        self.roles = [r.name for r in wire.input_roles()]
+        self._sync = StampSynchronizer(self.roles, int(round(wire.sync_slop_s * 1e9)), queue_size, _header_stamp)
 
     def add(self, role: str, msg: Any) -> dict[str, Any] | None:
-        needed = [r.name for r in self.wire.input_roles()]
-        if role not in needed:
+        if role not in self.roles:
             return None
-        if len(needed) == 1:
+        if len(self.roles) == 1:
             return {role: msg}
-        if self.wire.sync == "latest":
-            self._latest[role] = msg
-            if role == needed[0] and all(r in self._latest for r in needed):
-                return dict(self._latest)
-            return None
-        stamp = header_stamp_ns(msg)
-        group = self._pending.setdefault(stamp, {})
-        group[role] = msg
-        if len(group) < len(needed):
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
-            return None
-        for older in [s for s in self._pending if s is not None and stamp is not None and s <= stamp]:
-            del self._pending[older]
-        return group
+        matched = self._sync.add(role, msg)
+        return None if matched is None else dict(zip(self.roles, matched))
+
+
+def _header_stamp(msg: Any) -> int:
+    return time_ns(msg.header.stamp)
 
 
 @dataclass

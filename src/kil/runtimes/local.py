@@ -21,9 +21,9 @@ import numpy as np
 
 from kil.graph import GraphSpec, NodeSpec, TopicSpec
 from kil.runtimes.clock import RealTimeClock, SteppedClock
-from kil.runtimes.sync import StampSynchronizer
 from kil.runtimes.tf import TransformBuffer
 from kil.stage import Stage
+from kil.sync import StampSynchronizer
 
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000  # stepped runs start at a fixed epoch
 
@@ -37,6 +37,11 @@ class RunStats:
     start_ns: int = 0
     end_ns: int = 0
     stop_reason: str = ""
+
+
+def _call_if_matched(callback: Callable[..., None], matched: tuple | None) -> None:
+    if matched is not None:
+        callback(*matched)
 
 
 class _LocalIO:
@@ -109,9 +114,9 @@ class LocalRuntime:
             else:
                 topics = [node.subscribe[p] for p in sub.ports]
                 depth = max(self.graph.topics[t].qos.depth for t in topics)
-                sync = StampSynchronizer(list(sub.ports), callback, int(round(sub.slop_s * 1e9)), depth)
+                sync = StampSynchronizer(list(sub.ports), int(round(sub.slop_s * 1e9)), depth)
                 for port, topic in zip(sub.ports, topics):
-                    self._subscribers[topic].append(lambda msg, p=port, s=sync: s.add(p, msg))
+                    self._subscribers[topic].append(lambda msg, p=port, s=sync, cb=callback: _call_if_matched(cb, s.add(p, msg)))
         for timer in node.stage_class.timers():
             self._start_timer(node.name, getattr(stage, timer.method), timer.period_ns(node.config))
         return stage
@@ -145,7 +150,8 @@ class LocalRuntime:
             self._deliveries.append((subscriber, msg))
 
     def _drain(self) -> None:
-        while self._deliveries and self._stop_reason is None:
+        # Messages already published are delivered even after a stop request.
+        while self._deliveries:
             callback, msg = self._deliveries.popleft()
             callback(msg)
 

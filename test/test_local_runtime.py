@@ -1,0 +1,86 @@
+"""The local runtime: typed in-memory topics, timers, stamp sync, stepped and real-time clocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kil.graph import load_graph, parse_graph
+from kil.runtimes.local import DEFAULT_START_NS, LocalRuntime
+
+TOY = Path(__file__).parent / "data" / "toy_graph.yaml"
+MS = 1_000_000
+
+
+def test_three_stage_toy_graph_on_the_stepped_clock():
+    runtime = LocalRuntime(load_graph(TOY), clock="stepped")
+    stats = runtime.run(duration_s=1.0)
+    assert stats.published == {"/toy/count": 10, "/toy/scaled": 10}
+    assert stats.stop_reason == "ran for 1 s"
+    assert stats.end_ns - stats.start_ns == 1000 * MS
+    received = runtime.stages["collector"].received
+    stamps = [msg.stamp_ns for _, msg in received]
+    assert stamps == [DEFAULT_START_NS + k * 100 * MS for k in range(1, 11)]
+    assert [recv for recv, _ in received] == stamps  # delivered at the publishing instant
+    assert [msg.position[0] for _, msg in received] == [2.0 * k for k in range(1, 11)]
+    assert runtime.stages["collector"].stopped
+
+
+def test_stepped_runs_are_deterministic_and_overrides_apply():
+    def run():
+        runtime = LocalRuntime(load_graph(TOY, {"counter": {"rate_hz": 40}, "scaler": {"gain": -1}}))
+        runtime.run(duration_s=0.5)
+        return [(t, m.stamp_ns, tuple(m.position)) for t, m in runtime.stages["collector"].received]
+
+    first = run()
+    assert len(first) == 20 and first[0][2] == (-1.0, 0.0, 0.0)
+    assert first == run()
+
+
+def test_stage_shutdown_stops_the_graph():
+    runtime = LocalRuntime(load_graph(TOY, {"counter": {"limit": 3}}))
+    stats = runtime.run(duration_s=60)
+    assert stats.stop_reason == "counter: sent 3 messages"
+    assert stats.published["/toy/scaled"] == 3  # messages published before the stop are delivered
+    assert stats.end_ns - stats.start_ns == 300 * MS
+
+
+def test_realtime_clock_keeps_absolute_deadlines():
+    runtime = LocalRuntime(load_graph(TOY, {"counter": {"rate_hz": 20}}), clock="realtime")
+    stats = runtime.run(duration_s=0.35)
+    received = runtime.stages["collector"].received
+    assert stats.published["/toy/scaled"] == 7 and sum(stats.skipped_ticks.values()) == 0
+    stamps = np.array([m.stamp_ns for _, m in received])
+    # Each tick fires at or after its deadline; deadlines are exact multiples of the period.
+    deadlines = stats.start_ns + np.arange(1, 8) * 50 * MS
+    assert np.all(stamps >= deadlines) and np.all(stamps - deadlines < 40 * MS)
+
+
+def test_multi_port_subscription_matches_stamps():
+    graph = parse_graph(
+        {
+            "name": "pairs",
+            "topics": {"/a": {"type": "PoseCommand"}, "/b": {"type": "PoseCommand"}},
+            "nodes": {
+                "fast": {"stage": "toy_stages.counter", "params": {"rate_hz": 20}, "publish": {"out": "/a"}},
+                "slow": {"stage": "toy_stages.counter", "params": {"rate_hz": 10}, "publish": {"out": "/b"}},
+                "pair": {"stage": "toy_stages.pair", "subscribe": {"a": "/a", "b": "/b"}},
+            },
+        },
+        "pairs.yaml",
+    )
+    runtime = LocalRuntime(graph)
+    runtime.run(duration_s=1.0)
+    pairs = runtime.stages["pair"].pairs
+    assert len(pairs) == 10
+    assert all(sa == sb for sa, sb, _, _ in pairs)
+    assert [(xa, xb) for _, _, xa, xb in pairs] == [(2.0 * k, float(k)) for k in range(1, 11)]
+
+
+def test_publishing_the_wrong_type_is_caught():
+    graph = load_graph(TOY)
+    runtime = LocalRuntime(graph)
+    with pytest.raises(TypeError, match=r"node counter published str on /toy/count, which carries PoseCommand"):
+        runtime.stages["counter"].io.publish("out", "not a message")
