@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from kil.msgs import PoseCommand
 from kil.stage import Stage, every
 

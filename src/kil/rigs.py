@@ -1,0 +1,101 @@
+"""Rig descriptions (`config/rigs/<rig>.yaml`): the facts of a robot + camera setup that
+the launch files and graphs need (frames, driver topics, controllers, what to record)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kil.config import load_dataclass, load_yaml, require
+from kil.errors import ConfigError
+from kil.paths import share_dir
+
+RIGS = ("franka", "ur5e", "sim")
+
+
+@dataclass(frozen=True)
+class CameraRig:
+    driver: Literal["zed", "generic", "sim"]
+    image: str  # colour image topic
+    depth: str  # registered depth topic (32FC1 metres or 16UC1 mm)
+    camera_info: str
+    optical_frame: str
+    rgb_encoding: Literal["rgb8", "bgr8", "bgra8", "rgba8", "mono8"] = "rgb8"
+    depth_encoding: Literal["32FC1", "16UC1"] = "32FC1"
+    calibration: str = ""  # YAML with the camera pose in the base frame (published as static TF)
+
+
+@dataclass(frozen=True)
+class GripperRig:
+    interface: Literal["franka_gripper", "gripper_command", "sim"]
+    action: str  # action server (franka: the gripper node's namespace)
+    joints: tuple[str, ...]  # JointState names making up the opening
+    scale: float = 1.0  # opening = offset + scale * sum(joint positions)
+    offset: float = 0.0
+    max_opening: float = 0.08  # metres
+
+
+@dataclass(frozen=True)
+class DriverLaunch:
+    """A driver's launch file; "{name}" in an argument is replaced by bringup's launch
+    argument of that name (robot_ip, fake_hardware)."""
+
+    package: str
+    launch_file: str
+    arguments: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RigConfig:
+    name: str
+    robot: Literal["panda", "fr3", "ur5e"]
+    base_frame: str
+    ee_frame: str
+    control_rate_hz: float  # the driver's own loop (1 kHz Franka, 500 Hz UR)
+    ee_pose_topic: str
+    joint_states_topic: str
+    pose_target_topic: str  # geometry_msgs/PoseStamped consumed by the Cartesian controller
+    camera: CameraRig
+    gripper: GripperRig
+    drivers: tuple[DriverLaunch, ...] = ()
+    record_topics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        require(self.control_rate_hz > 0, "control_rate_hz", "must be > 0")
+        require(all(t.startswith("/") for t in self.record_topics), "record_topics", "topics must be absolute (start with /)")
+
+
+def load_rig(name: str) -> RigConfig:
+    """The rig description `config/rigs/<name>.yaml`."""
+    if name not in RIGS:
+        raise ConfigError(f"rig: unknown rig {name!r} (rigs: {', '.join(RIGS)})")
+    path = share_dir() / "config" / "rigs" / f"{name}.yaml"
+    return load_dataclass(RigConfig, load_yaml(path), f"{path}:")
+
+
+@dataclass(frozen=True)
+class CameraCalibration:
+    """Hand-eye calibration: the pose of the camera's optical frame in the robot base frame."""
+
+    parent: str
+    child: str
+    translation: tuple[float, float, float]  # metres
+    rotation: tuple[float, float, float, float]  # quaternion (x, y, z, w)
+
+    def __post_init__(self) -> None:
+        norm = sum(q * q for q in self.rotation) ** 0.5
+        require(abs(norm - 1.0) < 1e-3, "rotation", f"quaternion norm {norm:.4g} is not 1 (order x, y, z, w)")
+
+
+def load_calibration(rig: RigConfig) -> CameraCalibration:
+    """The rig's camera calibration file (relative paths are under the share directory)."""
+    path = share_dir() / rig.camera.calibration
+    if not rig.camera.calibration or not path.is_file():
+        raise ConfigError(
+            f"config/rigs/{rig.name}.yaml: camera.calibration: no file {path} "
+            "(measure the camera pose, see config/rigs/calibration/README.md)"
+        )
+    calibration = load_dataclass(CameraCalibration, load_yaml(path), f"{path}:")
+    if (calibration.parent, calibration.child) != (rig.base_frame, rig.camera.optical_frame):
+        raise ConfigError(f"{path}: frames {calibration.parent} -> {calibration.child} do not match the rig's {rig.base_frame} -> {rig.camera.optical_frame}")
+    return calibration

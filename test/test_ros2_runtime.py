@@ -1,0 +1,280 @@
+"""The ROS 2 runtime: parameter mapping, launch descriptions, rig launch pieces (pure, run
+everywhere) and the rclpy shell, launch files and ros2 bag interop (marked `ros`: skipped
+without ROS 2, run in the docker image with docker/run_ros_tests.sh)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+from helpers import (
+    STAMP,
+    assert_messages_equal,
+    sample_chunk,
+    sample_features,
+    sample_gripper_command,
+    sample_keypoints,
+    sample_pose_command,
+    sample_rgbd,
+    sample_state,
+)
+
+from kil.errors import ConfigError, GraphError
+from kil.graph import load_graph
+from kil.rigs import RIGS, CameraCalibration, load_calibration, load_rig
+from kil.runtimes.ros2.launch import EXECUTABLE, driver_arguments, graph_nodes, static_transform_arguments
+from kil.runtimes.ros2.params import config_from_parameters, flatten_config, is_native
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = Path(__file__).parent / "data" / "toy_graph.yaml"
+ALL_TYPES = Path(__file__).parent / "data" / "all_types_graph.yaml"
+
+
+@dataclass(frozen=True)
+class Gains:
+    kp: float = 1.0
+    axes: tuple[str, ...] = ("x", "y")
+
+
+@dataclass(frozen=True)
+class ShellConfig:
+    rate_hz: float = 10.0
+    mode: Literal["fast", "slow"] = "fast"
+    size: tuple[int, int] = (480, 640)
+    seed: int | None = None
+    names: tuple[str, ...] = ()
+    limits: dict[str, float] = field(default_factory=lambda: {"x": 0.5})
+    gains: Gains = Gains()
+    model: Path = Path("models/descriptor.safetensors")
+
+
+def test_config_flattens_to_ros_parameter_values():
+    flat = flatten_config(ShellConfig())
+    assert flat == {
+        "rate_hz": 10.0,
+        "mode": "fast",
+        "size": [480, 640],
+        "seed": "null",
+        "names": [],
+        "limits": "{x: 0.5}",
+        "gains.kp": 1.0,
+        "gains.axes": ["x", "y"],
+        "model": "models/descriptor.safetensors",
+    }
+    assert is_native(tuple[float, ...]) and not is_native(dict[str, float]) and not is_native(int | None)
+
+
+def test_parameters_rebuild_and_validate_the_config():
+    flat = flatten_config(ShellConfig())
+    flat.update({"rate_hz": 30, "seed": "7", "limits": "{x: 0.1, y: 0.2}", "gains.axes": ["z"], "names": ["a"]})
+    config = config_from_parameters(ShellConfig, flat, "node policy: parameters:")
+    assert config == ShellConfig(30.0, "fast", (480, 640), 7, ("a",), {"x": 0.1, "y": 0.2}, Gains(1.0, ("z",)))
+    assert config_from_parameters(ShellConfig, flatten_config(config), "x") == config
+    with pytest.raises(ConfigError, match=r"^node policy: parameters: mode: expected one of 'fast', 'slow', got 'medium'$"):
+        config_from_parameters(ShellConfig, {**flat, "mode": "medium"}, "node policy: parameters:")
+    with pytest.raises(ConfigError, match=r"^node policy: parameters: gains\.kp: expected float, got 'high'$"):
+        config_from_parameters(ShellConfig, {**flat, "gains.kp": "high"}, "node policy: parameters:")
+
+
+def test_graph_nodes_for_launch():
+    launches = graph_nodes(TOY, {"counter": {"rate_hz": 25}})
+    assert [n.name for n in launches] == ["counter", "scaler", "collector"]
+    assert all(n.executable == EXECUTABLE and n.package == "kil" for n in launches)
+    counter = launches[0].parameters
+    assert counter == {"graph": str(TOY.resolve()), "graph_node": "counter", "rate_hz": 25.0, "frame": "base", "limit": 0}
+    assert launches[2].parameters == {"graph": str(TOY.resolve()), "graph_node": "collector"}
+    with pytest.raises(GraphError, match=r"nodes\.counter\.params\.rate_hz: expected float, got 'x'"):
+        graph_nodes(TOY, {"counter": {"rate_hz": "x"}})
+
+
+@pytest.mark.parametrize("name", RIGS)
+def test_rig_files_load(name):
+    rig = load_rig(name)
+    assert rig.name == name and rig.pose_target_topic.startswith("/")
+    assert rig.camera.image in rig.record_topics and "/tf_static" in rig.record_topics
+
+
+def test_driver_arguments_need_an_address_for_real_hardware():
+    franka, ur5e = load_rig("franka"), load_rig("ur5e")
+    with pytest.raises(ConfigError, match=r"^rig franka: robot_ip:=\.\.\. is required to start franka_bringup"):
+        driver_arguments(franka, "", False)
+    (bringup, args), (zed, zed_args) = driver_arguments(franka, "172.16.0.2", False)
+    assert (bringup.package, bringup.launch_file) == ("franka_bringup", "franka.launch.py")
+    assert args == {"robot_ip": "172.16.0.2", "load_gripper": "true", "use_fake_hardware": "false"}
+    assert zed_args == {"camera_model": "zed2i", "publish_tf": "false"}
+    (ur, ur_args), _ = driver_arguments(ur5e, "", True)
+    assert ur_args == {"ur_type": "ur5e", "robot_ip": "", "use_mock_hardware": "true"}
+    assert driver_arguments(load_rig("sim"), "", False) == []
+
+
+def test_calibration():
+    calibration = CameraCalibration("fr3_link0", "zed_left_camera_frame_optical", (0.9, 0.0, 0.6), (0.0, 0.0, 0.0, 1.0))
+    assert static_transform_arguments(calibration) == [
+        "--x", "0.9", "--y", "0.0", "--z", "0.6", "--qx", "0.0", "--qy", "0.0", "--qz", "0.0", "--qw", "1.0",
+        "--frame-id", "fr3_link0", "--child-frame-id", "zed_left_camera_frame_optical",
+    ]
+    with pytest.raises(ValueError, match="quaternion norm"):
+        CameraCalibration("a", "b", (0, 0, 0), (0, 0, 0, 2))
+    with pytest.raises(ConfigError, match=r"camera\.calibration: no file .*franka_zed\.yaml \(measure the camera pose"):
+        load_calibration(load_rig("franka"))
+
+
+def test_importing_the_ros_runtime_needs_no_ros():
+    code = (
+        "import sys, kil, kil.runtimes.ros2.node, kil.runtimes.ros2.launch, kil.runtimes.ros2.params, kil.cli;"
+        "assert not {'rclpy', 'launch', 'launch_ros', 'message_filters', 'tf2_ros'} & set(sys.modules), sys.modules.keys()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- ROS 2 (docker image) -------------------------------------------------------------------
+
+
+def _samples():
+    rng = np.random.default_rng(5)
+    return {
+        "/camera": sample_rgbd(rng),
+        "/kil/features": sample_features(rng),
+        "/kil/keypoints": sample_keypoints(rng),
+        "/robot": sample_state(rng),
+        "/kil/chunk": sample_chunk(rng),
+        "/kil/pose_target": sample_pose_command(rng),
+        "/kil/gripper_command": sample_gripper_command(),
+    }
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("distro_store", ["humble", "jazzy"])
+def test_rclpy_messages_serialise_like_the_typestore(distro_store):
+    """The same converter through RclpyFactory gives byte-identical CDR to the typestore."""
+    if os.environ.get("ROS_DISTRO") != distro_store:
+        pytest.skip(f"running ROS {os.environ.get('ROS_DISTRO')}")
+    from rclpy.serialization import serialize_message
+
+    from kil.converters.factory import RclpyFactory, TypestoreFactory
+    from kil.converters.typestore import ros2_typestore
+
+    store = ros2_typestore(distro_store)
+    graph = load_graph(ALL_TYPES)
+    for topic, msg in _samples().items():
+        spec = graph.topics[topic]
+        ours = spec.wire.to_ros(msg, RclpyFactory(), spec.options).messages
+        reference = spec.wire.to_ros(msg, TypestoreFactory(store), spec.options).messages
+        for role, ros_msg in ours.items():
+            typename = reference[role].__msgtype__
+            assert bytes(serialize_message(ros_msg)) == bytes(store.serialize_cdr(reference[role], typename)), (topic, role)
+        back = spec.wire.from_ros(ours, spec.options, lambda *a: msg.T_base_camera, STAMP)
+        assert_messages_equal(back, msg)
+
+
+@pytest.mark.ros
+def test_launch_descriptions():
+    from launch.launch_description_sources import get_launch_description_from_python_launch_file
+    from launch_ros.actions import Node
+
+    from kil.runtimes.ros2.launch import graph_launch_actions
+
+    actions = graph_launch_actions(TOY)
+    assert len(actions) == 3 and all(isinstance(a, Node) for a in actions)
+    bringup = get_launch_description_from_python_launch_file(str(ROOT / "launch" / "bringup.launch.py"))
+    arguments = {a.name: a for a in bringup.get_launch_arguments()}
+    assert {"rig", "graph", "set", "rviz", "drivers", "robot_ip", "fake_hardware"} <= set(arguments)
+    assert arguments["rig"].choices == ["franka", "ur5e", "sim"]
+
+
+def _ros_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.ros
+def test_toy_graph_runs_as_ros_nodes():
+    """bringup starts one kil_node per graph node; their topics carry the stage outputs."""
+    import rclpy
+    from rclpy.node import Node
+
+    from kil.converters.pose import pose_command_from_ros
+    from kil.converters.factory import RclpyFactory
+
+    launch = subprocess.Popen(
+        ["ros2", "launch", "kil", "bringup.launch.py", "rig:=sim", "drivers:=false", "rviz:=false", f"graph:={TOY}", "set:=counter.rate_hz=20"],
+        env=_ros_env(), start_new_session=True,
+    )
+    rclpy.init()
+    node = Node("toy_graph_probe")
+    received = []
+    node.create_subscription(RclpyFactory().message_class("geometry_msgs/msg/PoseStamped"), "/toy/scaled", lambda m: received.append(pose_command_from_ros(m)), 10)
+    try:
+        deadline = time.monotonic() + 60
+        while len(received) < 10 and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        os.killpg(launch.pid, signal.SIGINT)
+        launch.wait(timeout=30)
+    assert len(received) >= 10
+    xs = [m.position[0] for m in received]
+    assert all(x % 2 == 0 for x in xs) and xs == sorted(xs)  # counter 1, 2, ... doubled by scaler
+    assert all(b.stamp_ns > a.stamp_ns for a, b in zip(received, received[1:]))
+
+
+@pytest.mark.ros
+def test_ros2_bag_record_reads_like_our_bags(tmp_path):
+    """Messages published by rclpy and recorded by `ros2 bag record -s mcap` read back equal."""
+    import rclpy
+    from rclpy.node import Node
+
+    from kil.converters.factory import RclpyFactory
+    from kil.data.bag import EpisodeReader
+    from kil.runtimes.ros2.node import qos_profile
+
+    graph = load_graph(ALL_TYPES)
+    samples = _samples()
+    factory = RclpyFactory()
+    topics = sorted({t for spec in graph.topics.values() for t in spec.ros_topics.values()} | {"/tf_static"})
+    bag = tmp_path / "recorded"
+    recorder = subprocess.Popen(["ros2", "bag", "record", "-s", "mcap", "-o", str(bag), *topics], start_new_session=True)
+    rclpy.init()
+    node = Node("bag_probe")
+    from tf2_ros import StaticTransformBroadcaster
+
+    static = StaticTransformBroadcaster(node)
+    publishers = {}
+    for topic, spec in graph.topics.items():
+        for role in spec.wire.roles:
+            publishers[(topic, role.name)] = node.create_publisher(factory.message_class(role.ros_type), spec.ros_topics[role.name], qos_profile(spec.qos))
+    try:
+        time.sleep(3.0)  # let the recorder discover the publishers
+        for topic, msg in samples.items():
+            spec = graph.topics[topic]
+            packet = spec.wire.to_ros(msg, factory, spec.options)
+            if packet.transforms:
+                static.sendTransform(list(packet.transforms))
+            for role, ros_msg in packet.messages.items():
+                publishers[(topic, role)].publish(ros_msg)
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    finally:
+        os.killpg(recorder.pid, signal.SIGINT)
+        recorder.wait(timeout=30)
+        node.destroy_node()
+        rclpy.shutdown()
+    read = {topic: msg for topic, _, msg in EpisodeReader(bag).messages(graph.topics.values())}
+    assert set(read) == set(samples)
+    for topic, msg in samples.items():
+        expected = msg
+        if topic == "/kil/gripper_command":  # headerless: stamped with the receive time
+            assert read[topic].position == msg.position
+            continue
+        assert_messages_equal(read[topic], expected)
