@@ -41,6 +41,7 @@ setup(
         "pyyaml>=6",
         "rosbags>=0.10.11",
         "mcap>=1.1",
+        "pillow>=9",
         "rich>=13",
         "tqdm>=4.64",
     ],

@@ -9,8 +9,12 @@ extras="${1:-sim,models,dev}"
 python="${PYTHON:-python3}"
 venv=.venv
 
-# Debian packages the project needs at run time (installed only where missing).
+# Debian packages (installed only where missing). The dev extra brings colcon, so the
+# tests can check that `colcon build` installs the package as on a robot PC.
 apt_packages=()
+case ",$extras," in
+    *,dev,*) apt_packages+=(colcon python3-colcon-ros python3-colcon-python-setup-py python3-colcon-metadata python3-setuptools) ;;
+esac
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

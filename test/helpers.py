@@ -114,3 +114,16 @@ def assert_messages_equal(a, b, approx: tuple[str, ...] = ("T_base_camera",)) ->
             np.testing.assert_array_equal(value, other, err_msg=name)
         else:
             assert value == other, name
+
+
+def sample_of_every_type(rng: np.random.Generator) -> dict[str, object]:
+    """One valid message of each project message type, by type name."""
+    return {
+        "RGBD": sample_rgbd(rng),
+        "FeatureMap": sample_features(rng),
+        "Keypoints": sample_keypoints(rng),
+        "RobotState": sample_state(rng),
+        "ActionChunk": sample_chunk(rng),
+        "PoseCommand": sample_pose_command(rng),
+        "GripperCommand": sample_gripper_command(),
+    }

@@ -15,17 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import (
-    STAMP,
-    assert_messages_equal,
-    sample_chunk,
-    sample_features,
-    sample_gripper_command,
-    sample_keypoints,
-    sample_pose_command,
-    sample_rgbd,
-    sample_state,
-)
+from helpers import STAMP, assert_messages_equal, sample_of_every_type
 from rosbags.highlevel import AnyReader
 
 from kil.converters.factory import TypestoreFactory
@@ -37,6 +27,8 @@ from kil.errors import BagError
 from kil.graph import load_graph
 
 ALL_TYPES = Path(__file__).parent / "data" / "all_types_graph.yaml"
+# Topics of all_types_graph.yaml in the order of helpers.sample_of_every_type.
+ALL_TYPES_TOPICS = ("/camera", "/kil/features", "/kil/keypoints", "/robot", "/kil/chunk", "/kil/pose_target", "/kil/gripper_command")
 MS = 1_000_000
 
 
@@ -46,15 +38,7 @@ def episode_messages(frames: int = 3):
     out = []
     for k in range(frames):
         shift = k * 100 * MS
-        for topic, msg in [
-            ("/camera", sample_rgbd(rng)),
-            ("/kil/features", sample_features(rng)),
-            ("/kil/keypoints", sample_keypoints(rng)),
-            ("/robot", sample_state(rng)),
-            ("/kil/chunk", sample_chunk(rng)),
-            ("/kil/pose_target", sample_pose_command(rng)),
-            ("/kil/gripper_command", sample_gripper_command()),
-        ]:
+        for topic, msg in zip(ALL_TYPES_TOPICS, sample_of_every_type(rng).values()):
             log_time = STAMP + shift + 5 * MS
             # control_msgs/GripperCommand has no header: its stamp is the time it is logged.
             stamp = log_time if topic == "/kil/gripper_command" else STAMP + shift

@@ -18,6 +18,7 @@ from helpers import (
     sample_features,
     sample_gripper_command,
     sample_keypoints,
+    sample_of_every_type,
     sample_pose_command,
     sample_rgbd,
     sample_state,
@@ -300,15 +301,7 @@ def test_trajectory_without_uniform_times_is_rejected(factory, rng):
 def test_every_wire_format_round_trips_through_cdr(factory, store, rng, message_type):
     """Each project message type goes out through its wire format and comes back equal."""
     wire = WIRE_FORMATS[message_type]
-    sample = {
-        "RGBD": lambda: sample_rgbd(rng),
-        "FeatureMap": lambda: sample_features(rng),
-        "Keypoints": lambda: sample_keypoints(rng),
-        "RobotState": lambda: sample_state(rng),
-        "ActionChunk": lambda: sample_chunk(rng),
-        "PoseCommand": lambda: sample_pose_command(rng),
-        "GripperCommand": sample_gripper_command,
-    }[message_type.__name__]()
+    sample = sample_of_every_type(rng)[message_type.__name__]
     options = wire.options_class()
     if message_type is RGBD:
         options = wire.options_class(base_frame=BASE)

@@ -15,17 +15,7 @@ from typing import Literal
 
 import numpy as np
 import pytest
-from helpers import (
-    STAMP,
-    assert_messages_equal,
-    sample_chunk,
-    sample_features,
-    sample_gripper_command,
-    sample_keypoints,
-    sample_pose_command,
-    sample_rgbd,
-    sample_state,
-)
+from helpers import STAMP, assert_messages_equal, sample_of_every_type
 
 from kil.errors import ConfigError, GraphError
 from kil.graph import load_graph
@@ -139,16 +129,10 @@ def test_importing_the_ros_runtime_needs_no_ros():
 
 
 def _samples():
-    rng = np.random.default_rng(5)
-    return {
-        "/camera": sample_rgbd(rng),
-        "/kil/features": sample_features(rng),
-        "/kil/keypoints": sample_keypoints(rng),
-        "/robot": sample_state(rng),
-        "/kil/chunk": sample_chunk(rng),
-        "/kil/pose_target": sample_pose_command(rng),
-        "/kil/gripper_command": sample_gripper_command(),
-    }
+    """Graph topic of all_types_graph.yaml -> a sample message of its type."""
+    graph = load_graph(ALL_TYPES)
+    samples = sample_of_every_type(np.random.default_rng(5))
+    return {name: samples[topic.type.__name__] for name, topic in graph.topics.items()}
 
 
 @pytest.mark.ros

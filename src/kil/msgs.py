@@ -111,6 +111,14 @@ def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _check_header_and_pose(obj: Any, owner: str) -> None:
+    """Validate stamp_ns, frame_id, position (3,) and orientation (4,) of a pose message."""
+    _set(obj, "stamp_ns", _check_stamp(owner, obj.stamp_ns))
+    _set(obj, "frame_id", _check_frame(owner, "frame_id", obj.frame_id))
+    _set(obj, "position", _check_array(owner, "position", obj.position, np.float64, (3,), finite=True))
+    _set(obj, "orientation", _check_quaternions(owner, "orientation", obj.orientation, ()))
+
+
 @dataclass(frozen=True, eq=False)
 class RGBD:
     """One registered colour + depth frame with its calibration.
@@ -247,10 +255,7 @@ class RobotState:
 
     def __post_init__(self) -> None:
         o = "RobotState"
-        _set(self, "stamp_ns", _check_stamp(o, self.stamp_ns))
-        _set(self, "frame_id", _check_frame(o, "frame_id", self.frame_id))
-        _set(self, "position", _check_array(o, "position", self.position, np.float64, (3,), finite=True))
-        _set(self, "orientation", _check_quaternions(o, "orientation", self.orientation, ()))
+        _check_header_and_pose(self, o)
         _set(self, "gripper", _check_scalar(o, "gripper", self.gripper, minimum=0.0))
         names = tuple(self.joint_names)
         if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
@@ -320,11 +325,7 @@ class PoseCommand:
     orientation: np.ndarray
 
     def __post_init__(self) -> None:
-        o = "PoseCommand"
-        _set(self, "stamp_ns", _check_stamp(o, self.stamp_ns))
-        _set(self, "frame_id", _check_frame(o, "frame_id", self.frame_id))
-        _set(self, "position", _check_array(o, "position", self.position, np.float64, (3,), finite=True))
-        _set(self, "orientation", _check_quaternions(o, "orientation", self.orientation, ()))
+        _check_header_and_pose(self, "PoseCommand")
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,16 +9,26 @@ from rich.table import Table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("info", "recover"), help="info: topics and episode metadata; recover: repair a killed recording")
+    parser.add_argument(
+        "action",
+        choices=("info", "recover", "preview"),
+        help="info: topics and episode metadata; recover: repair a killed recording; preview: PNG of camera frames",
+    )
     parser.add_argument("episodes", nargs="+", help="episode (rosbag2) directories")
+    parser.add_argument("--out", default=None, help="preview: PNG path (default: <episode>/preview.png)")
 
 
 def main(args: argparse.Namespace) -> int:
     from kil.config import to_plain
     from kil.data.bag import EpisodeReader, is_complete, recover_episode
+    from kil.data.preview import episode_preview
 
     console = Console()
     for path in args.episodes:
+        if args.action == "preview":
+            out = args.out if args.out and len(args.episodes) == 1 else f"{path}/preview.png"
+            console.print(f"{path}: wrote {episode_preview(path, out)}")
+            continue
         if args.action == "recover":
             if is_complete(path):
                 console.print(f"{path}: complete, nothing to recover")
