@@ -56,9 +56,11 @@ def test_run_records_an_episode(tmp_path):
 
 
 def test_bad_input_is_one_line_with_exit_1(tmp_path):
-    result = kil("run", "--graph", "synthetic_record", "--set", "rig.camera_rate_hz=fast")
+    result = kil("run", "--graph", "synthetic_record", "--duration", "1", "--set", "rig.camera_rate_hz=fast")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "nodes.rig.params.camera_rate_hz: expected float, got 'fast'" in result.stderr
-    missing = kil("run", "--graph", str(tmp_path / "nope.yaml"))
+    endless = kil("run", "--graph", "synthetic_record")
+    assert endless.returncode == 1 and "--duration: required with the stepped clock" in endless.stderr
+    missing = kil("run", "--graph", str(tmp_path / "nope.yaml"), "--duration", "1")
     assert missing.returncode == 1 and "nope.yaml: cannot read" in missing.stderr

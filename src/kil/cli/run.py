@@ -14,12 +14,21 @@ from kil.paths import graph_path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", required=True, help="graph name under config/graphs/ or a YAML path")
     parser.add_argument("--clock", choices=("stepped", "realtime"), default="stepped", help="simulated (fast, deterministic) or wall-clock time")
-    parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds of clock time")
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S",
+        help="stop after S seconds of clock time (required with the stepped clock, which runs as fast as it can)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="override a node parameter (YAML value); repeatable")
 
 
 def main(args: argparse.Namespace) -> int:
+    from kil.errors import ConfigError
     from kil.runtimes.local import LocalRuntime
+
+    if args.clock == "stepped" and args.duration is None:
+        raise ConfigError("--duration: required with the stepped clock (a timer-driven graph would never stop)")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError(f"--duration: must be > 0 seconds, got {args.duration:g}")
 
     graph = load_graph(graph_path(args.graph), parse_overrides(args.set))
     runtime = LocalRuntime(graph, clock=args.clock)
