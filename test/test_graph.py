@@ -9,7 +9,8 @@ import pytest
 
 from kil.errors import ConfigError, GraphError
 from kil.graph import load_graph, parse_overrides
-from kil.msgs import PoseCommand
+from kil.msgs import GripperCommand, PoseCommand
+from kil.stage import Subscription
 
 TOY = Path(__file__).parent / "data" / "toy_graph.yaml"
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "graphs"
@@ -101,6 +102,15 @@ def test_undeclared_topic_unknown_port_and_unconnected_input(tmp_path):
     expect(tmp_path, "name: x\nnodes: {a: {stage: toy_stages.counter, publish: {out: /nope}}}\n", "nodes.a.publish.out: topic '/nope' is not declared")
     expect(tmp_path, "name: x\ntopics: {/t: {type: PoseCommand}}\nnodes: {a: {stage: toy_stages.counter, publish: {oot: /t}}}\n", "nodes.a.publish.oot: Counter has no such output (outputs: out)")
     expect(tmp_path, "name: x\nnodes: {a: {stage: toy_stages.collector}}\n", "nodes.a.subscribe.inp: input port of Collector is not connected")
+
+
+def test_headerless_messages_cannot_be_stamp_matched(tmp_path, monkeypatch):
+    monkeypatch.setattr("toy_stages.pair.Pair.on_pair._kil_subscription", Subscription("on_pair", {"a": PoseCommand, "b": GripperCommand}))
+    expect(
+        tmp_path,
+        "name: x\ntopics: {/a: {type: PoseCommand}, /g: {type: GripperCommand}}\nnodes: {p: {stage: toy_stages.pair, subscribe: {a: /a, b: /g}}}\n",
+        "nodes.p.subscribe.b: GripperCommand has no header stamp to match with a",
+    )
 
 
 def test_bad_topic_name_role_and_options(tmp_path):

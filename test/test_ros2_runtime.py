@@ -53,7 +53,7 @@ def test_config_flattens_to_ros_parameter_values():
         "mode": "fast",
         "size": [480, 640],
         "seed": "null",
-        "names": [],
+        "names": "[]",
         "limits": "{x: 0.5}",
         "gains.kp": 1.0,
         "gains.axes": ["x", "y"],
@@ -186,8 +186,9 @@ def test_toy_graph_runs_as_ros_nodes():
     import rclpy
     from rclpy.node import Node
 
-    from kil.converters.pose import pose_command_from_ros
     from kil.converters.factory import RclpyFactory
+    from kil.converters.pose import pose_command_from_ros
+    from kil.runtimes.ros2.node import qos_profile
 
     launch = subprocess.Popen(
         ["ros2", "launch", "kil", "bringup.launch.py", "rig:=sim", "drivers:=false", "rviz:=false", f"graph:={TOY}", "set:=counter.rate_hz=20"],
@@ -196,7 +197,10 @@ def test_toy_graph_runs_as_ros_nodes():
     rclpy.init()
     node = Node("toy_graph_probe")
     received = []
-    node.create_subscription(RclpyFactory().message_class("geometry_msgs/msg/PoseStamped"), "/toy/scaled", lambda m: received.append(pose_command_from_ros(m)), 10)
+    scaled = load_graph(TOY).topics["/toy/scaled"]  # best_effort: a reliable probe would never match
+    node.create_subscription(
+        RclpyFactory().message_class("geometry_msgs/msg/PoseStamped"), "/toy/scaled", lambda m: received.append(pose_command_from_ros(m)), qos_profile(scaled.qos)
+    )
     try:
         deadline = time.monotonic() + 60
         while len(received) < 10 and time.monotonic() < deadline:
@@ -238,7 +242,10 @@ def test_ros2_bag_record_reads_like_our_bags(tmp_path):
         for role in spec.wire.roles:
             publishers[(topic, role.name)] = node.create_publisher(factory.message_class(role.ros_type), spec.ros_topics[role.name], qos_profile(spec.qos))
     try:
-        time.sleep(3.0)  # let the recorder discover the publishers
+        deadline = time.monotonic() + 30  # wait until the recorder subscribes to every topic
+        while time.monotonic() < deadline and not all(p.get_subscription_count() for p in publishers.values()):
+            rclpy.spin_once(node, timeout_sec=0.1)
+        assert all(p.get_subscription_count() for p in publishers.values()), "ros2 bag record did not subscribe"
         for topic, msg in samples.items():
             spec = graph.topics[topic]
             packet = spec.wire.to_ros(msg, factory, spec.options)

@@ -194,6 +194,10 @@ def _node(name: str, entry: _NodeEntry, topics: dict[str, TopicSpec], source: st
     for port in inputs:
         if port not in entry.subscribe:
             raise GraphError(f"{where}.subscribe.{port}: input port of {stage.__name__} is not connected to a topic")
+    for sub in stage.subscriptions():
+        for port in sub.ports if len(sub.ports) > 1 else ():
+            if not topics[entry.subscribe[port]].wire.stamped:  # message_filters needs header stamps
+                raise GraphError(f"{where}.subscribe.{port}: {sub.ports[port].__name__} has no header stamp to match with {', '.join(p for p in sub.ports if p != port)}")
     return NodeSpec(name, entry.stage, stage, params, config, dict(entry.publish), dict(entry.subscribe))
 
 

@@ -58,6 +58,7 @@ class WireFormat:
     roles: ClassVar[tuple[Role, ...]]
     options_class: ClassVar[type] = NoOptions
     sync_slop_s: ClassVar[float] = 0.0
+    stamped: ClassVar[bool] = True  # its ROS messages carry a header stamp (can be matched by time)
 
     def to_ros(self, msg: Any, factory: MessageFactory, options: Any) -> Packet:
         raise NotImplementedError
@@ -194,6 +195,7 @@ class PoseCommandWire(WireFormat):
 class GripperCommandWire(WireFormat):
     message_type = GripperCommand
     roles = (Role("", "control_msgs/msg/GripperCommand"),)
+    stamped = False
 
     def to_ros(self, msg: GripperCommand, factory: MessageFactory, options: NoOptions) -> Packet:
         return Packet({"": pose.gripper_command_to_ros(factory, msg)})

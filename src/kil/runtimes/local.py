@@ -93,6 +93,7 @@ class LocalRuntime:
         self._sequence = itertools.count()
         self._deliveries: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._subscribers: dict[str, list[Callable[[Any], None]]] = {t: [] for t in graph.topics}
+        self._timers: list[tuple[str, Callable[[], None], int]] = []  # scheduled when run() starts
         self._stop_reason: str | None = None
         self.log = logging.getLogger("kil.local")
         self.stages: dict[str, Stage] = {name: self._build(node) for name, node in graph.nodes.items()}
@@ -118,13 +119,12 @@ class LocalRuntime:
                 for port, topic in zip(sub.ports, topics):
                     self._subscribers[topic].append(lambda msg, p=port, s=sync, cb=callback: _call_if_matched(cb, s.add(p, msg)))
         for timer in node.stage_class.timers():
-            self._start_timer(node.name, getattr(stage, timer.method), timer.period_ns(node.config))
+            label = f"{node.name}.{timer.method}"
+            self._timers.append((label, getattr(stage, timer.method), timer.period_ns(node.config)))
         return stage
 
-    def _start_timer(self, node: str, callback: Callable[[], None], period_ns: int) -> None:
-        start = self.clock.now_ns()
-        state = {"deadline": start + period_ns}
-        label = f"{node}.{callback.__name__}"
+    def _start_timer(self, label: str, callback: Callable[[], None], period_ns: int, start_ns: int) -> None:
+        state = {"deadline": start_ns + period_ns}
 
         def tick() -> None:
             callback()
@@ -161,13 +161,15 @@ class LocalRuntime:
 
     def run(self, duration_s: float | None = None) -> RunStats:
         """Start every stage, run until `duration_s` of clock time has passed (events at the
-        end time included), a stage asks to stop, or nothing is left to do; then stop all."""
-        start = self.clock.now_ns()
-        end = None if duration_s is None else start + int(round(duration_s * 1e9))
-        self.stats.start_ns = start
+        end time included), a stage asks to stop, or nothing is left to do; then stop all.
+        A runtime runs once."""
         try:
             for stage in self.stages.values():
                 stage.start()
+            start = self.stats.start_ns = self.clock.now_ns()  # timers count from here
+            end = None if duration_s is None else start + int(round(duration_s * 1e9))
+            for label, callback, period_ns in self._timers:
+                self._start_timer(label, callback, period_ns, start)
             self._drain()
             while self._stop_reason is None and self._events:
                 deadline = self._events[0][0]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kil.converters.factory import RclpyFactory
-from kil.converters.pose import transform_from_ros
+from kil.converters.pose import tf_message, transform_from_ros
 from kil.converters.wire import TransformRouter
 from kil.errors import ConfigError, KilError, MessageError, TransformError
 from kil.graph import GraphSpec, NodeSpec, QoSSpec, TopicSpec, load_graph
@@ -36,6 +36,7 @@ from kil.runtimes.ros2.params import config_from_parameters, flatten_config
 from kil.stage import Stage, Subscription
 
 WATCHDOG_PARAM = "input_timeout_s"
+TF_WAIT_S = 0.05  # how long a stamped TF lookup may wait for its transform (the listener has its own thread)
 
 
 def qos_profile(spec: QoSSpec) -> Any:
@@ -153,7 +154,9 @@ class StageShell:
         self.node = node
         node.declare_parameter("graph", "", ParameterDescriptor(description="graph description (path or name under config/graphs/)"))
         node.declare_parameter("graph_node", "", ParameterDescriptor(description="node of the graph to run (default: this node's name)"))
-        node.declare_parameter(WATCHDOG_PARAM, 5.0, ParameterDescriptor(description="warn when an input has been silent this long (s)"))
+        node.declare_parameter(
+            WATCHDOG_PARAM, 5.0, ParameterDescriptor(description="warn when an input has been silent this long (s)", dynamic_typing=True)
+        )
         graph_file = node.get_parameter("graph").value
         if not graph_file:
             raise ConfigError(f"node {node.get_name()}: parameter 'graph' (a graph description) is required")
@@ -193,25 +196,39 @@ class StageShell:
 
     # -- TF -----------------------------------------------------------------------------
     def _setup_tf(self) -> None:
-        from tf2_ros import Buffer, StaticTransformBroadcaster, TransformBroadcaster, TransformListener
+        from tf2_ros import Buffer, TransformBroadcaster, TransformListener
 
         self._tf_buffer = Buffer()
         self._tf_listener = TransformListener(self._tf_buffer, self.node)
-        self._static_broadcaster = StaticTransformBroadcaster(self.node)
         self._broadcaster = TransformBroadcaster(self.node)
+        # /tf_static by hand: tf2_ros' StaticTransformBroadcaster latches only its last call on
+        # Humble and never updates a child frame on Jazzy; this keeps every child's newest pose.
+        self._static_transforms: dict[str, Any] = {}
+        self._static_publisher = self.node.create_publisher(
+            self.factory.message_class("tf2_msgs/msg/TFMessage"), "/tf_static", qos_profile(QoSSpec(durability="transient_local", depth=1))
+        )
 
     def lookup_transform(self, parent: str, child: str, stamp_ns: int | None) -> np.ndarray:
+        from rclpy.duration import Duration
         from rclpy.time import Time
         from tf2_ros import TransformException
 
-        when = Time() if stamp_ns is None else Time(nanoseconds=int(stamp_ns))
         try:
-            return transform_from_ros(self._tf_buffer.lookup_transform(parent, child, when))[3]
+            if stamp_ns is None:
+                transform = self._tf_buffer.lookup_transform(parent, child, Time())
+            else:  # a frame can arrive just before the TF of its instant (a moving camera)
+                transform = self._tf_buffer.lookup_transform(parent, child, Time(nanoseconds=int(stamp_ns)), timeout=Duration(seconds=TF_WAIT_S))
+            return transform_from_ros(transform)[3]
         except TransformException as err:
             raise TransformError(f"TF {parent} <- {child}: {err}") from err
 
     def broadcast(self, transforms: list[Any], static: bool) -> None:
-        (self._static_broadcaster if static else self._broadcaster).sendTransform(transforms)
+        if not static:
+            self._broadcaster.sendTransform(transforms)
+            return
+        for transform in transforms:
+            self._static_transforms[str(transform.child_frame_id)] = transform
+        self._static_publisher.publish(tf_message(self.factory, list(self._static_transforms.values())))
 
     # -- outputs ------------------------------------------------------------------------
     def _setup_outputs(self) -> None:

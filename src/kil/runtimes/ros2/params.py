@@ -2,8 +2,8 @@
 
 Nested dataclasses flatten to dotted names (``camera.fx``). Fields of a type ROS
 parameters can hold (bool, int, float, str, paths, enums, literals, homogeneous lists of
-those) map one to one; anything else (optional values, mappings, nested lists) travels as a
-YAML string. Reading back always goes through `load_dataclass`, so a parameter set from a
+those) map one to one; anything else (optional values, mappings, nested lists), and empty
+lists, which have no ROS parameter type, travel as YAML strings. Reading back always goes through `load_dataclass`, so a parameter set from a
 launch file or ``ros2 param set`` is validated exactly like a graph YAML value.
 """
 
@@ -53,7 +53,10 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(flatten_config(value, f"{name}."))
         elif is_native(tp):
             plain = to_plain(value)
-            flat[name] = list(plain) if isinstance(plain, (list, tuple)) else plain
+            if isinstance(plain, (list, tuple)):
+                # An empty list has no ROS parameter type (launch_ros rejects it): send "[]".
+                plain = list(plain) if plain else "[]"
+            flat[name] = plain
         else:
             flat[name] = yaml.safe_dump(to_plain(value), default_flow_style=True).strip().removesuffix("...").strip()
     return flat
@@ -74,7 +77,7 @@ def _nest(config_class: type, flat: dict[str, Any], prefix: str) -> dict[str, An
             data[field.name] = _nest(tp, flat, f"{name}.")
         elif name in flat:
             value = flat[name]
-            if not is_native(tp) and isinstance(value, str):
+            if isinstance(value, str) and (not is_native(tp) or typing.get_origin(tp) in (list, tuple)):
                 value = yaml.safe_load(value)
             elif isinstance(value, (list, tuple)):
                 value = list(value)
