@@ -178,9 +178,7 @@ def _node(name: str, entry: _NodeEntry, topics: dict[str, TopicSpec], source: st
         stage = load_stage_class(entry.stage, f"{where}.stage")
         params = merge_params(entry.params, override)
         config = load_dataclass(stage.Config, params, f"{where}.params")
-    except GraphError:
-        raise
-    except ConfigError as err:
+    except ConfigError as err:  # GraphError included: re-raised with the same text
         raise GraphError(str(err)) from None
     for port, topic in entry.publish.items():
         if port not in stage.outputs:
