@@ -71,3 +71,22 @@ def is_rigid(T: np.ndarray, atol: float = 1e-5) -> bool:
         and abs(np.linalg.det(R) - 1.0) < atol
         and np.allclose(T[3], [0, 0, 0, 1], atol=atol)
     )
+
+
+def project(K: np.ndarray, T_base_camera: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of base-frame points: ((N, 2) (u, v) pixels, (N,) depth along the optical axis
+    in metres). `T_base_camera` is the (4, 4) optical-frame pose in the base frame."""
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
+    cam = (points - T_base_camera[:3, 3]) @ T_base_camera[:3, :3]
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = (cam[:, :2] / z[:, None]) * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
+    return uv, z
+
+
+def unproject(K: np.ndarray, T_base_camera: np.ndarray, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(N, 3) base-frame points seen at pixels `uv` (N, 2) with optical-axis depth (N,) metres."""
+    uv = np.asarray(uv, dtype=float).reshape(-1, 2)
+    depth = np.asarray(depth, dtype=float).reshape(-1)
+    cam = np.stack([(uv[:, 0] - K[0, 2]) / K[0, 0] * depth, (uv[:, 1] - K[1, 2]) / K[1, 1] * depth, depth], axis=1)
+    return cam @ T_base_camera[:3, :3].T + T_base_camera[:3, 3]

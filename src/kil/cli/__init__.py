@@ -18,7 +18,7 @@ from kil.errors import KilError
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "run": ("kil.cli.run", "run a graph description in the local runtime"),
     "record": (None, "record demonstration episodes through the local graph (teleop or scripted expert)"),
-    "sim": (None, "simulated rig: scripted demonstrations, renders, ground truth"),
+    "sim": ("kil.cli.sim", "simulated rig: scripted demonstrations, renders, ground truth"),
     "annotate": (None, "click reference keypoints on a recorded frame in a local web page"),
     "build-dataset": (None, "turn recorded episodes into a training store with keypoints"),
     "train": (None, "train a keypoint diffusion policy"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ class EpisodeWriter:
         self._writer = _Rosbag2Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._connections: dict[str, Any] = {}
         self._router = TransformRouter()
-        self._last_flush = time.monotonic()
+        self._last_flush_ns: int | None = None  # log time of the last flush
         self._open = False
 
     def open(self) -> EpisodeWriter:
@@ -142,14 +141,17 @@ class EpisodeWriter:
             raise BagError(f"{self.path}: topic {topic} is recorded as {connection.msgtype}, got {typename}")
         self._writer.write(connection, int(log_time_ns), data)
         self.message_count += 1
-        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+        # Flushing by log time, not wall time, keeps a stepped-clock recording byte-identical.
+        if self._last_flush_ns is None:
+            self._last_flush_ns = int(log_time_ns)
+        elif log_time_ns - self._last_flush_ns >= self.flush_interval_s * 1e9:
             self.flush()
+            self._last_flush_ns = int(log_time_ns)
 
     def flush(self) -> None:
         """Make everything written so far durable (a complete MCAP chunk, fsynced)."""
         if self._open:
             self._writer.storage.flush()
-        self._last_flush = time.monotonic()
 
     def close(self, **metadata_updates: Any) -> None:
         """Finish the bag (summary, metadata.yaml) and mark the episode complete."""

@@ -1,0 +1,74 @@
+"""`kil sim`: the simulated rig from the command line.
+
+    kil sim demos --task pick_place --robot panda --variation in --episodes 50 --seed 0 --out DIR
+    kil sim render --task place_upright --robot ur5e --variation scene --seed 3 --out scene.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+VARIATIONS = ("in", "obj", "scene", "rot")  # kil.sim.scene.VARIATIONS, without importing it here
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("demos", "render"), help="demos: record scripted demonstrations; render: PNG of an episode's first frame with its true keypoints")
+    parser.add_argument("--task", default="pick_place", help="task under config/sim/tasks.yaml (pick_place, place_upright, pick_place_two)")
+    parser.add_argument("--robot", default="panda", help="panda or ur5e")
+    parser.add_argument("--variation", default="in", help=f"one of {', '.join(VARIATIONS)}")
+    parser.add_argument("--episodes", type=int, default=1, help="demos: number of episodes")
+    parser.add_argument("--seed", type=int, default=0, help="batch seed (episode i uses a seed derived from it)")
+    parser.add_argument("--out", required=True, help="demos: directory for the episodes; render: PNG path")
+    parser.add_argument("--camera-rate", type=float, default=None, metavar="HZ", help="camera rate, 10-30 Hz (default from the graph: 15)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from kil.errors import ConfigError
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
+    return _demos(args) if args.action == "demos" else _render(args)
+
+
+def _demos(args: argparse.Namespace) -> int:
+    from kil.sim.demos import demo_graph, episode_dirs, episode_seed, record_episode
+
+    out = Path(args.out)
+    paths = episode_dirs(out, args.episodes)
+    demo_graph(args.task, args.robot, args.variation, args.seed, paths[0])  # validate the arguments first
+    console = Console(stderr=True)
+    results = []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"{args.task}/{args.robot}/{args.variation}", total=args.episodes, rate="")
+        for i, path in enumerate(paths):
+            result = record_episode(args.task, args.robot, args.variation, episode_seed(args.seed, i), path, args.camera_rate)
+            results.append(result)
+            done = sum(r.success for r in results)
+            progress.update(bar, advance=1, rate=f"success {done}/{len(results)}")
+    mean = sum(r.completion for r in results) / len(results)
+    successes = sum(r.success for r in results)
+    Console().print(f"{out}: {len(results)} episodes, expert success {successes}/{len(results)}, mean completion {mean:.2f}")
+    for r in results:
+        if not r.success:
+            Console().print(f"  {r.path.name}: completion {r.completion:.2f} (seed {r.seed}, {r.stop_reason}); kept, marked unsuccessful")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from kil.sim.episode import make_world
+    from kil.sim.render import keypoint_overlay
+
+    world = make_world(args.task, args.robot, args.variation, args.seed)
+    try:
+        rgb, depth = world.render()
+        names, xyz, _ = world.keypoints()
+        path = keypoint_overlay(rgb, depth, world.K, world.T_base_camera, names, xyz, Path(args.out))
+    finally:
+        world.close()
+    Console().print(f"wrote {path}")
+    return 0

@@ -1,0 +1,93 @@
+"""Sim expert node: the scripted teleoperator of the simulated rig.
+
+It reads the true object poses from TF (``sim/obj<i>``, published by the sim rig like a
+motion-capture system would) and the robot state, and publishes chunks of absolute EE
+targets at 10 Hz, exactly like the policy node, so its motions go through the same
+10 → 100 Hz path. When its plan is played out it stops the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kil.config import require
+from kil.errors import TransformError
+from kil.geometry import matrix_to_quat, pose_to_matrix
+from kil.msgs import ActionChunk, RobotState
+from kil.sim.expert import ExpertConfig, ScriptedExpert
+from kil.stage import Stage, every, subscribe
+
+
+@dataclass(frozen=True)
+class SimExpertConfig:
+    task: str = "pick_place"  # task, variation and seed must match the sim rig's
+    variation: str = "in"
+    seed: int = 0
+    rate_hz: float = 10.0
+    horizon: int = 16  # waypoints per chunk
+    base_frame: str = "base_link"
+    motion: ExpertConfig = field(default_factory=ExpertConfig)
+
+    def __post_init__(self) -> None:
+        require(self.rate_hz > 0, "rate_hz", "must be > 0")
+        require(self.horizon >= 2, "horizon", f"needs at least 2 waypoints, got {self.horizon}")
+
+
+class SimExpert(Stage):
+    Config = SimExpertConfig
+    outputs = {"chunk": ActionChunk}
+
+    def __init__(self, config: SimExpertConfig, io) -> None:
+        super().__init__(config, io)
+        self.state: RobotState | None = None
+        self.planner: ScriptedExpert | None = None
+        self.t0_ns: int | None = None
+
+    @subscribe(state=RobotState)
+    def on_state(self, state: RobotState) -> None:
+        self.state = state
+
+    def _make_planner(self, open_width: float) -> ScriptedExpert:
+        from kil.sim.episode import episode_scene
+        from kil.sim.objects import load_catalogue
+        from kil.sim.tasks import make_task, task_config
+
+        c = self.config
+        table_z = float(self.io.lookup_transform(c.base_frame, "sim/table")[2, 3])
+        scene = episode_scene(c.task, c.variation, c.seed)
+        task = make_task(c.task, task_config(c.task), load_catalogue(), table_z)
+        return ScriptedExpert(task, scene, open_width, c.motion)
+
+    @every(hz="rate_hz")
+    def tick(self) -> None:
+        if self.state is None:
+            return
+        now = self.io.now_ns()
+        try:
+            if self.planner is None:
+                self.planner = self._make_planner(self.state.gripper)
+                self.t0_ns = now
+            objects = [self.io.lookup_transform(self.config.base_frame, f"sim/obj{i}") for i in range(len(self.planner.scene.objects))]
+        except TransformError:
+            return  # the rig has not published its first frame yet
+        t = (now - self.t0_ns) / 1e9
+        ee_now = pose_to_matrix(self.state.position, self.state.orientation)
+        self.planner.update(t, ee_now, objects)
+        if self.planner.finished(t):
+            self.io.shutdown("expert finished its plan")
+            return
+        dt = 1.0 / self.config.rate_hz
+        samples = [self.planner.sample(t + i * dt) for i in range(self.config.horizon)]
+        self.io.publish("chunk", ActionChunk(
+            stamp_ns=now,
+            frame_id=self.config.base_frame,
+            dt=dt,
+            positions=np.array([T[:3, 3] for T, _ in samples]),
+            orientations=np.array([matrix_to_quat(T[:3, :3]) for T, _ in samples]),
+            gripper=np.array([g for _, g in samples], dtype=float),
+        ))
+
+
+STAGE = SimExpert
