@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Set up .venv (scripts/setup.sh) and run the main job on the simulated rig.
-# Until the simulator and policy land, the job runs the local graph on a synthetic rig:
-# a generated RGB-D camera and robot state, recorded into a rosbag2 (MCAP) episode with the
-# topics a real rig records, read back and previewed as a PNG. Output: runs/main/<time>/.
+# Set up .venv (scripts/setup.sh) and run the main job on the simulated rig: scripted
+# demonstrations of pick_place on the Panda (robosuite/MuJoCo, RGB-D camera, 100 Hz pose
+# control), each recorded as a rosbag2 (MCAP) episode with the topics a real rig records;
+# then one episode's topics, a contact sheet of its camera, and the scene with its true
+# keypoints as PNGs. Output: runs/main/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
 out="runs/main/$(date +%Y%m%d-%H%M%S)"
-.venv/bin/kil run --graph synthetic_record --duration 10 --set "recorder.path=$out/episode_0000"
-.venv/bin/kil bag info "$out/episode_0000"
-.venv/bin/kil bag preview "$out/episode_0000" --out "$out/preview.png"
+.venv/bin/kil sim demos --task pick_place --robot panda --variation in --episodes "${KIL_EPISODES:-5}" --seed 0 --out "$out/demos"
+.venv/bin/kil bag info "$out/demos/episode_0000"
+.venv/bin/kil bag preview "$out/demos/episode_0000" --out "$out/preview.png"
+.venv/bin/kil sim render --task pick_place --robot panda --variation in --seed 0 --out "$out/scene_keypoints.png"
 echo "main job done: $out"

@@ -19,6 +19,7 @@ from helpers import STAMP, assert_messages_equal, sample_of_every_type
 
 from kil.errors import ConfigError, GraphError
 from kil.graph import load_graph
+from kil.paths import graph_path
 from kil.rigs import RIGS, CameraCalibration, load_calibration, load_rig
 from kil.runtimes.ros2.launch import EXECUTABLE, driver_arguments, graph_nodes, static_transform_arguments
 from kil.runtimes.ros2.params import config_from_parameters, flatten_config, is_native
@@ -269,3 +270,21 @@ def test_ros2_bag_record_reads_like_our_bags(tmp_path):
             assert read[topic].position == msg.position
             continue
         assert_messages_equal(read[topic], expected)
+
+
+def test_sim_rig_driver_graph_becomes_a_node_with_its_parameters():
+    rig = load_rig("sim")
+    assert rig.driver_graph == "sim_rig"
+    (launch,) = graph_nodes(rig.driver_graph, {"rig": {"task": "place_upright", "robot": "ur5e"}})
+    params = launch.parameters
+    assert launch.name == "rig" and params["task"] == "place_upright" and params["robot"] == "ur5e"
+    assert params["camera.width"] == 640 and params["camera.eye"] == [1.08, -0.38, 0.56]
+    from kil.stages.sim_rig import SimRigConfig
+
+    config = config_from_parameters(SimRigConfig, {k: v for k, v in params.items() if k not in ("graph", "graph_node")}, "rig")
+    assert config.task == "place_upright" and config.camera.fovy_deg == 55.0
+    # the sim rig's topics are the ones its rig file names
+    spec = load_graph(graph_path("sim_rig"))
+    assert spec.topics["/camera"].ros_topics == {"image": rig.camera.image, "depth": rig.camera.depth, "camera_info": rig.camera.camera_info}
+    assert spec.topics["/robot_state"].ros_topics["pose"] == rig.ee_pose_topic
+    assert rig.pose_target_topic in spec.topics and rig.gripper.action in spec.topics

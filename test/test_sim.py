@@ -244,10 +244,10 @@ def test_demos_command_writes_identical_bags_for_one_seed(tmp_path):
                      "--seed", "4", "--camera-rate", "10", "--out", str(tmp_path / run)]) == 0
     a, b = tmp_path / "a" / "episode_0000", tmp_path / "b" / "episode_0000"
     topics = EpisodeReader(a).topics()
-    for name in ("/camera/color/image_raw", "/camera/depth/image_raw", "/camera/color/camera_info", "/tf_static",
-                 "/kil/ee_pose", "/joint_states", "/kil/pose_target", "/kil/gripper_command", "/kil/chunk", "/sim/keypoints"):
+    for name in ("/camera/image", "/camera/depth", "/camera/camera_info", "/tf_static",
+                 "/sim/ee_pose", "/joint_states", "/kil/pose_target", "/kil/gripper_command", "/kil/chunk", "/sim/keypoints"):
         assert name in topics and topics[name][1] > 0, name
-    assert topics["/camera/color/image_raw"][0] == "sensor_msgs/msg/Image"
+    assert topics["/camera/image"][0] == "sensor_msgs/msg/Image"
     assert topics["/kil/gripper_command"][0] == "control_msgs/msg/GripperCommand"
     meta = read_metadata(a)
     assert meta.task == "pick_place" and meta.variation == "in" and meta.status == "complete"

@@ -58,6 +58,7 @@ class RigConfig:
     camera: CameraRig
     gripper: GripperRig
     drivers: tuple[DriverLaunch, ...] = ()
+    driver_graph: str = ""  # a kil graph whose nodes are this rig's drivers (the simulated rig)
     record_topics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

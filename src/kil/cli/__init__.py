@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "build-dataset": (None, "turn recorded episodes into a training store with keypoints"),
     "train": (None, "train a keypoint diffusion policy"),
     "eval": (None, "run closed-loop episodes in the sim and report success rates"),
-    "bench": (None, "benchmarks that print speed, memory and quality figures"),
+    "bench": ("kil.cli.bench", "benchmarks that print speed, memory and quality figures"),
     "models": (None, "feature backends: where each looks for weights and whether they are present"),
     "bag": ("kil.cli.bag", "inspect or recover rosbag2 episodes"),
 }

@@ -11,12 +11,13 @@ launch_ros actions, so launch files and the local runtime read the same YAML::
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kil.errors import ConfigError
-from kil.graph import load_graph
+from kil.graph import load_graph, parse_overrides
 from kil.paths import graph_path
 from kil.rigs import RIGS, CameraCalibration, DriverLaunch, RigConfig, load_calibration, load_rig
 from kil.runtimes.ros2.params import flatten_config
@@ -86,6 +87,7 @@ def declare_rig_arguments() -> list[Any]:
         DeclareLaunchArgument("drivers", default_value="true", choices=["true", "false"], description="start the robot and camera drivers"),
         DeclareLaunchArgument("robot_ip", default_value="", description="robot controller address (real rigs)"),
         DeclareLaunchArgument("fake_hardware", default_value="false", choices=["true", "false"], description="drivers with fake/mock hardware"),
+        DeclareLaunchArgument("rig_set", default_value="", description="parameters of a kil driver graph (rig:=sim): 'rig.task=place_upright rig.robot=ur5e ...'"),
     ]
 
 
@@ -126,6 +128,8 @@ def rig_actions(context: Any) -> list[Any]:
         for driver, arguments in driver_arguments(rig, arg("robot_ip"), arg("fake_hardware") == "true"):
             source = f"{get_package_share_directory(driver.package)}/launch/{driver.launch_file}"
             actions.append(IncludeLaunchDescription(PythonLaunchDescriptionSource(source), launch_arguments=arguments.items()))
+        if rig.driver_graph:
+            actions.extend(graph_launch_actions(rig.driver_graph, parse_overrides(shlex.split(arg("rig_set")))))
     if rig.camera.driver != "sim":  # the sim publishes its own camera pose
         arguments = static_transform_arguments(load_calibration(rig))
         actions.append(Node(package="tf2_ros", executable="static_transform_publisher", name="camera_calibration", arguments=arguments))

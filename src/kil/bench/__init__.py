@@ -1,0 +1,1 @@
+"""Benchmarks: measurements printed side by side in one run (`kil bench <suite>`)."""
