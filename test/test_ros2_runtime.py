@@ -21,7 +21,12 @@ from kil.errors import ConfigError, GraphError
 from kil.graph import load_graph
 from kil.paths import graph_path
 from kil.rigs import RIGS, CameraCalibration, load_calibration, load_rig
-from kil.runtimes.ros2.launch import EXECUTABLE, driver_arguments, graph_nodes, static_transform_arguments
+from kil.runtimes.ros2.launch import (
+    EXECUTABLE,
+    driver_arguments,
+    graph_nodes,
+    static_transform_arguments,
+)
 from kil.runtimes.ros2.params import config_from_parameters, flatten_config, is_native
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -95,8 +95,8 @@ def test_gripper_closes_and_opens(world):
 
 
 def test_correspondences_between_two_views(world):
+    from kil.geometry import look_at_pose
     from kil.sim.correspondence import correspondences
-    from kil.sim.world import look_at_pose
 
     a = world.capture_view()
     original = world.T_base_camera.copy()
@@ -189,7 +189,6 @@ def test_a_sabotaged_episode_is_scored_a_failure():
     sabotaged = ExpertConfig(grasp_dwell_s=0.0, lift_height=0.0, approach_height=0.02)
     nodes["expert"] = replace(nodes["expert"], config=replace(nodes["expert"].config, motion=sabotaged))
     runtime = LocalRuntime(replace(graph, nodes=nodes))
-    runtime.stages["rig"].world.scene  # built
     runtime.run(3.0)  # stopped long before the expert could finish
     assert runtime.stages["rig"].completion == 0.0
 

@@ -90,3 +90,16 @@ def unproject(K: np.ndarray, T_base_camera: np.ndarray, uv: np.ndarray, depth: n
     depth = np.asarray(depth, dtype=float).reshape(-1)
     cam = np.stack([(uv[:, 0] - K[0, 2]) / K[0, 0] * depth, (uv[:, 1] - K[1, 2]) / K[1, 1] * depth, depth], axis=1)
     return cam @ T_base_camera[:3, :3].T + T_base_camera[:3, 3]
+
+
+def look_at_pose(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(4, 4) pose of an optical frame (z forward, x right, y down) at `eye` facing `target`;
+    image rows run downwards in the world (x stays horizontal)."""
+    z = np.asarray(target, float) - np.asarray(eye, float)
+    z /= np.linalg.norm(z)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    T[:3, 3] = eye
+    return T

@@ -249,14 +249,10 @@ class Tray(Shape):
         return {"center": np.array([0.0, 0.0, -sz + cls.thickness]), "corner": np.array([sx, sy, sz]), "edge_x": np.array([sx, 0.0, sz])}
 
 
-class Coaster(Shape):
+class Coaster(Cylinder):
     """Fixed flat disc marking where an object goes; size (diameter, diameter, thickness)."""
 
     name = "coaster"
-
-    @staticmethod
-    def geoms(o: ObjectInstance) -> list[Geom]:
-        return [Geom("cylinder", (o.size[0] / 2, o.size[2] / 2), (0.0, 0.0, 0.0))]
 
     @staticmethod
     def keypoints(o: ObjectInstance) -> dict[str, np.ndarray]:

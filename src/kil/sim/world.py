@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kil.config import require
-from kil.geometry import invert, matrix_to_quat, quat_to_matrix
+from kil.geometry import invert, look_at_pose, matrix_to_quat
 from kil.sim.correspondence import View
 from kil.sim.env import CAMERA_NAME, TABLE_TOP_WORLD, body_pose, make_env
 from kil.sim.objects import Catalogue, shape_of
@@ -52,18 +52,6 @@ class WorldConfig:
     control_hz: float = 100.0
     kp: float = 300.0  # OSC stiffness
     camera: CameraConfig = field(default_factory=CameraConfig)
-
-
-def look_at_pose(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(4, 4) pose of an optical frame (z forward, x right, y down) at `eye` facing `target`."""
-    z = np.asarray(target, float) - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    return T
 
 
 def intrinsics(width: int, height: int, fovy_deg: float) -> np.ndarray:
@@ -281,11 +269,3 @@ class SimWorld:
     def close(self) -> None:
         self.env.close()
 
-
-def rotation_about_z(yaw: float) -> np.ndarray:
-    c, s = math.cos(yaw), math.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def quat_xyzw_to_matrix(q: np.ndarray) -> np.ndarray:
-    return quat_to_matrix(np.asarray(q, float))

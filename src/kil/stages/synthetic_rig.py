@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from kil.config import require
-from kil.geometry import matrix_to_quat
+from kil.geometry import look_at_pose, matrix_to_quat
 from kil.msgs import RGBD, RobotState
 from kil.stage import Stage, every
+
 
 @dataclass(frozen=True)
 class SyntheticRigConfig:
@@ -37,18 +38,6 @@ class SyntheticRigConfig:
         require(0 < self.horizontal_fov_deg < 170, "horizontal_fov_deg", "must be in (0, 170)")
         for name in ("camera_rate_hz", "state_rate_hz", "cube_size", "motion_period_s"):
             require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-
-
-def look_at_pose(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(4, 4) pose of an optical frame (z forward, x right, y down) at `eye` facing `target`."""
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    return T
 
 
 class SyntheticRig(Stage):
