@@ -46,7 +46,9 @@ setup(
         "tqdm>=4.64",
     ],
     extras_require={
-        "models": ["torch", "safetensors"],
+        # Feature backends and learning: transformers (DINOv2/v3, RADIO, SAM), diffusers
+        # (DIFT), OpenCV (dense SIFT), torch with safetensors checkpoints.
+        "models": ["torch", "safetensors", "transformers>=5.0", "diffusers>=0.35", "opencv-python>=4.8"],
         "sim": ["robosuite==1.5.2", "mujoco==3.3.7", "h5py"],
         "dev": ["pytest>=7.4", "hypothesis>=6.80"],
     },

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from kil.geometry import matrix_to_quat
-from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Keypoints, PoseCommand, RobotState
+from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
 
 STAMP = 1_700_000_123_456_789_012
 BASE = "panda_link0"
@@ -45,7 +45,7 @@ def sample_features(rng: np.random.Generator, channels: int = 7) -> FeatureMap:
     return FeatureMap(STAMP, OPTICAL, rng.standard_normal((channels, 3, 5)).astype(np.float32))
 
 
-def sample_keypoints(rng: np.random.Generator, n: int = 5) -> Keypoints:
+def sample_keypoints(rng: np.random.Generator, n: int = 5, similarity: bool = False) -> Keypoints:
     visible = np.array([True, False, True, True, False][:n])
     xyz = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
     xyz[~visible] = np.nan
@@ -58,7 +58,12 @@ def sample_keypoints(rng: np.random.Generator, n: int = 5) -> Keypoints:
         score=rng.uniform(0, 1, n),
         visible=visible,
         instance=np.arange(n, dtype=np.int32) % 2,
+        similarity=rng.uniform(-1, 1, (n, n)).astype(np.float32) if similarity else None,
     )
+
+
+def sample_image(rng: np.random.Generator) -> Image:
+    return Image(STAMP, OPTICAL, rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
 
 
 def sample_quaternion(rng: np.random.Generator) -> np.ndarray:
@@ -121,7 +126,8 @@ def sample_of_every_type(rng: np.random.Generator) -> dict[str, object]:
     return {
         "RGBD": sample_rgbd(rng),
         "FeatureMap": sample_features(rng),
-        "Keypoints": sample_keypoints(rng),
+        "Keypoints": sample_keypoints(rng, similarity=True),
+        "Image": sample_image(rng),
         "RobotState": sample_state(rng),
         "ActionChunk": sample_chunk(rng),
         "PoseCommand": sample_pose_command(rng),

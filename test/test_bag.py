@@ -28,7 +28,7 @@ from kil.graph import load_graph
 
 ALL_TYPES = Path(__file__).parent / "data" / "all_types_graph.yaml"
 # Topics of all_types_graph.yaml in the order of helpers.sample_of_every_type.
-ALL_TYPES_TOPICS = ("/camera", "/kil/features", "/kil/keypoints", "/robot", "/kil/chunk", "/kil/pose_target", "/kil/gripper_command")
+ALL_TYPES_TOPICS = ("/camera", "/kil/features", "/kil/keypoints", "/kil/annotated", "/robot", "/kil/chunk", "/kil/pose_target", "/kil/gripper_command")
 MS = 1_000_000
 
 
@@ -72,6 +72,7 @@ def test_written_episode_reads_back_with_anyreader(tmp_path, distro):
             "/kil/features": ("sensor_msgs/msg/Image", 3),
             "/kil/keypoints": ("sensor_msgs/msg/PointCloud2", 3),
             "/kil/keypoints/markers": ("visualization_msgs/msg/MarkerArray", 3),
+            "/kil/annotated": ("sensor_msgs/msg/Image", 3),
             "/franka_robot_state_broadcaster/current_pose": ("geometry_msgs/msg/PoseStamped", 3),
             "/joint_states": ("sensor_msgs/msg/JointState", 3),
             "/kil/chunk": ("trajectory_msgs/msg/MultiDOFJointTrajectory", 3),

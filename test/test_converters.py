@@ -183,6 +183,16 @@ def test_keypoints_point_cloud_round_trip(factory, store, rng):
     assert keypoints.keypoints_from_ros(msg).names == ("kp0", "kp1", "kp2", "kp3", "kp4")
 
 
+def test_keypoint_similarity_vectors_travel_as_extra_fields(factory, store, rng):
+    kps = sample_keypoints(rng, similarity=True)
+    msg = cdr(store, keypoints.keypoints_to_ros(factory, kps))
+    assert [f.name for f in msg.fields][9:] == ["s0", "s1", "s2", "s3", "s4"]
+    assert msg.point_step == 36 + 4 * 5
+    back = keypoints.keypoints_from_ros(msg, kps.names)
+    assert_messages_equal(back, kps)
+    assert back.similarity[1, 3] == kps.similarity[1, 3]
+
+
 def test_keypoints_cloud_with_other_layout_reads_by_field_name(factory):
     fields = [("visible", 0, 2), ("index", 1, 6), ("x", 8, 8), ("y", 16, 8), ("z", 24, 8), ("u", 32, 7), ("v", 36, 7), ("score", 40, 7)]
     dtype = keypoints._cloud_dtype(fields, 44)

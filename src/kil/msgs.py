@@ -198,6 +198,8 @@ class Keypoints:
     score: (N,) float32 matching score (cosine similarity for image matching).
     visible: (N,) bool, false where no valid depth or the keypoint is not found.
     instance: (N,) int32 object instance each keypoint belongs to (0 for single objects).
+    similarity: optional (N, N) float32; [i, j] is the cosine similarity of keypoint i's
+        matched pixel to reference keypoint j (paper 000's similarity vectors).
     """
 
     stamp_ns: int
@@ -208,6 +210,7 @@ class Keypoints:
     score: np.ndarray
     visible: np.ndarray
     instance: np.ndarray | None = None
+    similarity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         o = "Keypoints"
@@ -230,9 +233,29 @@ class Keypoints:
         _set(self, "score", _check_array(o, "score", self.score, np.float32, (n,), finite=True))
         instance = np.zeros(n, np.int32) if self.instance is None else self.instance
         _set(self, "instance", _check_array(o, "instance", instance, np.int32, (n,)))
+        if self.similarity is not None:
+            _set(self, "similarity", _check_array(o, "similarity", self.similarity, np.float32, (n, n), finite=True))
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """A colour image for people to look at (keypoints drawn on the camera frame, say).
+
+    rgb: (H, W, 3) uint8, RGB channel order.
+    """
+
+    stamp_ns: int
+    frame_id: str
+    rgb: np.ndarray
+
+    def __post_init__(self) -> None:
+        o = "Image"
+        _set(self, "stamp_ns", _check_stamp(o, self.stamp_ns))
+        _set(self, "frame_id", _check_frame(o, "frame_id", self.frame_id))
+        _set(self, "rgb", _check_array(o, "rgb", self.rgb, np.uint8, (None, None, 3)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,7 +368,7 @@ class GripperCommand:
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (RGBD, FeatureMap, Keypoints, RobotState, ActionChunk, PoseCommand, GripperCommand)
+    for cls in (RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand)
 }
 
 

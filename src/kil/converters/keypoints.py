@@ -2,7 +2,8 @@
 
 The cloud has one point per keypoint with fields x, y, z (metres, base frame; NaN where not
 visible, so RViz skips them), u, v (pixels), score, instance, index (into the keypoint
-names, which the reference spec defines) and visible. Readers look fields up by name, so
+names, which the reference spec defines), visible, and with similarity vectors s0..s<N-1>.
+Readers look fields up by name, so
 a cloud laid out differently by another publisher still reads.
 """
 
@@ -16,6 +17,7 @@ from kil.converters.factory import MessageFactory, as_bytes, duration_msg, heade
 from kil.converters.pose import point_msg, pose_msg
 from kil.errors import MessageError
 from kil.msgs import Keypoints
+from kil.perception.draw import PALETTE
 
 # sensor_msgs/PointField datatype constants
 POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
@@ -35,15 +37,6 @@ _REQUIRED = ("x", "y", "z", "u", "v", "score", "visible", "index")
 
 # Marker constants (visualization_msgs/Marker)
 SPHERE_LIST, TEXT_VIEW_FACING, ADD, DELETEALL = 7, 9, 0, 3
-# Colour per keypoint index (matplotlib tab10), RGB in [0, 1].
-PALETTE = np.array(
-    [
-        [0.12, 0.47, 0.71], [1.00, 0.50, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16], [0.58, 0.40, 0.74],
-        [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.50, 0.50, 0.50], [0.74, 0.74, 0.13], [0.09, 0.75, 0.81],
-    ]
-)
-
-
 def _cloud_dtype(fields: Sequence[tuple[str, int, int]], itemsize: int, bigendian: bool = False) -> np.dtype:
     order = ">" if bigendian else "<"
     return np.dtype(
@@ -56,10 +49,20 @@ def _cloud_dtype(fields: Sequence[tuple[str, int, int]], itemsize: int, bigendia
     )
 
 
+def _similarity_fields(n: int) -> list[tuple[str, int, int]]:
+    """Fields s0..s<n-1> (float32) after the fixed ones: keypoint i's similarity vector."""
+    return [(f"s{j}", _POINT_STEP + 4 * j, 7) for j in range(n)]
+
+
 def keypoints_to_ros(factory: MessageFactory, keypoints: Keypoints) -> Any:
-    """PointCloud2 (height 1, one point per keypoint) in the keypoints' base frame."""
+    """PointCloud2 (height 1, one point per keypoint) in the keypoints' base frame; with
+    similarity vectors, fields s0..s<N-1> carry them."""
     n = len(keypoints)
-    points = np.zeros(n, _cloud_dtype(_CLOUD_FIELDS, _POINT_STEP))
+    layout = list(_CLOUD_FIELDS)
+    if keypoints.similarity is not None:
+        layout += _similarity_fields(n)
+    step = _POINT_STEP + (4 * n if keypoints.similarity is not None else 0)
+    points = np.zeros(n, _cloud_dtype(layout, step))
     for axis, name in enumerate("xyz"):
         points[name] = keypoints.xyz[:, axis]
     points["u"], points["v"] = keypoints.uv[:, 0], keypoints.uv[:, 1]
@@ -67,9 +70,12 @@ def keypoints_to_ros(factory: MessageFactory, keypoints: Keypoints) -> Any:
     points["instance"] = keypoints.instance
     points["index"] = np.arange(n)
     points["visible"] = keypoints.visible
+    if keypoints.similarity is not None:
+        for j in range(n):
+            points[f"s{j}"] = keypoints.similarity[:, j]
     fields = [
         factory.new("sensor_msgs/msg/PointField", name=name, offset=offset, datatype=datatype, count=1)
-        for name, offset, datatype in _CLOUD_FIELDS
+        for name, offset, datatype in layout
     ]
     return factory.new(
         "sensor_msgs/msg/PointCloud2",
@@ -78,8 +84,8 @@ def keypoints_to_ros(factory: MessageFactory, keypoints: Keypoints) -> Any:
         width=n,
         fields=fields,
         is_bigendian=False,
-        point_step=_POINT_STEP,
-        row_step=_POINT_STEP * n,
+        point_step=step,
+        row_step=step * n,
         data=points.view(np.uint8).reshape(-1),
         is_dense=bool(np.all(keypoints.visible)),
     )
@@ -107,6 +113,9 @@ def keypoints_from_ros(msg: Any, names: Sequence[str] = ()) -> Keypoints:
         point_names = tuple(names[i] for i in index)
     else:
         point_names = tuple(f"kp{i}" for i in index)
+    similarity = None
+    if n and all(f"s{j}" in fields for j in range(n)):
+        similarity = np.stack([points[f"s{j}"] for j in range(n)], axis=1).astype(np.float32)
     return Keypoints(
         stamp_ns=time_ns(msg.header.stamp),
         frame_id=str(msg.header.frame_id),
@@ -116,6 +125,7 @@ def keypoints_from_ros(msg: Any, names: Sequence[str] = ()) -> Keypoints:
         score=points["score"],
         visible=points["visible"].astype(bool),
         instance=points["instance"].astype(np.int32) if "instance" in fields else None,
+        similarity=similarity,
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from kil.converters import image, keypoints, pose, trajectory
 from kil.converters.factory import MessageFactory, time_ns
 from kil.errors import MessageError
-from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Keypoints, PoseCommand, RobotState
+from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
 from kil.sync import StampSynchronizer
 
 # (parent frame, child frame, stamp_ns) -> (4, 4) pose of child in parent
@@ -119,6 +119,18 @@ class FeatureMapWire(WireFormat):
         return image.image_to_features(messages[""])
 
 
+class ImageWire(WireFormat):
+    message_type = Image
+    roles = (Role("", "sensor_msgs/msg/Image"),)
+
+    def to_ros(self, msg: Image, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": image.rgb_to_image(factory, msg.rgb, msg.stamp_ns, msg.frame_id)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> Image:
+        msg = messages[""]
+        return Image(stamp_ns=time_ns(msg.header.stamp), frame_id=str(msg.header.frame_id), rgb=image.image_to_rgb(msg))
+
+
 @dataclass(frozen=True)
 class KeypointsOptions:
     names: tuple[str, ...] = ()  # keypoint names by index (the reference spec's order)
@@ -210,6 +222,7 @@ WIRE_FORMATS: dict[type, WireFormat] = {
         RGBDWire(),
         FeatureMapWire(),
         KeypointsWire(),
+        ImageWire(),
         RobotStateWire(),
         ActionChunkWire(),
         PoseCommandWire(),

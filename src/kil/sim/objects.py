@@ -68,10 +68,17 @@ class Catalogue:
         return self.categories[name]
 
     def instance(self, instance_id: str) -> ObjectInstance:
-        for cat in self.categories.values():
+        return self._find(instance_id)[1]
+
+    def category_of(self, instance_id: str) -> str:
+        """The name of the category an instance belongs to."""
+        return self._find(instance_id)[0]
+
+    def _find(self, instance_id: str) -> tuple[str, ObjectInstance]:
+        for name, cat in self.categories.items():
             for inst in cat.demo + cat.held_out:
                 if inst.id == instance_id:
-                    return inst
+                    return name, inst
         raise ConfigError(f"{self.source}: no object instance {instance_id!r}")
 
 

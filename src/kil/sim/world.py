@@ -246,7 +246,7 @@ class SimWorld:
                 names.append(f"{category}/{name}")
                 points.append(T[:3, :3] @ kps[name] + T[:3, 3])
                 instance.append(i)
-        fixture_category = next(c for c, cat in self.catalogue.categories.items() if any(o.id == self.task.fixture.id for o in cat.demo + cat.held_out))
+        fixture_category = self.catalogue.category_of(self.task.fixture.id)
         T_fix = np.eye(4)
         T_fix[:3, 3] = self.task.fixture_position
         for name, p in shape_of(self.task.fixture).keypoints(self.task.fixture).items():
@@ -260,7 +260,16 @@ class SimWorld:
         rgb, depth = self.render()
         bodies = self.render_segmentation()
         poses = {int(b): self.T_base_world @ body_pose(self.sim, self.sim.model.body_id2name(int(b))) for b in np.unique(bodies) if b >= 0}
-        return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses)
+        return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses, self.object_bodies())
+
+    def object_bodies(self) -> dict[int, tuple[str, np.ndarray]]:
+        """MuJoCo body id -> (category, (3,) half extents) of the task objects and the fixture."""
+        out = {}
+        placed = [(self.object_body(i), p.instance) for i, p in enumerate(self.scene.objects)]
+        placed.append(("fixture_root", self.task.fixture))
+        for body, instance in placed:
+            out[self.sim.model.body_name2id(body)] = (self.catalogue.category_of(instance.id), shape_of(instance).half_extents(instance))
+        return out
 
     def completion(self) -> float:
         """Task completion now: 0..1 (success is 1)."""

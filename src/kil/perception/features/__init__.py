@@ -1,0 +1,1 @@
+"""Feature backends: one module per backend, each with a BACKEND class (see base.py)."""

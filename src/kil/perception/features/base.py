@@ -1,0 +1,265 @@
+"""The feature-extractor interface: RGB images -> patch features (B, C, h, w) on a grid that
+covers the whole image (the FeatureMap convention), plus config loading and weight lookup.
+
+A backend is a module ``kil.perception.features.<name>`` whose ``BACKEND`` class derives from
+`FeatureExtractor`; its YAML config (``config/features/<name>.yaml`` or any file) names it in
+``backend:``. Weights come from a local path (relative paths are relative to the YAML file)
+or, only where the machine has network, a hub id; a missing checkpoint is a one-line
+ConfigError naming the config key and the path tried.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kil.config import load_dataclass, load_yaml, require
+from kil.errors import ConfigError
+from kil.msgs import FeatureMap
+from kil.paths import share_dir
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Settings every backend shares.
+
+    weights: local checkpoint (directory or file), or a hub id used only with network.
+    input_size: (height, width) pixels the image is resized to before the model; a multiple
+        of the backend's patch size. None: the backend's default.
+    device: "auto" takes the GPU where one is present. dtype: "auto" is bf16/fp16 on a GPU
+        (per backend) and fp32 on the CPU.
+    """
+
+    backend: str
+    weights: str = ""
+    input_size: tuple[int, int] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.input_size is not None:
+            require(all(s > 0 for s in self.input_size), "input_size", f"must be positive, got {self.input_size}")
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Where a backend looks for its weights and whether they are there."""
+
+    location: str
+    present: bool
+    detail: str = ""
+
+
+class FeatureExtractor:
+    """Base class of feature backends. Subclasses set `Config`, `patch_size`,
+    `default_input_size`, and implement `_load` and `_forward`."""
+
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
+    title: ClassVar[str] = "feature"
+    patch_size: ClassVar[int] = 16
+    default_input_size: ClassVar[tuple[int, int]] = (384, 512)
+    gpu_dtype: ClassVar[torch.dtype] = torch.bfloat16
+    needs_weights: ClassVar[bool] = True
+    weights_expect: ClassVar[str | None] = "config.json"  # file a checkpoint directory must hold
+
+    def __init__(self, config: BackendConfig, source: Path | None = None) -> None:
+        """`source` is the YAML file the config came from (for relative paths and errors)."""
+        self.config = config
+        self.source = source
+        self.where = f"{source}: " if source else ""
+        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if config.device == "auto" else config.device))
+        if config.dtype != "auto":
+            self.dtype = getattr(torch, config.dtype)
+        else:
+            self.dtype = self.gpu_dtype if self.device.type == "cuda" else torch.float32
+        status = self.check_weights(config, source)
+        if not status.present:
+            raise ConfigError(f"{self.where}weights: no {self.title} checkpoint at {status.location} ({status.detail})")
+        self._load()  # may set the patch size and default input size from the checkpoint
+        size = tuple(config.input_size or self.default_input_size)
+        if size[0] % self.patch_size or size[1] % self.patch_size:
+            raise ConfigError(f"{self.where}input_size: {list(size)} must be a multiple of the {self.title} patch size {self.patch_size}")
+        self.input_size = size
+
+    @property
+    def name(self) -> str:
+        return self.config.backend
+
+    # ---------------------------------------------------------------- weights
+
+    @classmethod
+    def check_weights(cls, config: BackendConfig, source: Path | None) -> WeightsStatus:
+        """Where this backend looks for its weights and whether they are there."""
+        if not cls.needs_weights:
+            return WeightsStatus("(none: computed)", True, "no weights needed")
+        return weights_status(resolve_weights(config.weights, source), cls.weights_expect)
+
+    def weights_path(self) -> Path | str:
+        """The weights as a local Path, or the hub id string when it is not a local path."""
+        return resolve_weights(self.config.weights, self.source)
+
+    # ---------------------------------------------------------------- running
+
+    def _load(self) -> None:
+        """Build the model from the weights (on self.device, in self.dtype, eval mode)."""
+        raise NotImplementedError
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h*p, w*p) RGB in [0, 1] at input_size, on the device -> (B, C, h, w)."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def extract(self, images: np.ndarray) -> torch.Tensor:
+        """Patch features of B images.
+
+        images: (B, H, W, 3) or (H, W, 3) uint8 RGB. Returns (B, C, h, w) float32 on the CPU; the
+        grid covers the whole image (patch (i, j) centred on pixel ((j+.5) W/w, (i+.5) H/h)).
+        """
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images: expected (B, H, W, 3) uint8 RGB, got {images.shape} {images.dtype}")
+        out = []
+        for start in range(0, len(images), self.config.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start: start + self.config.batch_size]))
+            pixels = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            if tuple(pixels.shape[-2:]) != self.input_size:
+                pixels = F.interpolate(pixels, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+            out.append(self._forward(pixels.to(self.dtype)).float().cpu())
+        return torch.cat(out)
+
+    def feature_map(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> FeatureMap:
+        """FeatureMap of one (H, W, 3) uint8 image."""
+        return FeatureMap(stamp_ns=stamp_ns, frame_id=frame_id, features=self.extract(rgb)[0].numpy())
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h*w, C) patch tokens in row-major order -> (B, C, h, w)."""
+    B, n, C = tokens.shape
+    h, w = grid
+    if n != h * w:
+        raise ValueError(f"expected {h}x{w}={h * w} patch tokens, got {n}")
+    return tokens.transpose(1, 2).reshape(B, C, h, w)
+
+
+def normalise(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> standardised per channel."""
+    m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+    s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+    return (pixels - m) / s
+
+
+def preprocessor_stats(path: Path | str, default_mean: tuple, default_std: tuple) -> tuple[tuple, tuple]:
+    """image_mean / image_std from a checkpoint's preprocessor_config.json, else the defaults."""
+    file = Path(path) / "preprocessor_config.json" if isinstance(path, Path) else None
+    if file is not None and file.is_file():
+        data = json.loads(file.read_text())
+        return tuple(data.get("image_mean", default_mean)), tuple(data.get("image_std", default_std))
+    return default_mean, default_std
+
+
+# -------------------------------------------------------------------- weights lookup
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    return value.count("/") == 1 and not value.startswith((".", "/", "~")) and " " not in value
+
+
+def resolve_weights(value: str, source: Path | None) -> Path | str:
+    """A config's `weights` value as a local Path (relative to the YAML file, `~` expanded), or
+    the string itself when it is a hub id ("org/name") that is not a local path."""
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (source.parent if source else Path.cwd()) / path
+    if not path.exists() and _looks_like_hub_id(value):
+        return value
+    return path
+
+
+def weights_status(weights: Path | str, expect: str | None) -> WeightsStatus:
+    """Present when the local path exists (with `expect` inside, for a directory), or when a
+    hub id is already in the local hub cache."""
+    if isinstance(weights, str):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(weights, expect or "config.json")
+        except Exception:  # noqa: BLE001 - any hub error means "not available offline"
+            cached = None
+        present = isinstance(cached, str)
+        return WeightsStatus(f"hub id {weights}", present, "in the hub cache" if present else "not in the local hub cache")
+    if not weights.exists():
+        return WeightsStatus(str(weights), False, "no such file or directory")
+    if weights.is_dir() and expect and not (weights / expect).is_file():
+        return WeightsStatus(str(weights), False, f"{expect} missing")
+    return WeightsStatus(str(weights), True, "found")
+
+
+# -------------------------------------------------------------------- registry
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A backend config: an existing YAML path, or a name under config/features/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    return share_dir() / "config" / "features" / f"{name_or_path}.yaml"
+
+
+def backend_class(name: str, where: str) -> type[FeatureExtractor]:
+    """The extractor class of backend `name` (module kil.perception.features.<name>)."""
+    module_name = f"kil.perception.features.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            raise ConfigError(f"{where}backend: unknown feature backend {name!r} (known: {', '.join(backend_names())})") from None
+        raise ConfigError(f"{where}backend: {name} needs the Python package {err.name!r}, which is not installed") from None
+    cls = getattr(module, "BACKEND", None)
+    if not (isinstance(cls, type) and issubclass(cls, FeatureExtractor)):
+        raise ConfigError(f"{where}backend: {module_name} has no BACKEND class deriving from FeatureExtractor")
+    return cls
+
+
+def backend_names() -> list[str]:
+    here = Path(__file__).parent
+    return sorted(p.stem for p in here.glob("*.py") if p.stem not in ("__init__", "base", "hf"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[type[FeatureExtractor], BackendConfig, Path]:
+    """The backend class, its validated config and the YAML path."""
+    path = config_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no feature backend config (known: {', '.join(p.stem for p in sorted(path.parent.glob('*.yaml')))})")
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict) or "backend" not in data:
+        raise ConfigError(f"{path}: backend: required key is missing")
+    data = {**data, **(overrides or {})}
+    cls = backend_class(str(data["backend"]), f"{path}: ")
+    return cls, load_dataclass(cls.Config, data, f"{path}:"), path
+
+
+def load_extractor(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> FeatureExtractor:
+    """Build the extractor a config names (e.g. "descriptor_net" or a YAML path)."""
+    cls, config, path = load_config(name_or_path, overrides)
+    return cls(config, path)
+
+
+def describe(name_or_path: str | Path) -> tuple[str, WeightsStatus]:
+    """(backend name, weights status) without loading the model."""
+    cls, config, path = load_config(name_or_path)
+    return config.backend, cls.check_weights(config, path)

@@ -1,0 +1,72 @@
+"""3D lifting: keypoint pixels + depth + intrinsics + camera pose -> base-frame points.
+
+Depth reads are robust: NaN, +-inf and zero (no reading) are ignored, and a pixel without a
+valid reading nearby gives `visible=false` rather than a wrong point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kil.geometry import unproject
+
+
+def depth_in_metres(depth: np.ndarray) -> np.ndarray:
+    """(H, W) float32 metres with NaN where there is no reading.
+
+    depth: (H, W) float metres (32FC1; NaN, +-inf and 0 invalid) or uint16 millimetres
+    (16UC1; 0 invalid).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected an (H, W) image, got shape {depth.shape}")
+    if depth.dtype == np.uint16:
+        metres = depth.astype(np.float32) / 1000.0
+    elif np.issubdtype(depth.dtype, np.floating):
+        metres = depth.astype(np.float32, copy=True)
+    else:
+        raise ValueError(f"depth: expected float metres or uint16 millimetres, got dtype {depth.dtype}")
+    metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
+    return metres
+
+
+def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Depth at each pixel, (N,) metres, NaN where none is valid within `radius` pixels.
+
+    depth: (H, W) float metres (NaN, +-inf and <= 0 invalid); uv: (N, 2) pixels (u, v).
+    The centre pixel is used when valid; otherwise the median of the valid readings in the
+    smallest window (3x3, 5x5, ...) holding any. Growing the window only as far as needed keeps
+    a point near an object's edge on the object instead of averaging it with the background.
+    """
+    H, W = depth.shape
+    out = np.full(len(uv), np.nan, np.float32)
+    for k, (u, v) in enumerate(np.asarray(uv, np.float64).reshape(-1, 2)):
+        if not (np.isfinite(u) and np.isfinite(v)):
+            continue
+        x, y = int(round(u)), int(round(v))
+        if not (0 <= x < W and 0 <= y < H):
+            continue
+        for r in range(radius + 1):
+            window = depth[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1]
+            valid = window[np.isfinite(window) & (window > 0)]
+            if valid.size:
+                out[k] = np.median(valid)
+                break
+    return out
+
+
+def lift(
+    uv: np.ndarray, depth: np.ndarray, K: np.ndarray, T_base_camera: np.ndarray, radius: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Base-frame points of keypoint pixels.
+
+    uv: (N, 2) pixels (u, v); depth: (H, W) float metres or uint16 millimetres;
+    K: (3, 3) intrinsics; T_base_camera: (4, 4) optical-frame pose in the base frame.
+    Returns ((N, 3) float32 metres in the base frame, NaN where not visible; (N,) bool visible).
+    """
+    z = read_depth(depth_in_metres(depth), uv, radius)
+    visible = np.isfinite(z)
+    xyz = np.full((len(z), 3), np.nan, np.float32)
+    if visible.any():
+        xyz[visible] = unproject(K, T_base_camera, np.asarray(uv, np.float64)[visible], z[visible])
+    return xyz, visible

@@ -1,0 +1,172 @@
+"""Reference keypoint specs (`config/tasks/<task>/keypoints.yaml`).
+
+A spec names, per object category, a text prompt and one or more reference images with named
+keypoints (u, v) in pixels. Multi-instance tasks give one reference per instance: reference i
+of category c yields keypoints named ``c[i]/<point>`` (``c/<point>`` when there is only one),
+with instance index i. Image paths are relative to the spec file. Everything is checked at
+load: images exist, names are unique, points lie inside their image, every reference of a
+category has the same points.
+
+    task: pick_place
+    categories:
+      - name: block
+        prompt: a small block
+        references:
+          - image: block.png
+            keypoints: {top_center: [312.0, 240.5], top_corner: [330.0, 228.0]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from kil.config import load_dataclass, load_yaml, require, to_plain
+from kil.errors import ConfigError
+from kil.paths import share_dir
+
+SPEC_FILE = "keypoints.yaml"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One annotated image: its file (relative to the spec) and named points (u, v) pixels."""
+
+    image: str
+    keypoints: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(bool(self.image), "image", "must name an image file")
+        require(len(self.keypoints) > 0, "keypoints", "a reference needs at least one keypoint")
+        require(all(isinstance(n, str) and n and "/" not in n for n in self.keypoints), "keypoints",
+                f"names must be non-empty and without '/', got {list(self.keypoints)}")
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    prompt: str = ""
+    references: list[Reference] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(bool(self.name) and "/" not in self.name and "[" not in self.name, "name",
+                f"must be non-empty without '/' or '[', got {self.name!r}")
+        require(len(self.references) > 0, "references", f"category {self.name!r} needs at least one reference image")
+        first = list(self.references[0].keypoints)
+        for i, ref in enumerate(self.references[1:], 1):
+            require(list(ref.keypoints) == first, f"references[{i}].keypoints",
+                    f"every reference of {self.name!r} must name the same points in the same order: {first} vs {list(ref.keypoints)}")
+
+
+@dataclass(frozen=True)
+class KeypointSpec:
+    task: str
+    categories: list[Category] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(len(self.categories) > 0, "categories", "a spec needs at least one category")
+        names = [c.name for c in self.categories]
+        require(len(set(names)) == len(names), "categories", f"category names must be unique, got {names}")
+
+
+@dataclass(frozen=True)
+class KeypointLayout:
+    """The flat keypoint list a spec produces: names, (N,) instance index, and per keypoint
+    (category index, reference index, point name)."""
+
+    names: tuple[str, ...]
+    instance: np.ndarray
+    source: tuple[tuple[int, int, str], ...]
+
+
+class LoadedSpec:
+    """A validated spec with its directory (images are resolved against it)."""
+
+    def __init__(self, spec: KeypointSpec, directory: Path) -> None:
+        self.spec = spec
+        self.directory = directory
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def image_path(self, reference: Reference) -> Path:
+        return self.directory / reference.image
+
+    def image(self, reference: Reference) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of a reference image."""
+        with Image.open(self.image_path(reference)) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def layout(self) -> KeypointLayout:
+        names, instance, source = [], [], []
+        for c, category in enumerate(self.spec.categories):
+            several = len(category.references) > 1
+            for r, ref in enumerate(category.references):
+                prefix = f"{category.name}[{r}]" if several else category.name
+                for point in ref.keypoints:
+                    names.append(f"{prefix}/{point}")
+                    instance.append(r)
+                    source.append((c, r, point))
+        return KeypointLayout(tuple(names), np.array(instance, np.int32), tuple(source))
+
+    def references(self) -> list[tuple[Reference, np.ndarray]]:
+        """Each reference image with its (K, 2) keypoint pixels, in layout order."""
+        out = []
+        for category in self.spec.categories:
+            for ref in category.references:
+                out.append((ref, np.array(list(ref.keypoints.values()), np.float64).reshape(-1, 2)))
+        return out
+
+
+def spec_path(task_or_path: str | Path) -> Path:
+    """A spec file: an existing path (file or directory), or a task name under config/tasks/."""
+    path = Path(task_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    if path.is_dir():
+        return path / SPEC_FILE
+    return share_dir() / "config" / "tasks" / str(task_or_path) / SPEC_FILE
+
+
+def _check_images(spec: KeypointSpec, directory: Path, where: str) -> None:
+    for c, category in enumerate(spec.categories):
+        for r, ref in enumerate(category.references):
+            key = f"{where} categories[{c}].references[{r}]"
+            path = directory / ref.image
+            try:
+                with Image.open(path) as img:
+                    width, height = img.size
+            except FileNotFoundError:
+                raise ConfigError(f"{key}.image: reference image {path} does not exist") from None
+            except OSError as err:
+                raise ConfigError(f"{key}.image: cannot read {path} as an image ({err})") from None
+            for name, (u, v) in ref.keypoints.items():
+                if not (np.isfinite(u) and np.isfinite(v) and 0 <= u <= width - 1 and 0 <= v <= height - 1):
+                    raise ConfigError(f"{key}.keypoints.{name}: ({u}, {v}) lies outside the {width}x{height} image {path.name}")
+
+
+def load_spec(task_or_path: str | Path) -> LoadedSpec:
+    """Load and validate a spec; every problem is a one-line ConfigError naming file and key."""
+    path = spec_path(task_or_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no keypoint spec (annotate one with `kil annotate`)")
+    spec = load_dataclass(KeypointSpec, load_yaml(path), f"{path}:")
+    _check_images(spec, path.parent, f"{path}:")
+    return LoadedSpec(spec, path.parent)
+
+
+def save_spec(spec: KeypointSpec, directory: str | Path) -> Path:
+    """Write `spec` as `directory`/keypoints.yaml (images must already be there); returns the path.
+    The spec is validated before the file is replaced, so a bad spec never overwrites a good one."""
+    directory = Path(directory)
+    _check_images(spec, directory, f"{directory / SPEC_FILE}:")
+    path = directory / SPEC_FILE
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(to_plain(spec), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+    return path

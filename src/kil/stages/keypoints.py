@@ -1,0 +1,70 @@
+"""Keypoints node: a frame and its patch features -> the task's named keypoints in the base
+frame (image matching against the reference spec, lifted with depth), an annotated image
+for people, and (through the wire format) a MarkerArray for RViz.
+
+The reference descriptors are computed once at start with the same feature backend as the
+features node (`model` must name the same config). Bad frames never stop the node: without
+valid depth a keypoint is `visible=false`; a feature map of the wrong size is logged once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kil.config import require
+from kil.msgs import RGBD, FeatureMap, Image, Keypoints
+from kil.perception.draw import draw_keypoints
+from kil.perception.features.base import load_extractor
+from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
+from kil.perception.spec import load_spec
+from kil.stage import Stage, subscribe
+
+
+@dataclass(frozen=True)
+class KeypointsConfig:
+    spec: str = "pick_place"  # task name (config/tasks/<task>/keypoints.yaml) or a spec path
+    model: str = "descriptor_net"  # the features node's backend config
+    device: str = "auto"
+    depth_radius: int = 3
+    min_score: float = -1.0
+    similarity_vectors: bool = False
+    annotate: bool = True  # publish the frame with keypoints drawn
+
+    def __post_init__(self) -> None:
+        require(self.depth_radius >= 0, "depth_radius", f"must be >= 0, got {self.depth_radius}")
+        require(-1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
+
+
+class KeypointsNode(Stage):
+    Config = KeypointsConfig
+    outputs = {"keypoints": Keypoints, "annotated": Image}
+
+    def __init__(self, config: KeypointsConfig, io) -> None:
+        super().__init__(config, io)
+        spec = load_spec(config.spec)
+        extractor = load_extractor(config.model, {"device": config.device})
+        references = reference_set(spec, extractor)
+        del extractor  # only the features node keeps a model in memory
+        self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors))
+        self._reported: set[str] = set()
+
+    def _report_once(self, reason: str, message: str, *args) -> None:
+        if reason not in self._reported:
+            self._reported.add(reason)
+            self.io.log.error(message, *args)
+
+    @subscribe(rgbd=RGBD, features=FeatureMap)
+    def on_frame(self, frame: RGBD, features: FeatureMap) -> None:
+        if features.features.shape[0] != self.detector.channels:
+            self._report_once("channels", "keypoints: feature map has %d channels but the references have %d: "
+                              "the features node must run the backend named in `model` (%s)",
+                              features.features.shape[0], self.detector.channels, self.config.model)
+            return
+        keypoints = self.detector.detect([frame], features.features[None])[0]
+        self.io.publish("keypoints", keypoints)
+        if self.config.annotate:
+            drawn = draw_keypoints(frame.rgb, keypoints.uv, keypoints.names, keypoints.visible, keypoints.score)
+            self.io.publish("annotated", Image(stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, rgb=drawn))
+
+
+STAGE = KeypointsNode

@@ -1,0 +1,404 @@
+"""Perception: exact fast image matching, 3D lifting, reference specs, feature backends
+(tiny random transformers/diffusers models saved to a temp dir and loaded offline), and the
+features + keypoints nodes in the local runtime."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image as PILImage
+
+from kil.errors import ConfigError
+from kil.graph import load_graph
+from kil.perception.features.base import backend_names, describe, load_extractor
+from kil.perception.features.descriptor_net import DescriptorNet, NetArchitecture, load_net, save_net
+from kil.perception.lifting import lift, read_depth
+from kil.perception.matching import Matcher, naive_similarity, sample_descriptors
+from kil.perception.spec import Category, KeypointSpec, Reference, load_spec, save_spec
+from kil.runtimes.local import LocalRuntime
+
+# ---------------------------------------------------------------- matching
+
+
+def smooth_image(rng: np.random.Generator, h: int = 120, w: int = 160) -> np.ndarray:
+    """A textured RGB image: low-frequency noise upsampled, so SIFT finds structure."""
+    small = torch.from_numpy(rng.random((1, 3, h // 8, w // 8)).astype(np.float32))
+    big = torch.nn.functional.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return (big.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def assert_same_matches(refs, features, image_size):
+    """The fast matcher's argmax equals the naive one's (or ties it within 1e-5) and its
+    scores equal the naive maxima within 1e-4."""
+    matches = Matcher(refs).match(features, image_size)
+    naive = naive_similarity(refs, features, image_size)
+    B, N = naive.shape[:2]
+    flat = naive.flatten(2)
+    best = flat.max(dim=2).values
+    H, W = image_size
+    for b in range(B):
+        for n in range(N):
+            u, v = matches.uv[b, n].astype(int)
+            at_fast = float(naive[b, n, v, u])
+            assert at_fast >= float(best[b, n]) - 1e-5, (b, n)
+            assert abs(matches.score[b, n] - float(best[b, n])) < 1e-4
+    assert matches.valid.all()
+    return matches
+
+
+@pytest.mark.parametrize("shape", [(1, 384, 30, 40, 480, 640), (2, 16, 17, 23, 120, 160), (3, 8, 5, 7, 41, 53), (1, 4, 1, 1, 9, 9)])
+def test_fast_matcher_is_exact_on_random_feature_maps(shape):
+    B, C, h, w, H, W = shape
+    rng = np.random.default_rng(sum(shape))
+    features = rng.standard_normal((B, C, h, w)).astype(np.float32)
+    refs = rng.standard_normal((6, C)).astype(np.float32)
+    fast = Matcher(refs).similarity(features, (H, W))
+    np.testing.assert_allclose(fast.numpy(), naive_similarity(refs, features, (H, W)).numpy(), atol=1e-5)
+    assert_same_matches(refs, features, (H, W))
+
+
+def test_fast_matcher_is_exact_on_real_image_features():
+    rng = np.random.default_rng(3)
+    images = np.stack([smooth_image(rng, 240, 320) for _ in range(2)])
+    extractor = load_extractor("sift", {"input_size": [240, 320]})
+    features = extractor.extract(images)
+    uv = np.array([[40, 30], [200, 100], [300, 220], [10, 200], [160, 120], [77, 55]], float)
+    refs = sample_descriptors(features[0], uv, (240, 320))
+    matches = assert_same_matches(refs, features, (240, 320))
+    # In its own image every reference keypoint is found where it was taken (score 1).
+    np.testing.assert_array_equal(matches.uv[0], uv)
+    np.testing.assert_allclose(matches.score[0], 1.0, atol=1e-5)
+
+
+def test_sampled_descriptors_equal_upsampled_features_at_pixels():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((5, 6, 8)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(features)[None], size=(48, 64), mode="bilinear", align_corners=False)[0]
+    uv = np.array([[0, 0], [63, 47], [10, 31], [5, 2]])
+    np.testing.assert_allclose(sample_descriptors(features, uv, (48, 64)), up[:, uv[:, 1], uv[:, 0]].T.numpy(), atol=1e-6)
+
+
+def test_similarity_vectors_mask_and_non_finite_frames():
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((3, 8, 6, 8)).astype(np.float32)
+    features[1, 2, 3, 4] = np.nan
+    refs = rng.standard_normal((4, 8)).astype(np.float32)
+    matcher = Matcher(refs)
+    mask = np.ones((3, 48, 64), bool)
+    mask[2, :, 32:] = False
+    m = matcher.match(features, (48, 64), similarity_vectors=True, mask=mask)
+    assert m.valid[0].all() and not m.valid[1].any() and m.valid[2].all()
+    assert (m.score[1] == 0).all()
+    assert (m.uv[2, :, 0] < 32).all()  # found inside the mask only
+    sim = naive_similarity(refs, features[[0]], (48, 64))[0]
+    for i, (u, v) in enumerate(m.uv[0].astype(int)):
+        np.testing.assert_allclose(m.similarity[0, i], sim[:, v, u].numpy(), atol=1e-5)
+        assert m.similarity[0, i, i] == pytest.approx(m.score[0, i], abs=1e-6)
+    with pytest.raises(ValueError, match="references"):
+        Matcher(np.full((2, 3), np.nan))
+
+
+# ---------------------------------------------------------------- lifting
+
+
+def camera():
+    K = np.array([[500.0, 0, 319.5], [0, 500.0, 239.5], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3] = np.diag([1.0, -1.0, -1.0])
+    T[:3, 3] = [0.4, 0.0, 1.2]
+    return K, T
+
+
+def test_lift_is_metric_and_reads_millimetres():
+    K, T = camera()
+    depth = np.full((480, 640), 1.0, np.float32)
+    uv = np.array([[319.5, 239.5], [419.5, 239.5], [319.5, 139.5]])
+    xyz, visible = lift(uv, depth, K, T)
+    assert visible.all()
+    np.testing.assert_allclose(xyz, [[0.4, 0.0, 0.2], [0.6, 0.0, 0.2], [0.4, 0.2, 0.2]], atol=1e-6)
+    xyz_mm, _ = lift(uv, np.full((480, 640), 1000, np.uint16), K, T)
+    np.testing.assert_allclose(xyz_mm, xyz, atol=1e-6)
+
+
+def test_depth_read_ignores_invalid_values_and_reports_invisible():
+    depth = np.full((20, 20), 0.8, np.float32)
+    depth[10, 10] = np.nan
+    depth[5, 5], depth[5, 6] = np.inf, -np.inf
+    depth[15, 15] = 0.0
+    depth[0:3, 0:3] = np.nan
+    depth[1, 2] = 0.9  # the only valid reading near (1, 1)
+    got = read_depth(depth, np.array([[10, 10], [5, 5], [15, 15], [1, 1], [-3, 4], [np.nan, 2], [19.4, 19.4]]), radius=2)
+    np.testing.assert_allclose(got[[0, 1, 2]], 0.8)
+    assert got[3] == pytest.approx(0.9)
+    assert np.isnan(got[4]) and np.isnan(got[5])
+    assert got[6] == pytest.approx(0.8)
+    K, T = camera()
+    for bad in (np.full((480, 640), np.nan, np.float32), np.zeros((480, 640), np.uint16), np.full((480, 640), np.inf, np.float32)):
+        xyz, visible = lift(np.array([[100.0, 100.0], [300, 200]]), bad, K, T)
+        assert not visible.any() and np.isnan(xyz).all()
+
+
+# ---------------------------------------------------------------- reference spec
+
+
+def write_spec(tmp_path, image: np.ndarray, keypoints: dict, categories: int = 1):
+    PILImage.fromarray(image).save(tmp_path / "ref.png")
+    spec = KeypointSpec("toy", [Category(f"thing{c}", "a thing", [Reference("ref.png", dict(keypoints))]) for c in range(categories)])
+    return save_spec(spec, tmp_path)
+
+
+def test_spec_round_trip_and_names(tmp_path):
+    rng = np.random.default_rng(0)
+    PILImage.fromarray(smooth_image(rng)).save(tmp_path / "a.png")
+    spec = KeypointSpec("two", [
+        Category("block", "a block", [Reference("a.png", {"top": (10.0, 20.5), "corner": (159.0, 119.0)}),
+                                      Reference("a.png", {"top": (30.0, 40.0), "corner": (0.0, 0.0)})]),
+        Category("tray", "a tray", [Reference("a.png", {"center": (80.0, 60.0)})]),
+    ])
+    path = save_spec(spec, tmp_path)
+    loaded = load_spec(path)
+    assert loaded.spec == spec
+    assert load_spec(tmp_path).spec == spec  # a directory works too
+    layout = loaded.layout()
+    assert layout.names == ("block[0]/top", "block[0]/corner", "block[1]/top", "block[1]/corner", "tray/center")
+    assert layout.instance.tolist() == [0, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["categories"][0]["references"][0].update(image="missing.png"), r"categories\[0\]\.references\[0\]\.image: reference image .*missing\.png does not exist"),
+    (lambda d: d["categories"][0]["references"][0]["keypoints"].update(off=[160, 5]), r"references\[0\]\.keypoints\.off: \(160\.0, 5\.0\) lies outside the 160x120 image ref\.png"),
+    (lambda d: d["categories"].append(dict(d["categories"][0])), "category names must be unique"),
+    (lambda d: d["categories"][0]["references"][0].update(keypoints={}), "at least one keypoint"),
+    (lambda d: d["categories"][0].update(references=[d["categories"][0]["references"][0], {"image": "ref.png", "keypoints": {"other": [1, 1]}}]), "must name the same points"),
+    (lambda d: d.update(colour="red"), "colour: unknown key"),
+])
+def test_bad_specs_are_one_line_errors(tmp_path, edit, message):
+    path = write_spec(tmp_path, smooth_image(np.random.default_rng(0)), {"top": (10, 10)})
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message) as info:
+        load_spec(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bad_spec_never_overwrites_a_good_one(tmp_path):
+    path = write_spec(tmp_path, smooth_image(np.random.default_rng(0)), {"top": (10, 10)})
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="outside"):
+        save_spec(KeypointSpec("toy", [Category("x", "", [Reference("ref.png", {"a": (500.0, 1.0)})])]), tmp_path)
+    assert path.read_text() == before
+
+
+# ---------------------------------------------------------------- feature backends
+
+
+def tiny_transformers_checkpoints(root):
+    """Tiny random DINOv2 / DINOv3 / RADIO / SAM checkpoints written with save_pretrained."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    vit = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    models = {
+        "dinov2": T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(patch_size=14, image_size=56, num_register_tokens=2, **vit)),
+        "dinov3": T.DINOv3ViTModel(T.DINOv3ViTConfig(patch_size=16, image_size=64, num_register_tokens=2, **vit)),
+        "radio": T.RadioModel(T.RadioConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=16, max_img_size=256, image_size=64)),
+        "sam": T.SamVisionModel(T.SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=128,
+                                                  patch_size=16, global_attn_indexes=[1], window_size=4, mlp_dim=64)),
+    }
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+    return {"dinov2": ((56, 70), 32, (4, 5)), "dinov3": ((48, 64), 32, (3, 4)), "radio": ((48, 64), 32, (3, 4)), "sam": ((96, 128), 16, (6, 8))}
+
+
+def tiny_stable_diffusion(root):
+    """A tiny random Stable Diffusion pipeline in the diffusers layout."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        latent_channels=4, norm_num_groups=8)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=100,
+                                        max_position_embeddings=77))
+    (root / "vocab").mkdir()
+    (root / "vocab" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}))
+    (root / "vocab" / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab" / "vocab.json"), str(root / "vocab" / "merges.txt"))
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDPMScheduler(), safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(root / "dift")
+
+
+def backend_yaml(tmp_path, name, **fields):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"backend": fields.pop("backend", name), **fields}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    expected = tiny_transformers_checkpoints(root)
+    tiny_stable_diffusion(root)
+    return root, expected
+
+
+def test_transformers_backends_load_tiny_checkpoints_offline(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root, expected = tiny_models
+    images = np.stack([smooth_image(np.random.default_rng(i), 48, 64) for i in range(3)])
+    for name, (input_size, channels, grid) in expected.items():
+        extractor = load_extractor(backend_yaml(tmp_path, name, weights=str(root / name), input_size=list(input_size), batch_size=2))
+        assert extractor.dtype == torch.float32 and extractor.device.type == "cpu"
+        features = extractor.extract(images)
+        assert features.shape == (3, channels, *grid) and features.dtype == torch.float32, name
+        assert torch.isfinite(features).all()
+        torch.testing.assert_close(extractor.extract(images[1]), features[1:2])  # batching changes nothing
+
+
+def test_dift_backend_runs_the_unet_once_with_an_ensemble(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root, _ = tiny_models
+    path = backend_yaml(tmp_path, "dift", weights=str(root / "dift"), input_size=[64, 96], ensemble_size=3, timestep=261, up_ft_index=1)
+    extractor = load_extractor(path)
+    calls = []
+    extractor.unet.up_blocks[-1].register_forward_hook(lambda *a: calls.append("after"))
+    image = smooth_image(np.random.default_rng(0), 48, 64)
+    features = extractor.extract(image)
+    assert features.shape == (1, 32, 32, 48) and torch.isfinite(features).all()
+    assert calls == []  # stopped at up-block 1 (the last block never ran)
+    torch.testing.assert_close(extractor.extract(image), features)  # seeded noise: deterministic
+    with pytest.raises(ConfigError, match=r"up_ft_index: 5 but the UNet has 2 up-blocks"):
+        load_extractor(backend_yaml(tmp_path, "dift", weights=str(root / "dift"), input_size=[64, 96], up_ft_index=5))
+
+
+def test_missing_weights_name_the_config_key_and_path(tmp_path):
+    for name in ("dinov2", "dinov3", "radio", "sam", "dift", "descriptor_net"):
+        path = backend_yaml(tmp_path, name, weights="no/such/dir" if name != "descriptor_net" else "missing.safetensors")
+        with pytest.raises(ConfigError, match=rf"^{tmp_path}/{name}\.yaml: weights: no .* checkpoint at .*") as info:
+            load_extractor(path)
+        assert "\n" not in str(info.value)
+    backend, status = describe(backend_yaml(tmp_path, "dinov2", weights=str(tmp_path)))
+    assert (backend, status.present, status.detail) == ("dinov2", False, "config.json missing")
+
+
+def test_backend_registry_and_config_errors(tmp_path):
+    assert set(backend_names()) == {"descriptor_net", "dift", "dinov2", "dinov3", "radio", "sam", "sift"}
+    with pytest.raises(ConfigError, match="backend: unknown feature backend 'clip'"):
+        load_extractor(backend_yaml(tmp_path, "x", backend="clip"))
+    with pytest.raises(ConfigError, match=r"input_size: \[100, 64\] must be a multiple of the dense SIFT patch size 8"):
+        load_extractor(backend_yaml(tmp_path, "sift", input_size=[100, 64]))
+    with pytest.raises(ConfigError, match=r"sift\.yaml: strde: unknown key"):
+        load_extractor(backend_yaml(tmp_path, "sift", strde=4))
+
+
+def test_descriptor_net_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = DescriptorNet(NetArchitecture(channels=(8, 8, 16, 16), width=16, descriptor_dim=6)).eval()
+    save_net(net, tmp_path / "net.safetensors", {"steps": 3})
+    loaded = load_net(tmp_path / "net.safetensors")
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), net(x))
+        assert net(x).shape == (1, 6, 16, 24)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ConfigError, match="cannot read descriptor net"):
+        load_net(tmp_path / "junk.safetensors", "x.yaml: ")
+    extractor = load_extractor(backend_yaml(tmp_path, "descriptor_net", weights="net.safetensors", input_size=[64, 96]))
+    assert extractor.extract(smooth_image(np.random.default_rng(0), 48, 64)).shape == (1, 6, 16, 24)
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def keypoint_graph(tmp_path, image_path, spec_dir, model, invalid_depth=False):
+    text = f"""
+name: keypoints_test
+topics:
+  /camera: {{type: RGBD}}
+  /features: {{type: FeatureMap}}
+  /keypoints: {{type: Keypoints}}
+  /annotated: {{type: Image}}
+nodes:
+  camera:
+    stage: toy_stages.still_camera
+    params: {{image: {image_path}, rate_hz: 15, invalid_depth: {str(invalid_depth).lower()}}}
+    publish: {{rgbd: /camera}}
+  features:
+    stage: features
+    params: {{model: {model}, rate_hz: 10}}
+    subscribe: {{rgbd: /camera}}
+    publish: {{features: /features}}
+  keypoints:
+    stage: keypoints
+    params: {{spec: {spec_dir}, model: {model}, similarity_vectors: true}}
+    subscribe: {{rgbd: /camera, features: /features}}
+    publish: {{keypoints: /keypoints, annotated: /annotated}}
+  sink:
+    stage: toy_stages.sink
+    subscribe: {{keypoints: /keypoints, annotated: /annotated, features: /features}}
+"""
+    path = tmp_path / "graph.yaml"
+    path.write_text(text)
+    return load_graph(path)
+
+
+def test_features_and_keypoints_nodes_find_the_reference_points(tmp_path):
+    image = smooth_image(np.random.default_rng(5), 240, 320)
+    points = {"a": (60.0, 50.0), "b": (250.0, 190.0), "c": (160.0, 120.0)}
+    write_spec(tmp_path, image, points, categories=2)
+    model = backend_yaml(tmp_path, "sift", input_size=[240, 320])
+    runtime = LocalRuntime(keypoint_graph(tmp_path, tmp_path / "ref.png", tmp_path, model))
+    runtime.run(duration_s=0.5)
+    sink = runtime.stages["sink"]
+    features = sink.of("features")
+    assert 4 <= len(features) <= 6  # 15 Hz camera, features throttled to 10 Hz
+    found = sink.of("keypoints")
+    assert [k.stamp_ns for k in found] == [f.stamp_ns for f in features]
+    kps = found[-1]
+    assert kps.names == ("thing0/a", "thing0/b", "thing0/c", "thing1/a", "thing1/b", "thing1/c")
+    np.testing.assert_array_equal(kps.uv, np.array(list(points.values()) * 2, np.float32))
+    assert kps.visible.all() and kps.frame_id == "base"
+    np.testing.assert_allclose(kps.xyz[:, 2], 0.2, atol=1e-5)  # the table 1 m below the camera
+    np.testing.assert_allclose(kps.xyz[0, :2], [0.4 + (60 - 159.5) / 500, -(50 - 119.5) / 500], atol=1e-5)
+    assert kps.similarity.shape == (6, 6)
+    annotated = sink.of("annotated")[-1]
+    assert annotated.rgb.shape == image.shape and not np.array_equal(annotated.rgb, image)
+
+
+def test_keypoints_node_survives_invalid_depth_and_a_wrong_feature_size(tmp_path, caplog):
+    image = smooth_image(np.random.default_rng(6), 240, 320)
+    write_spec(tmp_path, image, {"a": (60.0, 50.0)})
+    model = backend_yaml(tmp_path, "sift", input_size=[240, 320])
+    runtime = LocalRuntime(keypoint_graph(tmp_path, tmp_path / "ref.png", tmp_path, model, invalid_depth=True))
+    runtime.run(duration_s=0.3)
+    kps = runtime.stages["sink"].of("keypoints")
+    assert kps and not any(k.visible.any() for k in kps) and all(np.isnan(k.xyz).all() for k in kps)
+
+    runtime = LocalRuntime(keypoint_graph(tmp_path, tmp_path / "ref.png", tmp_path, model))
+    node = runtime.stages["keypoints"]
+    from kil.msgs import RGBD, FeatureMap
+
+    cam = runtime.stages["camera"]
+    frame = RGBD(1, "camera", cam.rgb, cam.depth, cam.K, "base", np.eye(4))
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            node.on_frame(frame, FeatureMap(1, "camera", np.ones((7, 3, 4), np.float32)))
+    errors = [r for r in caplog.records if "channels" in r.getMessage()]
+    assert len(errors) == 1  # logged once, not per frame
+
+
+def test_keypoints_node_with_a_missing_spec_image_is_a_one_line_error(tmp_path):
+    image = smooth_image(np.random.default_rng(6), 240, 320)
+    write_spec(tmp_path, image, {"a": (60.0, 50.0)})
+    (tmp_path / "ref.png").rename(tmp_path / "moved.png")
+    model = backend_yaml(tmp_path, "sift", input_size=[240, 320])
+    with pytest.raises(ConfigError, match=r"references\[0\]\.image: reference image .*ref\.png does not exist"):
+        LocalRuntime(keypoint_graph(tmp_path, tmp_path / "moved.png", tmp_path, model))
