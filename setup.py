@@ -29,7 +29,7 @@ setup(
     python_requires=">=3.10,<3.13",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={PACKAGE: ["converters/msgdefs/*/msg/*.msg"]},
+    package_data={PACKAGE: ["converters/msgdefs/*/msg/*.msg", "annotate/static/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -50,7 +50,8 @@ setup(
         # (DIFT), OpenCV (dense SIFT), torch with safetensors checkpoints.
         "models": ["torch", "safetensors", "transformers>=5.0", "diffusers>=0.35", "opencv-python>=4.8"],
         "sim": ["robosuite==1.5.2", "mujoco==3.3.7", "h5py"],
-        "dev": ["pytest>=7.4", "hypothesis>=6.80"],
+        # playwright drives the Debian chromium (no browser download) in the annotation test.
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "playwright>=1.45"],
     },
     entry_points={
         "console_scripts": [

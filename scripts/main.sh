@@ -2,8 +2,9 @@
 # Set up .venv (scripts/setup.sh) and run the main job on the simulated rig: scripted
 # demonstrations of pick_place on the Panda (robosuite/MuJoCo, RGB-D camera, 100 Hz pose
 # control), each recorded as a rosbag2 (MCAP) episode with the topics a real rig records;
-# then one episode's topics, a contact sheet of its camera, and the scene with its true
-# keypoints as PNGs. Output: runs/main/<time>/.
+# then one episode's topics, a contact sheet of its camera, the scene with its true
+# keypoints, and the task's reference keypoints found in the episode by the project's
+# descriptor net, as PNGs. Output: runs/main/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,4 +14,5 @@ out="runs/main/$(date +%Y%m%d-%H%M%S)"
 .venv/bin/kil bag info "$out/demos/episode_0000"
 .venv/bin/kil bag preview "$out/demos/episode_0000" --out "$out/preview.png"
 .venv/bin/kil sim render --task pick_place --robot panda --variation in --seed 0 --out "$out/scene_keypoints.png"
+.venv/bin/kil keypoints show --episode "$out/demos/episode_0000" --model descriptor_net --out "$out/keypoints.png"
 echo "main job done: $out"

@@ -11,13 +11,14 @@ venv=.venv
 
 # Debian packages (installed only where missing). The sim extra needs an OpenGL library
 # for MuJoCo's offscreen renderer (EGL, OSMesa as fallback); the dev extra brings colcon,
-# so the tests can check that `colcon build` installs the package as on a robot PC.
+# so the tests can check that `colcon build` installs the package as on a robot PC, and
+# Chromium, in which the annotation page is tested.
 apt_packages=()
 case ",$extras," in
     *,sim,*) apt_packages+=(libegl1 libgl1-mesa-dri libosmesa6) ;;
 esac
 case ",$extras," in
-    *,dev,*) apt_packages+=(colcon python3-colcon-ros python3-colcon-python-setup-py python3-colcon-metadata python3-setuptools) ;;
+    *,dev,*) apt_packages+=(colcon python3-colcon-ros python3-colcon-python-setup-py python3-colcon-metadata python3-setuptools chromium) ;;
 esac
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -64,3 +64,31 @@ def test_bad_input_is_one_line_with_exit_1(tmp_path):
     assert endless.returncode == 1 and "--duration: required with the stepped clock" in endless.stderr
     missing = kil("run", "--graph", str(tmp_path / "nope.yaml"), "--duration", "1")
     assert missing.returncode == 1 and "nope.yaml: cannot read" in missing.stderr
+
+
+def test_models_list_shows_every_backend_and_its_weights():
+    result = kil("models", "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("descriptor_net", "dift", "dinov2", "dinov3", "radio", "sam", "sift"):
+        assert any(line.startswith(f"│ {name} ") for line in lines), name
+    assert any("descriptor_net_sim.safetensors" in line and "yes" in line for line in lines)  # shipped
+    assert any(line.startswith("│ sift ") and "no weights" not in line and "yes" in line for line in lines)
+
+
+def test_keypoints_show_writes_a_png(tmp_path):
+    episode = tmp_path / "episode_0000"
+    assert kil("run", "--graph", "synthetic_record", "--duration", "1", "--set", f"recorder.path={episode}").returncode == 0
+    out = tmp_path / "kp.png"
+    result = kil("keypoints", "show", "--episode", str(episode), "--spec", "pick_place", "--model", "sift", "--frames", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    assert Image.open(out).size == (2 * 320, 240)  # the synthetic rig's 320x240 camera, two frames
+    missing = kil("keypoints", "show", "--episode", str(tmp_path / "none"), "--out", str(out))
+    assert missing.returncode == 1 and "--episode: " in missing.stderr and missing.stderr.count("\n") == 1
+
+
+def test_features_train_refuses_a_wrong_output_name(tmp_path):
+    result = kil("features", "train", "--out", str(tmp_path / "net.pt"))
+    assert result.returncode == 1 and "--out: expected a .safetensors file" in result.stderr

@@ -19,12 +19,14 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "run": ("kil.cli.run", "run a graph description in the local runtime"),
     "record": (None, "record demonstration episodes through the local graph (teleop or scripted expert)"),
     "sim": ("kil.cli.sim", "simulated rig: scripted demonstrations, renders, ground truth"),
-    "annotate": (None, "click reference keypoints on a recorded frame in a local web page"),
+    "annotate": ("kil.cli.annotate", "click reference keypoints on a recorded frame in a local web page"),
     "build-dataset": (None, "turn recorded episodes into a training store with keypoints"),
     "train": (None, "train a keypoint diffusion policy"),
     "eval": (None, "run closed-loop episodes in the sim and report success rates"),
     "bench": ("kil.cli.bench", "benchmarks that print speed, memory and quality figures"),
-    "models": (None, "feature backends: where each looks for weights and whether they are present"),
+    "models": ("kil.cli.models", "feature backends: where each looks for weights and whether they are present"),
+    "features": ("kil.cli.features", "train the dense descriptor net on simulated views"),
+    "keypoints": ("kil.cli.keypoints", "show the task's keypoints found in a recorded episode (PNG)"),
     "bag": ("kil.cli.bag", "inspect or recover rosbag2 episodes"),
 }
 

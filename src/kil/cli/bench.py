@@ -1,26 +1,68 @@
-"""`kil bench`: benchmarks that print speed, memory and quality figures."""
+"""`kil bench SUITE`: benchmarks that print speed, memory and quality figures.
+
+  sim        render/control throughput, real-time factor, scripted-expert success rates
+  match      naive vs exact fast image matcher (time, peak memory), feature-backend latency
+  keypoints  keypoint accuracy (px, mm) of feature backends on held-out simulated frames
+"""
 
 from __future__ import annotations
 
 import argparse
 
-SUITES = ("sim",)
+from kil.errors import ConfigError
+
+
+def _split(text: str) -> list[str]:
+    return [s for s in text.split(",") if s]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", choices=SUITES, help="sim: render/control throughput, real-time factor, expert success rates")
-    parser.add_argument("--tasks", default="pick_place,place_upright,pick_place_two", help="comma-separated tasks")
-    parser.add_argument("--robots", default="panda,ur5e", help="comma-separated robots")
-    parser.add_argument("--variations", default="in,obj,scene,rot", help="comma-separated variations")
-    parser.add_argument("--episodes", type=int, default=20, help="episodes per task, robot and variation")
-    parser.add_argument("--seed", type=int, default=1000, help="batch seed (disjoint from the tests' seeds)")
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
+    sim = suites.add_parser("sim", help="render/control throughput, real-time factor, expert success rates")
+    sim.add_argument("--tasks", default="pick_place,place_upright,pick_place_two", help="comma-separated tasks")
+    sim.add_argument("--robots", default="panda,ur5e", help="comma-separated robots")
+    sim.add_argument("--variations", default="in,obj,scene,rot", help="comma-separated variations")
+    sim.add_argument("--episodes", type=int, default=20, help="episodes per task, robot and variation")
+    sim.add_argument("--seed", type=int, default=1000, help="batch seed (disjoint from the tests' seeds)")
+    sim.set_defaults(run_suite=_sim)
+
+    match = suites.add_parser("match", help="naive vs fast image matcher; feature-backend latency")
+    match.add_argument("--channels", type=int, default=384, help="feature channels C")
+    match.add_argument("--keypoints", type=int, default=6)
+    match.add_argument("--repeats", type=int, default=15)
+    match.add_argument("--no-backends", action="store_true", help="skip the feature-backend latency table")
+    match.set_defaults(run_suite=_match)
+
+    kp = suites.add_parser("keypoints", help="keypoint accuracy of feature backends on held-out sim frames")
+    kp.add_argument("--backends", default="descriptor_net,sift", help="comma-separated feature configs (config/features/)")
+    kp.add_argument("--tasks", default="pick_place,place_upright", help="single-object tasks")
+    kp.add_argument("--variations", default="in,obj,scene")
+    kp.add_argument("--frames", type=int, default=12, help="frames per task and variation")
+    kp.add_argument("--robot", default="panda")
+    kp.set_defaults(run_suite=_keypoints)
 
 
-def main(args: argparse.Namespace) -> int:
+def _sim(args: argparse.Namespace) -> int:
     from kil.bench import sim
-    from kil.errors import ConfigError
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
-    split = lambda text: [s for s in text.split(",") if s]  # noqa: E731
-    return sim.run(split(args.tasks), split(args.robots), split(args.variations), args.episodes, args.seed)
+    return sim.run(_split(args.tasks), _split(args.robots), _split(args.variations), args.episodes, args.seed)
+
+
+def _match(args: argparse.Namespace) -> int:
+    from kil.bench import matching
+
+    return matching.run(channels=args.channels, keypoints=args.keypoints, repeats=args.repeats, backends=not args.no_backends)
+
+
+def _keypoints(args: argparse.Namespace) -> int:
+    from kil.bench import keypoints
+
+    if args.frames < 1:
+        raise ConfigError(f"--frames: must be >= 1, got {args.frames}")
+    return keypoints.run(_split(args.backends), _split(args.tasks), _split(args.variations), args.frames, args.robot)
+
+
+def main(args: argparse.Namespace) -> int:
+    return args.run_suite(args)

@@ -2,6 +2,7 @@
 
     kil sim demos --task pick_place --robot panda --variation in --episodes 50 --seed 0 --out DIR
     kil sim render --task place_upright --robot ur5e --variation scene --seed 3 --out scene.png
+    kil sim reference --task pick_place --out config/tasks/pick_place
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ VARIATIONS = ("in", "obj", "scene", "rot")  # kil.sim.scene.VARIATIONS, without 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("demos", "render"), help="demos: record scripted demonstrations; render: PNG of an episode's first frame with its true keypoints")
+    parser.add_argument("action", choices=("demos", "render", "reference"),
+                        help="demos: record scripted demonstrations; render: PNG of an episode's first frame with its true "
+                             "keypoints; reference: a keypoint spec (reference image + true points) written into --out")
     parser.add_argument("--task", default="pick_place", help="task under config/sim/tasks.yaml (pick_place, place_upright, pick_place_two)")
     parser.add_argument("--robot", default="panda", help="panda or ur5e")
     parser.add_argument("--variation", default="in", help=f"one of {', '.join(VARIATIONS)}")
@@ -38,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
-    return _demos(args) if args.action == "demos" else _render(args)
+    return {"demos": _demos, "render": _render, "reference": _reference}[args.action](args)
 
 
 def _demos(args: argparse.Namespace) -> int:
@@ -78,4 +81,12 @@ def _render(args: argparse.Namespace) -> int:
     finally:
         world.close()
     Console().print(f"wrote {path}")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from kil.sim.reference import oracle_spec
+
+    path, seed = oracle_spec(args.task, args.out, args.robot, args.seed)
+    Console().print(f"wrote {path} (reference frame: {args.task}/{args.robot}/in seed {seed})")
     return 0

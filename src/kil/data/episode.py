@@ -51,3 +51,18 @@ def read_metadata(bag_dir: str | Path) -> EpisodeMetadata | None:
     if not path.exists():
         return None
     return load_dataclass(EpisodeMetadata, load_yaml(path), f"{path}:")
+
+
+def episode_task(episode: str | Path, task: str | None, option: str = "--task") -> tuple[Path, str]:
+    """An existing episode directory and its task: `task` when given, else its metadata's
+    (a missing episode or task is a one-line ConfigError naming `option`)."""
+    from kil.errors import ConfigError
+
+    path = Path(episode)
+    if not path.exists():
+        raise ConfigError(f"--episode: {path} does not exist")
+    metadata = read_metadata(path)
+    found = task or (metadata.task if metadata else None)
+    if not found:
+        raise ConfigError(f"{option}: {path} has no metadata naming its task; pass {option}")
+    return path, found

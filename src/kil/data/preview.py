@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,18 @@ def depth_to_rgb(depth: np.ndarray) -> np.ndarray:
         scaled = 1.0 - np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)
         out[valid] = (40 + 215 * scaled[valid, None]).astype(np.uint8)
     return out
+
+
+def colour_frames(episode: str | Path, topic: str | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(topic, header stamp ns, (H, W, 3) uint8 RGB) of every colour image of an episode, in
+    log order; only `topic` when given."""
+    from kil.converters.factory import time_ns
+
+    reader = EpisodeReader(episode)
+    topics = [t for t, (kind, _) in reader.topics().items() if kind == "sensor_msgs/msg/Image" and (topic is None or t == topic)]
+    for t, _, _, msg in reader.ros_messages(topics):
+        if msg.encoding in COLOUR_ENCODINGS:
+            yield t, time_ns(msg.header.stamp), image_to_rgb(msg)
 
 
 def episode_preview(episode: str | Path, out: str | Path, frames: int = 4) -> Path:

@@ -41,7 +41,10 @@ class Matches:
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor):
+        return x
+    x = np.ascontiguousarray(x)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())  # messages hold read-only arrays
 
 
 def sample_descriptors(features: np.ndarray | torch.Tensor, uv: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:

@@ -167,6 +167,6 @@ def save_spec(spec: KeypointSpec, directory: str | Path) -> Path:
     _check_images(spec, directory, f"{directory / SPEC_FILE}:")
     path = directory / SPEC_FILE
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(to_plain(spec), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.write_text(yaml.safe_dump(to_plain(spec), sort_keys=False, allow_unicode=True, default_flow_style=None), encoding="utf-8")
     tmp.replace(path)
     return path

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kil.config import require
-from kil.geometry import invert, look_at_pose, matrix_to_quat
+from kil.geometry import invert, look_at_pose, matrix_to_quat, project
 from kil.sim.correspondence import View
 from kil.sim.env import CAMERA_NAME, TABLE_TOP_WORLD, body_pose, make_env
 from kil.sim.objects import Catalogue, shape_of
@@ -64,6 +64,19 @@ GRIPPER_DEADBAND = 0.003  # metres
 
 # MuJoCo cameras look along -z with +y up; the optical frame looks along +z with +y down.
 _OPTICAL_FROM_MUJOCO = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass(frozen=True)
+class ProjectedKeypoints:
+    """True named points: names; xyz (N, 3) metres, base frame; instance (N,); uv (N, 2)
+    pixels (0 where outside the image); inside (N,) bool; visible (N,) bool (not occluded)."""
+
+    names: tuple[str, ...]
+    xyz: np.ndarray
+    instance: np.ndarray
+    uv: np.ndarray
+    inside: np.ndarray
+    visible: np.ndarray
 
 
 class SimWorld:
@@ -254,6 +267,19 @@ class SimWorld:
             points.append(p + T_fix[:3, 3])
             instance.append(len(self.scene.objects))
         return names, np.array(points, dtype=float).reshape(-1, 3), np.array(instance, dtype=np.int32)
+
+    def projected_keypoints(self, depth: np.ndarray, tolerance: float = 0.01) -> ProjectedKeypoints:
+        """The true named points seen by the camera now: a point is visible where it projects
+        into the image and `depth` (this camera's render) agrees within `tolerance` metres."""
+        names, xyz, instance = self.keypoints()
+        uv, z = project(self.K, self.T_base_camera, xyz)
+        h, w = depth.shape
+        px = np.round(np.nan_to_num(uv, nan=-1.0)).astype(int)
+        inside = (z > 0) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
+        seen = np.full(len(z), np.nan)
+        seen[inside] = depth[px[inside, 1], px[inside, 0]]
+        visible = inside & (np.abs(seen - z) < tolerance)
+        return ProjectedKeypoints(tuple(names), xyz, instance, np.where(inside[:, None], uv, 0.0), inside, visible)
 
     def capture_view(self) -> View:
         """Render everything needed to relate this view's pixels to another view's."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kil.config import require
-from kil.geometry import matrix_to_quat, project, quat_to_matrix
+from kil.geometry import matrix_to_quat, quat_to_matrix
 from kil.msgs import RGBD, GripperCommand, Keypoints, PoseCommand, RobotState
 from kil.sim.world import CameraConfig
 from kil.stage import Stage, every, subscribe
@@ -113,18 +113,11 @@ class SimRig(Stage):
     def true_keypoints(self, frame: RGBD) -> Keypoints:
         """The objects' named points at their true positions, projected into `frame`; a point
         is visible where it is in the image and the depth image sees it (not occluded)."""
-        names, xyz, instance = self.world.keypoints()
-        uv, z = project(frame.K, frame.T_base_camera, xyz)
-        h, w = frame.depth.shape
-        px = np.round(uv).astype(int)
-        inside = (z > 0) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-        seen = np.full(len(z), np.nan)
-        seen[inside] = frame.depth[px[inside, 1], px[inside, 0]]
-        visible = inside & (np.abs(seen - z) < self.config.visibility_tolerance)
+        truth = self.world.projected_keypoints(frame.depth, self.config.visibility_tolerance)
         return Keypoints(
-            stamp_ns=frame.stamp_ns, frame_id=self.config.base_frame, names=tuple(names),
-            uv=np.where(inside[:, None], uv, 0.0).astype(np.float32), xyz=xyz.astype(np.float32),
-            score=np.ones(len(names), np.float32), visible=visible, instance=instance,
+            stamp_ns=frame.stamp_ns, frame_id=self.config.base_frame, names=truth.names,
+            uv=truth.uv.astype(np.float32), xyz=truth.xyz.astype(np.float32),
+            score=np.ones(len(truth.names), np.float32), visible=truth.visible, instance=truth.instance,
         )
 
     def stop(self) -> None:

@@ -31,18 +31,18 @@ from kil.training.descriptor_views import SceneViews
 
 @dataclass(frozen=True)
 class DescriptorTrainConfig:
-    scenes: int = 64
+    scenes: int = 96
     views_per_scene: int = 4
     image_size: tuple[int, int] = (240, 320)  # (height, width) of the training renders
     tasks: tuple[str, ...] = ("pick_place", "place_upright", "pick_place_two")
     robots: tuple[str, ...] = ("panda", "ur5e")
     variations: tuple[str, ...] = ("in", "scene", "rot")
-    steps: int = 1200
-    pairs_per_step: int = 4
+    steps: int = 2000
+    pairs_per_step: int = 6
     matches_per_pair: int = 256
     non_matches: int = 96  # per match
     object_share: float = 0.75  # of match pixels sampled on task objects / fixture
-    cross_instance_share: float = 0.3  # of pairs across scenes with other instances of a category
+    cross_instance_share: float = 0.4  # of pairs across scenes with other instances of a category
     margin: float = 0.5  # minimum distance of unit descriptors that do not correspond
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -63,6 +63,7 @@ class Pair:
     uv_a: np.ndarray  # (M, 2) pixels
     uv_b: np.ndarray  # (M, 2) pixels
     negatives: np.ndarray  # (M, K, 2) pixels in B that do not correspond
+    negative_weight: np.ndarray  # (M, K) 1, or 0 on another instance of the match's category
 
 
 def _pixels(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,7 +98,24 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     # A "non-match" within a few pixels of the true match is a match: push it away.
     close = np.linalg.norm(negatives - uv_b[:, None], axis=-1) < 6
     negatives[close] = (negatives[close] + [w / 2, h / 2]) % [w, h]
-    return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives)
+    # Descriptors are meant to be the same on every instance of a category (the keypoints are
+    # semantic), so another block is no negative for a point on a block.
+    category_b = _category_map(b)
+    px_b = np.round(uv_b).astype(int)
+    match_category = category_b[px_b[:, 1].clip(0, h - 1), px_b[:, 0].clip(0, w - 1)]
+    neg = negatives.astype(int)
+    neg_category = category_b[neg[..., 1], neg[..., 0]]
+    same_kind = (neg_category == match_category[:, None]) & (match_category[:, None] >= 0)
+    return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives, (~same_kind).astype(np.float32))
+
+
+def _category_map(view: View) -> np.ndarray:
+    """(H, W) int: an index per category of the view's task objects and fixture, -1 elsewhere."""
+    names = sorted({category for category, _ in view.objects.values()})
+    out = np.full(view.bodies.shape, -1, np.int64)
+    for body, (category, _) in view.objects.items():
+        out[view.bodies == body] = names.index(category)
+    return out
 
 
 def augment(rgb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -133,7 +151,7 @@ def contrastive_loss(desc_a, desc_b, pair: Pair, margin: float, image_size) -> t
     dn = sample(desc_b, torch.from_numpy(pair.negatives), image_size)  # (M, K, D)
     match = (da - db).pow(2).sum(-1).mean()
     distance = (da[:, None] - dn).pow(2).sum(-1).clamp(min=1e-12).sqrt()
-    hinge = F.relu(margin - distance).pow(2)
+    hinge = F.relu(margin - distance).pow(2) * torch.from_numpy(pair.negative_weight)
     hard = (hinge > 0).sum().clamp(min=1)
     non_match = hinge.sum() / hard
     return match + non_match, {"match": match.item(), "non_match": non_match.item(), "hard_share": hard.item() / hinge.numel()}
@@ -200,7 +218,7 @@ def train(scenes: list[SceneViews], config: DescriptorTrainConfig,
         loss.backward()
         optimiser.step()
         schedule.step()
-        record = {"step": step, "loss": float(loss), "seconds": time.perf_counter() - start,
+        record = {"step": step, "loss": loss.item(), "seconds": time.perf_counter() - start,
                   **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]}}
         history.append(record)
         if progress:

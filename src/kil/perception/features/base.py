@@ -135,7 +135,7 @@ class FeatureExtractor:
             raise ValueError(f"images: expected (B, H, W, 3) uint8 RGB, got {images.shape} {images.dtype}")
         out = []
         for start in range(0, len(images), self.config.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start: start + self.config.batch_size]))
+            batch = torch.tensor(images[start: start + self.config.batch_size])  # a copy: frames may be read-only
             pixels = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
             if tuple(pixels.shape[-2:]) != self.input_size:
                 pixels = F.interpolate(pixels, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
@@ -184,7 +184,7 @@ def resolve_weights(value: str, source: Path | None) -> Path | str:
     the string itself when it is a hub id ("org/name") that is not a local path."""
     path = Path(value).expanduser()
     if not path.is_absolute():
-        path = (source.parent if source else Path.cwd()) / path
+        path = ((source.parent if source else Path.cwd()) / path).resolve()
     if not path.exists() and _looks_like_hub_id(value):
         return value
     return path

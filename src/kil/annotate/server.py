@@ -1,0 +1,160 @@
+"""The annotation server: one frame of an episode, the task's keypoint spec, and a page to
+edit it (stdlib HTTP on localhost; the page is static HTML + JS in ./static).
+
+The page edits the references that lie on this frame's image; references of the spec on
+other images are kept as they are. Saving validates the whole spec first (one-line error
+back to the page), writes the frame as PNG beside the spec, and replaces keypoints.yaml
+atomically, so a bad save never damages a good spec.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from kil.config import load_dataclass, to_plain
+from kil.errors import ConfigError
+from kil.perception.spec import SPEC_FILE, KeypointSpec, load_spec, save_spec
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class AnnotationSession:
+    """What the page edits: `image` (H, W, 3) uint8 saved as `image_name` in `out_dir`."""
+
+    image: np.ndarray
+    image_name: str
+    out_dir: Path
+    task: str
+
+    def png(self) -> bytes:
+        buffer = BytesIO()
+        Image.fromarray(self.image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def existing(self) -> KeypointSpec | None:
+        return load_spec(self.out_dir / SPEC_FILE).spec if (self.out_dir / SPEC_FILE).is_file() else None
+
+    def state(self) -> dict[str, Any]:
+        """The page's view: categories with the references on this image (editable) and how
+        many references lie on other images (kept)."""
+        spec = self.existing()
+        categories = []
+        for category in spec.categories if spec else []:
+            here = [r for r in category.references if r.image == self.image_name]
+            categories.append({
+                "name": category.name,
+                "prompt": category.prompt,
+                "references": [{"keypoints": [{"name": n, "u": u, "v": v} for n, (u, v) in r.keypoints.items()]} for r in here],
+                "other_references": len(category.references) - len(here),
+            })
+        height, width = self.image.shape[:2]
+        return {"task": spec.task if spec else self.task, "image": {"name": self.image_name, "width": width, "height": height},
+                "categories": categories}
+
+    def save(self, page: dict[str, Any]) -> Path:
+        """Merge the page's categories into the spec and save it (ConfigError when invalid)."""
+        old = {c.name: c for c in (self.existing().categories if self.existing() else [])}
+        categories = []
+        for i, item in enumerate(page.get("categories", [])):
+            where = f"categories[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(f"{where}: expected a category object")
+            references = [
+                {"image": self.image_name, "keypoints": {kp["name"]: [kp["u"], kp["v"]] for kp in ref.get("keypoints", [])}}
+                for ref in item.get("references", [])
+            ]
+            for j, ref in enumerate(item.get("references", [])):
+                names = [kp.get("name") for kp in ref.get("keypoints", [])]
+                if len(set(names)) != len(names):
+                    raise ConfigError(f"{where}.references[{j}]: keypoint names must be unique, got {names}")
+            kept = [to_plain(r) for r in old[item.get("name")].references if r.image != self.image_name] if item.get("name") in old else []
+            categories.append({"name": item.get("name", ""), "prompt": item.get("prompt", ""), "references": kept + references})
+        spec = load_dataclass(KeypointSpec, {"task": page.get("task") or self.task, "categories": categories}, "spec:")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        image_path = self.out_dir / self.image_name
+        if not image_path.exists():
+            Image.fromarray(self.image).save(image_path)
+        return save_spec(spec, self.out_dir)
+
+
+def _handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: the CLI prints the URL
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, data: Any) -> None:
+            self._send(status, json.dumps(data).encode(), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path in ("/", "/index.html"):
+                self._send(200, (STATIC / "index.html").read_bytes(), "text/html; charset=utf-8")
+            elif self.path == "/annotate.js":
+                self._send(200, (STATIC / "annotate.js").read_bytes(), "text/javascript; charset=utf-8")
+            elif self.path == "/image.png":
+                self._send(200, session.png(), "image/png")
+            elif self.path == "/api/spec":
+                try:
+                    self._json(200, session.state())
+                except ConfigError as err:
+                    self._json(500, {"ok": False, "error": str(err)})
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/api/spec":
+                self._send(404, b"not found", "text/plain")
+                return
+            try:
+                page = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                with lock:
+                    path = session.save(page)
+                self._json(200, {"ok": True, "path": str(path)})
+            except (ConfigError, ValueError, KeyError, TypeError, AttributeError) as err:
+                message = str(err) if isinstance(err, ConfigError) else f"malformed request: {err}"
+                self._json(400, {"ok": False, "error": message})
+
+    return Handler
+
+
+def serve(session: AnnotationSession, port: int = 0) -> ThreadingHTTPServer:
+    """A server for `session` on 127.0.0.1 (port 0: any free one); call serve_forever()."""
+    return ThreadingHTTPServer(("127.0.0.1", port), _handler(session))
+
+
+def frame_from_episode(episode: str | Path, frame: int = 0, topic: str | None = None) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 RGB of colour frame `frame` of an episode, and the topic it came from."""
+    from kil.data.preview import colour_frames
+
+    count = 0
+    for found_topic, _, rgb in colour_frames(episode, topic):
+        if count == frame:
+            return rgb, found_topic
+        count += 1
+    if topic is not None and count == 0:
+        raise ConfigError(f"{episode}: --topic {topic} has no colour images in this episode")
+    raise ConfigError(f"{episode}: --frame {frame} but the episode has {count} colour frames")
+
+
+def reference_name(episode: str | Path, frame: int) -> str:
+    return f"{Path(episode).name}_frame{frame:04d}.png"
+
