@@ -402,3 +402,41 @@ def test_keypoints_node_with_a_missing_spec_image_is_a_one_line_error(tmp_path):
     model = backend_yaml(tmp_path, "sift", input_size=[240, 320])
     with pytest.raises(ConfigError, match=r"references\[0\]\.image: reference image .*ref\.png does not exist"):
         LocalRuntime(keypoint_graph(tmp_path, tmp_path / "moved.png", tmp_path, model))
+
+
+def test_the_simulated_rig_defaults_to_the_shipped_descriptor_net():
+    from kil.rigs import load_rig
+
+    rig = load_rig("sim")
+    assert rig.feature_model == "descriptor_net"
+    backend, status = describe(rig.feature_model)
+    assert backend == "descriptor_net" and status.present
+    assert load_rig("franka").feature_model == "radio"
+
+
+def test_features_node_logs_and_skips_a_feature_map_with_nans(tmp_path, caplog):
+    """A backend that produces NaN (here: a net with a NaN weight) never crashes the node or
+    publishes the bad map; the error is logged once, then every 100th time."""
+    torch.manual_seed(0)
+    net = DescriptorNet(NetArchitecture(channels=(8, 8, 16, 16), width=16, descriptor_dim=6))
+    with torch.no_grad():
+        net.head[1].bias[0] = float("nan")
+    save_net(net, tmp_path / "nan.safetensors")
+    model = backend_yaml(tmp_path, "descriptor_net", weights="nan.safetensors", input_size=[64, 96])
+    image = smooth_image(np.random.default_rng(7), 48, 64)
+    PILImage.fromarray(image).save(tmp_path / "frame.png")
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(f"""
+name: nan_features
+topics: {{/camera: {{type: RGBD}}, /features: {{type: FeatureMap}}}}
+nodes:
+  camera: {{stage: toy_stages.still_camera, params: {{image: {tmp_path / 'frame.png'}, rate_hz: 10}}, publish: {{rgbd: /camera}}}}
+  features: {{stage: features, params: {{model: {model}, rate_hz: 10}}, subscribe: {{rgbd: /camera}}, publish: {{features: /features}}}}
+  sink: {{stage: toy_stages.sink, subscribe: {{features: /features}}}}
+""")
+    runtime = LocalRuntime(load_graph(graph))
+    with caplog.at_level(logging.ERROR):
+        runtime.run(duration_s=1.0)
+    assert runtime.stages["sink"].received == []
+    errors = [r.getMessage() for r in caplog.records if "NaN or inf" in r.getMessage()]
+    assert len(errors) == 1 and "descriptor_net" in errors[0]

@@ -85,7 +85,7 @@ def test_oracle_spec_matches_itself_exactly(tmp_path):
     world.close()
     (kps,) = detector.detect([frame], extractor.extract(rgb))
     ref_uv = np.concatenate([uv for _, uv in spec.references()])
-    assert np.abs(kps.uv - ref_uv).max() <= 0.5 + 1e-6  # the nearest pixel to each (sub-pixel) reference
+    assert np.abs(kps.uv - ref_uv).max() <= 1.0  # the (sub-pixel) reference points, to the pixel
     assert kps.visible.all()
     visible = [truth.names.index(n.replace("[0]", "")) for n in kps.names]
     assert np.linalg.norm(kps.xyz - truth.xyz[visible], axis=1).max() < 0.02  # lifted within 2 cm
@@ -117,10 +117,13 @@ topics:
   /keypoints: {type: Keypoints}
   /annotated: {type: Image}
   /sim/keypoints: {type: Keypoints}
+  /kil/pose_target: {type: PoseCommand}
+  /kil/gripper_command: {type: GripperCommand}
 nodes:
   rig:
     stage: sim_rig
     params: {task: pick_place, seed: 21, camera_rate_hz: 15}
+    subscribe: {target: /kil/pose_target, gripper: /kil/gripper_command}
     publish: {rgbd: /camera, state: /robot_state, ground_truth: /sim/keypoints}
   features:
     stage: features
@@ -146,3 +149,44 @@ nodes:
     errors = [np.linalg.norm(last.uv[i] - gt.uv[gt.names.index(n)]) for i, n in enumerate(last.names) if gt.visible[gt.names.index(n)]]
     assert np.median(errors) < 10, errors
     assert sink.of("annotated")[-1].rgb.shape == (480, 640, 3)
+
+
+def test_descriptor_training_pairs_and_a_short_run(tmp_path):
+    """Pairs hold true matches and non-matches (never near the match, never on another
+    instance of the match's category); a short training run lowers the loss and saves a
+    file the backend loads."""
+    import dataclasses
+
+    import torch
+
+    from kil.perception.features.base import load_extractor
+    from kil.perception.features.descriptor_net import NetArchitecture, save_net
+    from kil.training.descriptor_net import DescriptorTrainConfig, make_pair, train
+    from kil.training.descriptor_views import render_scenes, scene_requests
+
+    config = DescriptorTrainConfig(scenes=2, views_per_scene=2, tasks=("pick_place_two",), robots=("panda",), variations=("in",),
+                                   steps=40, pairs_per_step=2, matches_per_pair=64, non_matches=16, workers=1,
+                                   architecture=NetArchitecture(channels=(8, 16, 16, 16), width=16, descriptor_dim=8))
+    scenes = render_scenes(scene_requests(config.tasks, config.robots, config.variations, 2, 2, config.image_size, 0), workers=1)
+    a, b = scenes[0].views
+    pair = make_pair(a, b, False, config, np.random.default_rng(0))
+    px_a, px_b = pair.uv_a.astype(int), np.round(pair.uv_b).astype(int)
+    assert np.array_equal(a.bodies[px_a[:, 1], px_a[:, 0]], b.bodies[px_b[:, 1], px_b[:, 0]])
+    assert (np.linalg.norm(pair.negatives - pair.uv_b[:, None], axis=-1) >= 6).all()
+    blocks = [body for body, (category, _) in b.objects.items() if category == "block"]
+    assert len(blocks) == 2
+    neg = pair.negatives.astype(int)
+    on_block = np.isin(b.bodies[neg[..., 1], neg[..., 0]], blocks)
+    match_body = b.bodies[px_b[:, 1], px_b[:, 0]]
+    neg_body = b.bodies[neg[..., 1], neg[..., 0]]
+    other_block = np.isin(match_body, blocks)[:, None] & on_block & (neg_body != match_body[:, None])
+    assert other_block.any() and (pair.negative_weight[other_block] == 0).all()
+    assert (pair.negative_weight[~other_block] == 1).all()  # the same block's other points stay negatives
+
+    net, history = train(scenes, dataclasses.replace(config, cross_instance_share=0.5))
+    losses = [h["loss"] for h in history]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    save_net(net, tmp_path / "net.safetensors")
+    (tmp_path / "net.yaml").write_text("backend: descriptor_net\nweights: net.safetensors\ninput_size: [240, 320]\n")
+    features = load_extractor(tmp_path / "net.yaml").extract(a.rgb)
+    assert features.shape == (1, 8, 60, 80) and torch.isfinite(features).all()

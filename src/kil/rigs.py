@@ -60,6 +60,7 @@ class RigConfig:
     drivers: tuple[DriverLaunch, ...] = ()
     driver_graph: str = ""  # a kil graph whose nodes are this rig's drivers (the simulated rig)
     record_topics: tuple[str, ...] = ()
+    feature_model: str = "radio"  # the features node's default backend (config/features/); paper 001 matches with RADIO
 
     def __post_init__(self) -> None:
         require(self.control_rate_hz > 0, "control_rate_hz", "must be > 0")

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -49,9 +50,13 @@ def _measure(method: str, channels: int, grid: tuple[int, int], size: tuple[int,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def feature_latency(size: tuple[int, int], repeats: int = 5) -> list[tuple[str, str, float | None, str]]:
-    """(backend config, backend, median seconds per frame or None, note) for each config
-    under config/features/."""
+def feature_latency(size: tuple[int, int], repeats: int = 3, random_weights: bool = True) -> list[tuple[str, str, float | None, str]]:
+    """(backend config, backend, median seconds per frame or None, note) for each config under
+    config/features/. Backends whose weights are missing are timed with a randomly initialised
+    checkpoint of the same architecture (DIFT with one ensemble member) when `random_weights`."""
+    import tempfile
+
+    from kil.bench.architectures import random_checkpoint
     from kil.errors import ConfigError
     from kil.paths import share_dir
     from kil.perception.features.base import describe, load_extractor
@@ -59,27 +64,34 @@ def feature_latency(size: tuple[int, int], repeats: int = 5) -> list[tuple[str, 
     rows = []
     image = (np.random.default_rng(0).random((*size, 3)) * 255).astype(np.uint8)
     for path in sorted((share_dir() / "config" / "features").glob("*.yaml")):
-        try:
-            backend, status = describe(path)
-            if not status.present:
-                rows.append((path.stem, backend, None, f"weights not present: {status.location}"))
-                continue
-            extractor = load_extractor(path)
-            features = extractor.extract(image)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                extractor.extract(image)
-                times.append(time.perf_counter() - t)
-            note = f"{tuple(extractor.input_size)} input -> {tuple(features.shape[1:])} features, {extractor.device.type} {str(extractor.dtype).split('.')[-1]}"
-            rows.append((path.stem, backend, statistics.median(times), note))
-        except ConfigError as err:
-            rows.append((path.stem, "?", None, str(err)))
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                backend, status = describe(path)
+                overrides, note = {}, ""
+                if not status.present:
+                    checkpoint = random_checkpoint(backend, Path(tmp)) if random_weights else None
+                    if checkpoint is None:
+                        rows.append((path.stem, backend, None, f"weights not present: {status.location}"))
+                        continue
+                    overrides = {"weights": str(checkpoint), **({"ensemble_size": 1} if backend == "dift" else {})}
+                    note = "random weights, published architecture" + (", 1 ensemble member" if backend == "dift" else "") + "; "
+                extractor = load_extractor(path, overrides)
+                features = extractor.extract(image)
+                times = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    extractor.extract(image)
+                    times.append(time.perf_counter() - t)
+                note += f"{tuple(extractor.input_size)} input -> {tuple(features.shape[1:])}, {extractor.device.type} {str(extractor.dtype).split('.')[-1]}"
+                rows.append((path.stem, backend, statistics.median(times), note))
+                del extractor
+            except ConfigError as err:
+                rows.append((path.stem, "?", None, str(err)))
     return rows
 
 
 def run(channels: int = 384, grid: tuple[int, int] = (30, 40), size: tuple[int, int] = (480, 640), keypoints: int = 6,
-        repeats: int = 15, backends: bool = True) -> int:
+        repeats: int = 15, backends: bool = True, random_weights: bool = True) -> int:
     console = Console(width=160)
     console.print(f"[bold]image matching[/bold]: {keypoints} keypoints, C={channels}, {grid[0]}x{grid[1]} patches -> "
                   f"{size[0]}x{size[1]} pixels, median of {repeats} runs, peak memory in a fresh process each")
@@ -93,7 +105,7 @@ def run(channels: int = 384, grid: tuple[int, int] = (30, 40), size: tuple[int, 
     console.print(f"fast matcher: [bold]{naive / fast:.0f}x faster[/bold] than naive (goal >= 100x), {mem:.0f}x less peak memory")
     if backends:
         table = Table("config", "backend", "median ms / frame", "notes", title=f"feature latency at {size[0]}x{size[1]} camera frames")
-        for name, backend, seconds, note in feature_latency(size):
+        for name, backend, seconds, note in feature_latency(size, random_weights=random_weights):
             table.add_row(name, backend, "-" if seconds is None else f"{seconds * 1e3:.1f}", note)
         console.print(table)
     return 0

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     match.add_argument("--keypoints", type=int, default=6)
     match.add_argument("--repeats", type=int, default=15)
     match.add_argument("--no-backends", action="store_true", help="skip the feature-backend latency table")
+    match.add_argument("--no-random-weights", action="store_true",
+                       help="do not time backends without weights on random checkpoints of their architecture")
     match.set_defaults(run_suite=_match)
 
     kp = suites.add_parser("keypoints", help="keypoint accuracy of feature backends on held-out sim frames")
@@ -53,7 +55,8 @@ def _sim(args: argparse.Namespace) -> int:
 def _match(args: argparse.Namespace) -> int:
     from kil.bench import matching
 
-    return matching.run(channels=args.channels, keypoints=args.keypoints, repeats=args.repeats, backends=not args.no_backends)
+    return matching.run(channels=args.channels, keypoints=args.keypoints, repeats=args.repeats, backends=not args.no_backends,
+                        random_weights=not args.no_random_weights)
 
 
 def _keypoints(args: argparse.Namespace) -> int:

@@ -99,14 +99,16 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     close = np.linalg.norm(negatives - uv_b[:, None], axis=-1) < 6
     negatives[close] = (negatives[close] + [w / 2, h / 2]) % [w, h]
     # Descriptors are meant to be the same on every instance of a category (the keypoints are
-    # semantic), so another block is no negative for a point on a block.
+    # semantic), so another block is no negative for a point on a block; other points of the
+    # same block are.
     category_b = _category_map(b)
     px_b = np.round(uv_b).astype(int)
-    match_category = category_b[px_b[:, 1].clip(0, h - 1), px_b[:, 0].clip(0, w - 1)]
+    rows, cols = px_b[:, 1].clip(0, h - 1), px_b[:, 0].clip(0, w - 1)
+    match_category, match_body = category_b[rows, cols], b.bodies[rows, cols]
     neg = negatives.astype(int)
-    neg_category = category_b[neg[..., 1], neg[..., 0]]
-    same_kind = (neg_category == match_category[:, None]) & (match_category[:, None] >= 0)
-    return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives, (~same_kind).astype(np.float32))
+    neg_category, neg_body = category_b[neg[..., 1], neg[..., 0]], b.bodies[neg[..., 1], neg[..., 0]]
+    other_instance = (neg_category == match_category[:, None]) & (match_category[:, None] >= 0) & (neg_body != match_body[:, None])
+    return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives, (~other_instance).astype(np.float32))
 
 
 def _category_map(view: View) -> np.ndarray:

@@ -124,7 +124,7 @@ class DescriptorNetExtractor(FeatureExtractor):
     Config = DescriptorNetConfig
     title = "descriptor net"
     patch_size = DescriptorNet.stride
-    default_input_size = (240, 320)
+    default_input_size = (360, 480)
     gpu_dtype = torch.float16
     weights_expect = None
 
