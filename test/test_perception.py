@@ -62,6 +62,20 @@ def test_fast_matcher_is_exact_on_random_feature_maps(shape):
     assert_same_matches(refs, features, (H, W))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_pruned_search_is_exact_on_smooth_feature_maps(seed):
+    """Spatially smooth features (as a ViT's) let the cell bounds skip most of the image; the
+    result is still the full-resolution argmax."""
+    from kil.bench.matching import synthetic_features
+    from kil.perception.matching import _axis, _patch_terms, _search_frame
+
+    features, refs = synthetic_features("smooth", 64, 24, 32, 6, seed=seed)
+    matcher = Matcher(refs)
+    terms = _patch_terms(matcher.references, features)
+    assert _search_frame(terms, 0, _axis(240, 24), _axis(320, 32), 320) is not None  # pruned, not dense
+    assert_same_matches(refs, features, (240, 320))
+
+
 def test_fast_matcher_is_exact_on_real_image_features():
     rng = np.random.default_rng(3)
     images = np.stack([smooth_image(rng, 240, 320) for _ in range(2)])
@@ -185,6 +199,15 @@ def test_bad_specs_are_one_line_errors(tmp_path, edit, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_spec(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_keypoint_named_twice_is_refused(tmp_path):
+    path = write_spec(tmp_path, smooth_image(np.random.default_rng(0)), {"top": (10, 10)})
+    text = path.read_text()
+    assert "      top: [10, 10]\n" in text
+    path.write_text(text.replace("      top: [10, 10]\n", "      top: [10, 10]\n      top: [20, 20]\n"))
+    with pytest.raises(ConfigError, match=r"keypoints\.yaml: line \d+ invalid YAML: duplicate key 'top'"):
+        load_spec(path)
 
 
 def test_a_bad_spec_never_overwrites_a_good_one(tmp_path):
