@@ -255,7 +255,7 @@ def tiny_stable_diffusion(root):
     (root / "vocab" / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}))
     (root / "vocab" / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(root / "vocab" / "vocab.json"), str(root / "vocab" / "merges.txt"))
-    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDPMScheduler(), safety_checker=None,
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=DDPMScheduler(clip_sample=False), safety_checker=None,
                             feature_extractor=None, requires_safety_checker=False).save_pretrained(root / "dift")
 
 
