@@ -155,3 +155,30 @@ def test_frame_from_episode(tmp_path):
     np.testing.assert_array_equal(image, frames[2].rgb)
     with pytest.raises(ConfigError, match="--frame 5 but the episode has 3 colour frames"):
         frame_from_episode(path, 5)
+
+
+def test_saving_keeps_instance_order_and_other_images(tmp_path):
+    """References on other images stay where they are, this image's are replaced in place,
+    so instance indices (and keypoint names) do not move; a renamed category keeps them."""
+    from PIL import Image
+
+    from kil.perception.spec import Category, KeypointSpec, Reference, save_spec
+
+    rng = np.random.default_rng(1)
+    here = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    other = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(here).save(tmp_path / "here.png")
+    Image.fromarray(other).save(tmp_path / "other.png")
+    save_spec(KeypointSpec("t", [Category("block", "", [Reference("here.png", {"a": (1.0, 1.0)}), Reference("other.png", {"a": (2.0, 2.0)})])]), tmp_path)
+    session = AnnotationSession(here, "here.png", tmp_path, "t")
+    page = session.state()
+    assert page["categories"][0]["points"] == ["a"] and page["categories"][0]["other_references"] == 1
+    page["categories"][0]["references"][0]["keypoints"][0]["u"] = 5.0
+    page["categories"][0]["name"] = "cube"
+    session.save(page)
+    spec = load_spec(tmp_path).spec
+    assert spec.categories[0].name == "cube"
+    assert [(r.image, r.keypoints["a"]) for r in spec.categories[0].references] == [("here.png", (5.0, 1.0)), ("other.png", (2.0, 2.0))]
+    clash = AnnotationSession(other, "here.png", tmp_path, "t")  # another frame under a taken name
+    with pytest.raises(ConfigError, match="here.png exists and shows another frame"):
+        clash.save(clash.state())

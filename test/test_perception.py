@@ -463,3 +463,46 @@ nodes:
     assert runtime.stages["sink"].received == []
     errors = [r.getMessage() for r in caplog.records if "NaN or inf" in r.getMessage()]
     assert len(errors) == 1 and "descriptor_net" in errors[0]
+
+
+def test_matcher_handles_images_smaller_than_the_grid_and_checks_mask_shapes():
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
+    refs = rng.standard_normal((3, 8)).astype(np.float32)
+    for size in ((5, 5), (7, 9), (10, 3)):
+        assert_same_matches(refs, features, size)
+    with pytest.raises(ValueError, match=r"mask: expected shape \(1, 5, 5\)"):
+        Matcher(refs).match(features, (5, 5), mask=np.ones((5, 5), bool))
+    tiny = features * 1e-7  # tiny but non-zero features keep their direction
+    np.testing.assert_allclose(Matcher(refs).match(tiny, (20, 20)).score, Matcher(refs).match(features, (20, 20)).score, atol=1e-4)
+
+
+class _RecordingIO:
+    """The bits of StageIO the features node uses."""
+
+    def __init__(self):
+        self.log = logging.getLogger("test.features")
+        self.published = []
+
+    def publish(self, port, msg):
+        self.published.append(msg)
+
+
+def test_features_node_rate_limits_by_stamp_and_survives_stamps_going_back(tmp_path, caplog):
+    from kil.msgs import RGBD
+    from kil.stages.features import Features, FeaturesConfig
+
+    model = backend_yaml(tmp_path, "sift", input_size=[48, 64])
+    io = _RecordingIO()
+    node = Features(FeaturesConfig(model=str(model), rate_hz=10), io)
+    image = smooth_image(np.random.default_rng(3), 48, 64)
+    K = np.array([[50.0, 0, 31.5], [0, 50.0, 23.5], [0, 0, 1]])
+
+    def frame(t_s):
+        return RGBD(int(t_s * 1e9), "camera", image, np.ones((48, 64), np.float32), K, "base", np.eye(4))
+
+    with caplog.at_level(logging.WARNING):
+        for t in (100.0, 100.033, 100.066, 100.1, 100.133, 0.0, 0.033, 0.1):  # a 30 Hz camera, then a clock reset
+            node.on_frame(frame(t))
+    assert [m.stamp_ns for m in io.published] == [int(t * 1e9) for t in (100.0, 100.1, 0.0, 0.1)]
+    assert any("stamps went back" in r.getMessage() for r in caplog.records)

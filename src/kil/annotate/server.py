@@ -53,7 +53,9 @@ class AnnotationSession:
             here = [r for r in category.references if r.image == self.image_name]
             categories.append({
                 "name": category.name,
+                "original": category.name,  # how the spec calls it, so a renamed category keeps its other references
                 "prompt": category.prompt,
+                "points": list(category.references[0].keypoints),  # the names every instance must have
                 "references": [{"keypoints": [{"name": n, "u": u, "v": v} for n, (u, v) in r.keypoints.items()]} for r in here],
                 "other_references": len(category.references) - len(here),
             })
@@ -62,29 +64,48 @@ class AnnotationSession:
                 "categories": categories}
 
     def save(self, page: dict[str, Any]) -> Path:
-        """Merge the page's categories into the spec and save it (ConfigError when invalid)."""
-        old = {c.name: c for c in (self.existing().categories if self.existing() else [])}
+        """Merge the page's categories into the spec and save it (ConfigError when invalid).
+
+        The page's references replace this image's references of the category in place (so
+        instance indices, and with them keypoint names, keep their order); extra ones are
+        appended; references on other images stay where they are."""
+        existing = self.existing()
+        old = {c.name: c for c in (existing.categories if existing else [])}
         categories = []
         for i, item in enumerate(page.get("categories", [])):
             where = f"categories[{i}]"
             if not isinstance(item, dict):
                 raise ConfigError(f"{where}: expected a category object")
-            references = [
-                {"image": self.image_name, "keypoints": {kp["name"]: [kp["u"], kp["v"]] for kp in ref.get("keypoints", [])}}
-                for ref in item.get("references", [])
-            ]
+            edited = []
             for j, ref in enumerate(item.get("references", [])):
                 names = [kp.get("name") for kp in ref.get("keypoints", [])]
                 if len(set(names)) != len(names):
                     raise ConfigError(f"{where}.references[{j}]: keypoint names must be unique, got {names}")
-            kept = [to_plain(r) for r in old[item.get("name")].references if r.image != self.image_name] if item.get("name") in old else []
-            categories.append({"name": item.get("name", ""), "prompt": item.get("prompt", ""), "references": kept + references})
+                edited.append({"image": self.image_name, "keypoints": {kp["name"]: [kp["u"], kp["v"]] for kp in ref.get("keypoints", [])}})
+            previous = old.get(item.get("original") or item.get("name"))
+            references = []
+            for ref in previous.references if previous else []:
+                if ref.image != self.image_name:
+                    references.append(to_plain(ref))
+                elif edited:
+                    references.append(edited.pop(0))
+            categories.append({"name": item.get("name", ""), "prompt": item.get("prompt", ""), "references": references + edited})
         spec = load_dataclass(KeypointSpec, {"task": page.get("task") or self.task, "categories": categories}, "spec:")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        image_path = self.out_dir / self.image_name
-        if not image_path.exists():
-            Image.fromarray(self.image).save(image_path)
+        self._write_image()
         return save_spec(spec, self.out_dir)
+
+    def _write_image(self) -> None:
+        """Write the frame beside the spec, refusing to point the spec at another image that
+        already has this file name."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / self.image_name
+        if path.exists():
+            with Image.open(path) as img:
+                same = np.array_equal(np.asarray(img.convert("RGB")), self.image)
+            if not same:
+                raise ConfigError(f"{path} exists and shows another frame; choose another --out or remove it")
+            return
+        Image.fromarray(self.image).save(path)
 
 
 def _handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
@@ -132,6 +153,8 @@ def _handler(session: AnnotationSession) -> type[BaseHTTPRequestHandler]:
             except (ConfigError, ValueError, KeyError, TypeError, AttributeError) as err:
                 message = str(err) if isinstance(err, ConfigError) else f"malformed request: {err}"
                 self._json(400, {"ok": False, "error": message})
+            except OSError as err:
+                self._json(500, {"ok": False, "error": f"cannot write the spec into {session.out_dir}: {err.strerror or err}"})
 
     return Handler
 

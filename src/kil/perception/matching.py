@@ -153,7 +153,7 @@ def _similarity_in_cells(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> tor
     q_bottom = xx0 * sq[i + 1, j] + xx1 * sq[i + 1, j + 1] + x01 * right[i + 1, j]
     cross = xx0 * t.ac[b, i, j] + 0.5 * x01 * (t.ad[b, i, j] + t.bc[b, i, j]) + xx1 * t.bd[b, i, j]
     norm2 = y0 * y0 * q_top + y1 * y1 * q_bottom + 2 * y0 * y1 * cross
-    return dots / norm2.clamp(min=_EPS).sqrt()
+    return dots / norm2.clamp(min=_EPS * _EPS).sqrt()
 
 
 def _dense_similarity(t: _PatchTerms, b: int, y: _Axis, x: _Axis, image_size: tuple[int, int]) -> torch.Tensor:
@@ -167,7 +167,7 @@ def _dense_similarity(t: _PatchTerms, b: int, y: _Axis, x: _Axis, image_size: tu
     cross = x0 * x0 * t.ac[b][:, j] + x0 * x1 * (t.ad[b] + t.bc[b])[:, j] + x1 * x1 * t.bd[b][:, j]  # X: (h, W)
     i, y0, y1 = y.cell, y.w0[:, None], y.w1[:, None]
     norm2 = y0 * y0 * row_norm2[i] + y1 * y1 * row_norm2[i + 1] + 2 * y0 * y1 * cross[i]
-    return dots_up.mul_(norm2.clamp_(min=_EPS).rsqrt_())
+    return dots_up.mul_(norm2.clamp_(min=_EPS * _EPS).rsqrt_())
 
 
 def _cell_bounds(t: _PatchTerms, b: int) -> torch.Tensor:
@@ -194,7 +194,9 @@ def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[t
     N, h, w = t.dots.shape[1], t.dots.shape[2] - 1, t.dots.shape[3] - 1
     bound = _cell_bounds(t, b)
     # One pixel per cell (its middle) gives a similarity every best pixel must reach.
-    mid_rows, mid_cols = y.start + y.count // 2, x.start + x.count // 2
+    # (clamped: with fewer pixels than patches along an axis, the last cells hold no pixel)
+    mid_rows = (y.start + y.count // 2).clamp(max=y.cell.numel() - 1)
+    mid_cols = (x.start + x.count // 2).clamp(max=W - 1)
     sampled = _similarity_at(t, b, slice(None), y, x, mid_rows[:, None], mid_cols[None, :])  # (N, h, w)
     floor = sampled.flatten(1).max(1).values
     candidates = bound >= (floor - _MARGIN)[:, None, None]
@@ -280,6 +282,8 @@ class Matcher:
         y, x = _axis(H, feats.shape[2]), _axis(W, feats.shape[3])
         valid = finite[:, None].expand(B, N).clone()
         masks = None if mask is None else torch.as_tensor(np.asarray(mask, bool))
+        if masks is not None and tuple(masks.shape) != (B, H, W):
+            raise ValueError(f"mask: expected shape {(B, H, W)} (frames, height, width), got {tuple(masks.shape)}")
         score, index = torch.empty(B, N), torch.empty(B, N, dtype=torch.int64)
         for b in range(B):
             found = _search_frame(t, b, y, x, W) if masks is None else None

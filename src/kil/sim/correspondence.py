@@ -25,7 +25,8 @@ class View:
     """One rendered view: rgb (H, W, 3) uint8; depth (H, W) float32 metres; bodies (H, W)
     int32 MuJoCo body id per pixel (-1 none); K (3, 3); T_base_camera (4, 4) optical frame
     in the base frame; body_poses: body id -> (4, 4) pose in the base frame at render time;
-    objects: the category and half extents of each task object's body (and the fixture's)."""
+    objects: the category and half extents of each task object's body (and the fixture's);
+    robot: the arm's and gripper's bodies."""
 
     rgb: np.ndarray
     depth: np.ndarray
@@ -34,6 +35,7 @@ class View:
     T_base_camera: np.ndarray
     body_poses: dict[int, np.ndarray]
     objects: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)  # body id -> (category, (3,) half extents)
+    robot: frozenset[int] = frozenset()  # body ids of the arm and its gripper
 
 
 def correspondences(a: View, b: View, uv_a: np.ndarray, depth_tolerance: float = 0.004) -> tuple[np.ndarray, np.ndarray]:

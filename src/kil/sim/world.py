@@ -286,7 +286,13 @@ class SimWorld:
         rgb, depth = self.render()
         bodies = self.render_segmentation()
         poses = {int(b): self.T_base_world @ body_pose(self.sim, self.sim.model.body_id2name(int(b))) for b in np.unique(bodies) if b >= 0}
-        return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses, self.object_bodies())
+        return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses, self.object_bodies(), self.robot_bodies())
+
+    def robot_bodies(self) -> frozenset[int]:
+        """MuJoCo body ids of the arm and its gripper."""
+        model = self.sim.model
+        prefixes = (self.robot.robot_model.naming_prefix, self.gripper_model.naming_prefix)
+        return frozenset(i for i in range(model.nbody) if (model.body_id2name(i) or "").startswith(prefixes))
 
     def object_bodies(self) -> dict[int, tuple[str, np.ndarray]]:
         """MuJoCo body id -> (category, (3,) half extents) of the task objects and the fixture."""

@@ -41,6 +41,10 @@ class Features(Stage):
 
     @subscribe(rgbd=RGBD)
     def on_frame(self, frame: RGBD) -> None:
+        if self._last_ns is not None and frame.stamp_ns < self._last_ns:
+            self.io.log.warning("features: frame stamps went back %.3f s (a replayed bag or a clock reset); restarting the rate limit",
+                                (self._last_ns - frame.stamp_ns) / 1e9)
+            self._last_ns = None
         # A little slack so a camera at exactly rate_hz is not halved by stamp jitter.
         if self._last_ns is not None and frame.stamp_ns - self._last_ns < 0.9 * self._period_ns:
             return

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kil.config import require
+from kil.errors import ConfigError
 from kil.perception.features.base import IMAGENET_MEAN, IMAGENET_STD, normalise
 from kil.perception.features.descriptor_net import DescriptorNet, NetArchitecture
 from kil.sim.correspondence import View, category_correspondences, correspondences
@@ -81,20 +82,23 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     if cross:
         candidates = _pixels(on_objects, n, rng)
         uv_b, valid = category_correspondences(a, b, candidates)
+        n_on_objects = len(candidates)
     else:
-        n_obj = int(n * config.object_share)
-        candidates = np.concatenate([_pixels(on_objects, n_obj, rng), _pixels(a.bodies >= 0, n - n_obj, rng)])
+        on = _pixels(on_objects, int(n * config.object_share), rng)
+        candidates = np.concatenate([on, _pixels(a.bodies >= 0, n - len(on), rng)])
         uv_b, valid = correspondences(a, b, candidates)
+        n_on_objects = len(on)
     if valid.sum() < 16:
         return None
-    keep = np.flatnonzero(valid)[: config.matches_per_pair]
+    keep = _keep_shares(valid, n_on_objects, config.matches_per_pair, config.object_share, rng)
     uv_a, uv_b = candidates[keep].astype(np.float64), uv_b[keep]
     h, w = b.depth.shape
     m, k = len(keep), config.non_matches
-    anywhere = np.stack([rng.integers(w, size=(m, k // 2)), rng.integers(h, size=(m, k // 2))], axis=-1)
-    objects_b = np.isin(b.bodies, list(b.objects)) | (b.bodies >= 0)
-    on_b = _pixels(objects_b, m * (k - k // 2), rng).reshape(m, k - k // 2, 2)
-    negatives = np.concatenate([anywhere, on_b], axis=1).astype(np.float64)
+    hard_mask = np.isin(b.bodies, list(b.objects) + list(b.robot))  # the objects and the arm
+    k_hard = k - k // 2 if hard_mask.any() else 0
+    anywhere = np.stack([rng.integers(w, size=(m, k - k_hard)), rng.integers(h, size=(m, k - k_hard))], axis=-1)
+    hard = _pixels(hard_mask, m * k_hard, rng).reshape(m, k_hard, 2)
+    negatives = np.concatenate([anywhere, hard], axis=1).astype(np.float64)
     # A "non-match" within a few pixels of the true match is a match: push it away.
     close = np.linalg.norm(negatives - uv_b[:, None], axis=-1) < 6
     negatives[close] = (negatives[close] + [w / 2, h / 2]) % [w, h]
@@ -109,6 +113,15 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     neg_category, neg_body = category_b[neg[..., 1], neg[..., 0]], b.bodies[neg[..., 1], neg[..., 0]]
     other_instance = (neg_category == match_category[:, None]) & (match_category[:, None] >= 0) & (neg_body != match_body[:, None])
     return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives, (~other_instance).astype(np.float32))
+
+
+def _keep_shares(valid: np.ndarray, n_first: int, m: int, first_share: float, rng: np.random.Generator) -> np.ndarray:
+    """Up to `m` indices of valid candidates, about `first_share` of them from the first
+    `n_first` candidates (the object pixels) and the rest from the others, in random order."""
+    first = rng.permutation(np.flatnonzero(valid[:n_first]))
+    rest = rng.permutation(np.flatnonzero(valid[n_first:]) + n_first)
+    take_first = min(len(first), max(int(round(m * first_share)), m - len(rest)))
+    return np.concatenate([first[:take_first], rest[: m - take_first]])
 
 
 def _category_map(view: View) -> np.ndarray:
@@ -170,8 +183,8 @@ class PairSampler:
         for i, s in enumerate(scenes):
             self.by_task.setdefault(s.request.task, []).append(i)
 
-    def draw(self) -> Pair:
-        while True:
+    def draw(self, attempts: int = 1000) -> Pair:
+        for _ in range(attempts):
             i = int(self.rng.integers(len(self.scenes)))
             views = self.scenes[i].views
             cross = self.rng.random() < self.config.cross_instance_share
@@ -184,6 +197,7 @@ class PairSampler:
             pair = make_pair(a, b, cross, self.config, self.rng)
             if pair is not None:
                 return pair
+        raise ConfigError(f"descriptor training: no view pair with 16 corresponding pixels in {attempts} draws (are the objects in view?)")
 
 
 def to_tensor(rgb: list[np.ndarray]) -> torch.Tensor:

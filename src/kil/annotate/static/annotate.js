@@ -112,13 +112,13 @@ function imagePoint(event) {
 }
 
 function nextName(cat, ref) {
-  // Instances after the first name their points like the first, in its order.
-  const first = cat.references[0];
-  if (ref !== first) {
-    const taken = new Set(ref.keypoints.map((kp) => kp.name));
-    const missing = first.keypoints.map((kp) => kp.name).find((n) => !taken.has(n));
-    if (missing) return missing;
-  }
+  // Further instances name their points like the category's first one, in its order (that
+  // may lie on another image: the server sends its names as `points`).
+  const template = cat.other_references ? (cat.points || [])
+    : (ref !== cat.references[0] ? cat.references[0].keypoints.map((kp) => kp.name) : []);
+  const taken = new Set(ref.keypoints.map((kp) => kp.name));
+  const missing = template.find((n) => !taken.has(n));
+  if (missing) return missing;
   let i = ref.keypoints.length;
   while (ref.keypoints.some((kp) => kp.name === `kp${i}`)) i++;
   return `kp${i}`;
@@ -175,13 +175,23 @@ document.getElementById("add-category").onclick = () => {
 document.getElementById("save").onclick = async () => {
   setStatus("saving…");
   const response = await fetch("/api/spec", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(state) });
-  const result = await response.json();
+  let result;
+  try {
+    result = await response.json();
+  } catch (err) {
+    result = { ok: false, error: `the server answered ${response.status} without a result` };
+  }
   if (result.ok) setStatus(`saved ${result.path}`, "ok");
   else setStatus(result.error, "error");
 };
 
 async function load() {
-  state = await (await fetch("/api/spec")).json();
+  const loaded = await (await fetch("/api/spec")).json();
+  if (loaded.ok === false) {
+    setStatus(`cannot edit the existing spec: ${loaded.error}`, "error");
+    return;
+  }
+  state = loaded;
   active = { category: state.categories.length ? 0 : -1, reference: 0 };
   image.onload = () => {
     canvas.width = image.naturalWidth;

@@ -33,6 +33,7 @@ class DenseSift(FeatureExtractor):
     title = "dense SIFT"
     default_input_size = (480, 640)
     needs_weights = False
+    gpu_dtype = torch.float32  # OpenCV runs on the CPU on 8-bit grey; bf16 would shift grey levels
 
     def __init__(self, config: SiftConfig, source=None) -> None:
         self.patch_size = config.stride  # the descriptor grid is the patch grid
