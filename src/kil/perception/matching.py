@@ -191,7 +191,7 @@ def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[t
     """(score (N,), flat pixel index (N,)) of the best pixel of every reference in frame b,
     evaluating only the cells whose bound reaches a similarity already found; None when the
     bounds leave too much of the image to make this worthwhile."""
-    N, h, w = t.dots.shape[1], t.dots.shape[2] - 1, t.dots.shape[3] - 1
+    N = t.dots.shape[1]
     bound = _cell_bounds(t, b)
     # One pixel per cell (its middle) gives a similarity every best pixel must reach.
     # (clamped: with fewer pixels than patches along an axis, the last cells hold no pixel)
