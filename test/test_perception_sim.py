@@ -4,6 +4,8 @@ and the sim task specs, and the keypoints node on the simulated rig."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,27 @@ def test_descriptor_training_pairs_and_a_short_run(tmp_path):
     (tmp_path / "net.yaml").write_text("backend: descriptor_net\nweights: net.safetensors\ninput_size: [240, 320]\n")
     features = load_extractor(tmp_path / "net.yaml").extract(a.rgb)
     assert features.shape == (1, 8, 60, 80) and torch.isfinite(features).all()
+
+
+def test_episode_streams_align_a_recorded_demo_at_10_hz(tmp_path):
+    from kil.data.episode_streams import read_streams
+    from kil.errors import BagError
+    from kil.graph import load_graph
+    from kil.paths import graph_path
+    from kil.sim.demos import episode_seed, record_episode
+
+    result = record_episode("pick_place", "panda", "in", episode_seed(7, 0), tmp_path / "episode_0000")
+    assert result.success
+    streams = read_streams(tmp_path / "episode_0000", load_graph(graph_path("sim_demo")))
+    T = len(streams.obs_ns)
+    assert abs(T - result.duration_s * 10) <= 2
+    steps = np.diff(streams.obs_ns) / 1e9
+    assert steps.min() >= 0.06 and steps.max() <= 0.14 and abs(steps.mean() - 0.1) < 0.01  # a 15 Hz camera on a 10 Hz grid
+    assert streams.action_position.shape == (T, 16, 3) and streams.action_orientation.shape == (T, 16, 4)
+    assert streams.truth is not None and all(k.stamp_ns == t for k, t in zip(streams.truth, streams.obs_ns))
+    # The first action of each chunk is the target commanded when the frame was taken: the EE
+    # is never far from it, and the gripper closes once in the episode.
+    assert np.linalg.norm(streams.action_position[:, 0] - streams.ee_position, axis=1).max() < 0.1
+    assert streams.action_gripper[:, 0].max() > 0.03 and streams.action_gripper[:, 0].min() < 0.01
+    with pytest.raises(BagError, match=r"topic /zed/zed_node/rgb/color/rect/image .* is not in the bag"):
+        read_streams(tmp_path / "episode_0000", load_graph(Path(__file__).parent / "data" / "all_types_graph.yaml"))
