@@ -75,12 +75,10 @@ class KeypointSpec:
 
 @dataclass(frozen=True)
 class KeypointLayout:
-    """The flat keypoint list a spec produces: names, (N,) instance index, and per keypoint
-    (category index, reference index, point name)."""
+    """The flat keypoint list a spec produces: names and (N,) instance index."""
 
     names: tuple[str, ...]
     instance: np.ndarray
-    source: tuple[tuple[int, int, str], ...]
 
 
 class LoadedSpec:
@@ -103,16 +101,15 @@ class LoadedSpec:
             return np.asarray(img.convert("RGB"))
 
     def layout(self) -> KeypointLayout:
-        names, instance, source = [], [], []
-        for c, category in enumerate(self.spec.categories):
+        names, instance = [], []
+        for category in self.spec.categories:
             several = len(category.references) > 1
             for r, ref in enumerate(category.references):
                 prefix = f"{category.name}[{r}]" if several else category.name
                 for point in ref.keypoints:
                     names.append(f"{prefix}/{point}")
                     instance.append(r)
-                    source.append((c, r, point))
-        return KeypointLayout(tuple(names), np.array(instance, np.int32), tuple(source))
+        return KeypointLayout(tuple(names), np.array(instance, np.int32))
 
     def references(self) -> list[tuple[Reference, np.ndarray]]:
         """Each reference image with its (K, 2) keypoint pixels, in layout order."""

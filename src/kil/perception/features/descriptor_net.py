@@ -107,14 +107,6 @@ def load_net(path: str | Path, where: str = "") -> DescriptorNet:
     return net.eval()
 
 
-def net_metadata(path: str | Path) -> dict:
-    """The metadata `save_net` stored (architecture and training facts)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
-
-
 @dataclass(frozen=True)
 class DescriptorNetConfig(BackendConfig):
     weights: str = "../models/descriptor_net_sim.safetensors"
