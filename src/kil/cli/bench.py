@@ -3,6 +3,8 @@
   sim        render/control throughput, real-time factor, scripted-expert success rates
   match      naive vs exact fast image matcher (time, peak memory), feature-backend latency
   keypoints  keypoint accuracy (px, mm) of feature backends on held-out simulated frames
+  policy     closed-loop success of a trained policy in the sim (Clopper-Pearson intervals)
+  latency    policy inference latency: fast path vs a straightforward reference loop
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kp.add_argument("--robot", default="panda")
     kp.set_defaults(run_suite=_keypoints)
 
+    pol = suites.add_parser("policy", help="closed-loop success of a trained policy in the sim")
+    pol.add_argument("--policy", required=True, help="run directory (kil train --out) or checkpoint")
+    pol.add_argument("--task", default=None, help="task (default: the one the policy was trained on)")
+    pol.add_argument("--robot", default="panda")
+    pol.add_argument("--variations", default="in", help="comma-separated variations")
+    pol.add_argument("--episodes", type=int, default=20, help="episodes per variation")
+    pol.add_argument("--seed", type=int, default=1000, help="batch seed (disjoint from the demonstrations')")
+    pol.set_defaults(run_suite=_policy)
+
+    lat = suites.add_parser("latency", help="policy inference latency: fast path vs reference loop")
+    lat.add_argument("--policy", required=True, help="run directory or checkpoint")
+    lat.add_argument("--repeats", type=int, default=50)
+    lat.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    lat.add_argument("--ensembles", default="1,8", help="comma-separated ensemble sizes (1: no ensemble)")
+    lat.set_defaults(run_suite=_latency)
+
 
 def _sim(args: argparse.Namespace) -> int:
     from kil.bench import sim
@@ -69,3 +87,19 @@ def _keypoints(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     return args.run_suite(args)
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from kil.bench import policy
+    from kil.bench.policy import trained_task
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
+    task = args.task or trained_task(args.policy)
+    return policy.closed_loop(args.policy, task, args.robot, _split(args.variations), args.episodes, args.seed)
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from kil.bench import policy
+
+    return policy.latency(args.policy, args.repeats, args.threads, tuple(int(e) for e in _split(args.ensembles)))

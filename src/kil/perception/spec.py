@@ -18,6 +18,7 @@ category has the same points.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,13 @@ class LoadedSpec:
 
     def image_path(self, reference: Reference) -> Path:
         return self.directory / reference.image
+
+    def fingerprint(self) -> str:
+        """A hash of the spec and its reference images: what keypoints extracted with it depend on."""
+        digest = hashlib.sha256(yaml.safe_dump(to_plain(self.spec), sort_keys=True).encode())
+        for image in sorted({ref.image for category in self.spec.categories for ref in category.references}):
+            digest.update((self.directory / image).read_bytes())
+        return digest.hexdigest()[:16]
 
     def image(self, reference: Reference) -> np.ndarray:
         """(H, W, 3) uint8 RGB of a reference image."""

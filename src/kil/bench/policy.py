@@ -1,0 +1,135 @@
+"""Policy benchmarks.
+
+closed_loop: a trained policy run closed loop in the sim through the sim_policy graph
+(descriptor-net keypoints, the same stages as the live graph), success per variation with
+95% Clopper-Pearson intervals, and the run's training time.
+
+latency: `Policy.predict_raw` (encoder once per call, ensemble batched, inference mode)
+against a straightforward loop of the same math (encoder re-run at every denoising step,
+ensemble members one after another, autograd on), batch 1, median and p99, their ratio,
+and the largest difference between their actions for the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from kil.bench.stats import clopper_pearson
+from kil.policy.inference import Policy
+
+
+def reference_predict(policy: Policy, raw: dict[str, torch.Tensor], seed: int = 0) -> torch.Tensor:
+    """The same chunk as Policy.predict_raw, computed the plain way: normalised actions (1, H, 10)."""
+    config = policy.config
+    generator = torch.Generator().manual_seed(seed)
+    inputs = policy._ensemble_inputs(raw, generator) if config.ensemble > 1 else raw
+    E = inputs["ee_position"].shape[0]
+    x_all = torch.randn((E, config.horizon, 10), generator=generator)
+    chunks = []
+    for e in range(E):
+        member = {k: v[e: e + 1] for k, v in inputs.items()}
+        x = x_all[e: e + 1]
+        for t in policy.model.sample_scheduler.timesteps:
+            enc = policy.codec.encode(member)
+            cond = policy.model.condition(enc.keypoints, enc.mask, enc.proprio)
+            x = policy.model.sample_scheduler.step(policy.model.unet(x, t, cond), t, x).prev_sample
+        chunks.append(x)
+    out = torch.cat(chunks)
+    return out.median(dim=0, keepdim=True).values if E > 1 else out
+
+
+def _random_observation(policy: Policy, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    To, N = policy.config.n_obs_steps, len(policy.trained_on.keypoint_names)
+    from kil.policy.augment import yaw_matrices
+
+    return {
+        "keypoints": torch.rand(1, To, N, 3, generator=generator) * torch.tensor([0.4, 0.6, 0.1]) + torch.tensor([0.35, -0.3, -0.1]),
+        "visible": torch.ones(1, To, N, dtype=torch.bool),
+        "ee_position": torch.tensor([[[0.5, 0.0, 0.1]] * To]),
+        "ee_rotation": yaw_matrices(torch.zeros(To))[None] @ torch.diag(torch.tensor([1.0, -1.0, -1.0])),
+        "gripper": torch.full((1, To), 0.07),
+    }
+
+
+def _time(fn, repeats: int) -> np.ndarray:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out) * 1e3
+
+
+def latency(policy_path: str | Path, repeats: int = 50, threads: int = 2, ensembles: tuple[int, ...] = (1, 8)) -> int:
+    console = Console(width=160)
+    torch.set_num_threads(threads)
+    table = Table(title=f"policy inference latency, batch 1, {threads} CPU threads ({repeats} runs)")
+    for col in ("device", "ensemble", "DDIM steps", "fast median ms", "fast p99 ms", "reference median ms", "reference p99 ms",
+                "speed-up", "max |action diff|"):
+        table.add_column(col)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for ensemble in ensembles:
+            policy = Policy.load(policy_path, device=device).with_options(ensemble=ensemble)
+            raw = {k: v.to(device) for k, v in _random_observation(policy, torch.Generator().manual_seed(0)).items()}
+            fast = _time(lambda: policy.predict_raw(raw, seed=1), repeats)
+            ref = _time(lambda: reference_predict(policy, raw, seed=1), max(5, repeats // 5))
+            fast_actions = policy.predict_raw(raw, seed=1)["position"]
+            ref_actions = policy.codec.decode_actions(reference_predict(policy, raw, seed=1).detach(), raw)["position"]
+            diff = float((fast_actions - ref_actions[0]).abs().max())
+            table.add_row(device, str(ensemble), str(policy.config.inference_steps), f"{np.median(fast):.1f}", f"{np.percentile(fast, 99):.1f}",
+                          f"{np.median(ref):.1f}", f"{np.percentile(ref, 99):.1f}", f"{np.median(ref) / np.median(fast):.1f}x", f"{diff:.2e} m")
+    console.print(table)
+    return 0
+
+
+def closed_loop(policy_path: str | Path, task: str, robot: str, variations: list[str], episodes: int, seed: int = 1000) -> int:
+    from kil.sim.demos import episode_seed
+    from kil.sim.rollouts import run_policy
+
+    console = Console(width=160)
+    facts = training_facts(policy_path)
+    console.print(f"[bold]policy[/bold] {policy_path}: {facts}")
+    table = Table(title=f"closed loop, {task} on the {robot}, {episodes} episodes per variation (seed {seed})")
+    for col in ("variation", "success", "95% CI (Clopper-Pearson)", "mean completion", "mean duration s"):
+        table.add_column(col)
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("closed-loop episodes", total=len(variations) * episodes)
+        for variation in variations:
+            results = []
+            for i in range(episodes):
+                results.append(run_policy(policy_path, task, robot, variation, episode_seed(seed, i)))
+                progress.advance(bar)
+                console.print(f"  {variation} episode {i}: completion {results[-1].completion:.2f} after {results[-1].duration_s:.1f} s")
+            wins = sum(r.success for r in results)
+            lo, hi = clopper_pearson(wins, episodes)
+            table.add_row(variation, f"{wins}/{episodes} = {wins / episodes:.0%}", f"[{lo:.0%}, {hi:.0%}]",
+                          f"{np.mean([r.completion for r in results]):.2f}", f"{np.mean([r.duration_s for r in results]):.1f}")
+    console.print(table)
+    return 0
+
+
+def _meta(policy_path: str | Path) -> dict:
+    from kil.config import load_yaml
+    from kil.policy.inference import POLICY_FILE, checkpoint_dir
+
+    return load_yaml(checkpoint_dir(policy_path) / POLICY_FILE)
+
+
+def trained_task(policy_path: str | Path) -> str:
+    return _meta(policy_path)["trained_on"]["task"]
+
+
+def training_facts(policy_path: str | Path) -> str:
+    meta = _meta(policy_path)
+    seconds = meta.get("train_seconds")
+    took = f"{seconds / 60:.1f} min" if seconds is not None else "unknown"
+    return f"{meta.get('step', '?')} training steps in {took}; trained on {meta['trained_on']['task']} ({meta['trained_on']['keypoint_source']} keypoints)"

@@ -1,0 +1,255 @@
+"""Dataset builder: recorded episodes (rosbag2, from a real rig or the sim) -> a training store.
+
+Each episode is aligned at the policy rate (episode_streams), its keypoints are extracted by
+the same code the live keypoints node runs (features backend + reference matching + depth
+lifting, in batches) or taken from the sim's ground truth ("oracle"), and it is written as
+one group of the store. Keypoints are cached per episode, keyed by everything they depend
+on, so rebuilding with other policy settings does not run the feature network again.
+
+A broken episode (missing topic, gap in the camera stream, unreadable bag) is skipped with a
+warning naming it; episodes marked unsuccessful are left out; a build that keeps no episode
+is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from kil.config import require, to_plain
+from kil.data.episode import read_metadata
+from kil.data.episode_streams import EpisodeStreams, read_streams
+from kil.data.store import EpisodeData, Store, field_stats
+from kil.errors import BagError, ConfigError, KilError
+from kil.graph import GraphSpec, load_graph
+from kil.paths import graph_path
+
+log = logging.getLogger("kil.dataset")
+
+KEYPOINT_SOURCES = ("image", "oracle")
+CACHE_DIR = ".kil_cache"  # inside the episodes directory
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    task: str
+    keypoints: str = "image"  # image matching with `feature_model`, or the sim's ground truth
+    feature_model: str = "descriptor_net"  # config/features/<name>.yaml or a YAML path
+    spec: str | None = None  # keypoint spec (task name or path); default: the task's
+    graph: str | None = None  # topics of the recording; default: from the episode's rig
+    rate_hz: float = 10.0
+    horizon: int = 16
+    batch_size: int = 16
+    device: str = "auto"
+    similarity_vectors: bool = False
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.keypoints in KEYPOINT_SOURCES, "keypoints", f"expected one of {', '.join(KEYPOINT_SOURCES)}, got {self.keypoints!r}")
+        require(self.rate_hz > 0, "rate_hz", f"must be > 0, got {self.rate_hz}")
+        require(self.horizon >= 2, "horizon", f"must be >= 2, got {self.horizon}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    kept: list[str]
+    unsuccessful: list[str]
+    broken: dict[str, str]  # episode -> reason
+    samples: int
+
+
+RIG_GRAPHS = {"sim": "sim_demo"}  # the graph each rig's recordings are made with
+
+
+def episode_dirs(episodes_dir: Path) -> list[Path]:
+    """Episode directories below `episodes_dir` (those with a rosbag2 metadata.yaml), sorted."""
+    if not episodes_dir.is_dir():
+        raise ConfigError(f"EPISODES_DIR: {episodes_dir} is not a directory")
+    found = sorted(p.parent for p in episodes_dir.glob("*/metadata.yaml"))
+    if (episodes_dir / "metadata.yaml").exists():
+        found.insert(0, episodes_dir)
+    if not found:
+        raise ConfigError(f"EPISODES_DIR: no rosbag2 episodes (directories with metadata.yaml) in {episodes_dir}")
+    return found
+
+
+class KeypointSource:
+    """Keypoints for an episode's aligned frames: image matching or the sim's ground truth."""
+
+    def __init__(self, config: BuildConfig) -> None:
+        from kil.perception.spec import load_spec
+
+        self.config = config
+        self.spec = load_spec(config.spec or config.task)
+        self.layout = self.spec.layout()
+        self._detector = None
+        self._extractor = None
+        self.key = self._cache_key()
+
+    def _cache_key(self) -> str:
+        parts = {"source": self.config.keypoints, "spec": self.spec.fingerprint(), "names": self.layout.names,
+                 "rate_hz": self.config.rate_hz, "similarity": self.config.similarity_vectors}
+        if self.config.keypoints == "image":
+            from kil.perception.features.base import load_config, resolve_weights
+
+            _, backend_config, source = load_config(self.config.feature_model)
+            parts["backend"] = json.dumps(to_plain(backend_config), sort_keys=True)
+            weights = resolve_weights(backend_config.weights, source) if backend_config.weights else None
+            if isinstance(weights, Path) and weights.is_file():
+                parts["weights"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _image_detector(self):
+        if self._detector is None:
+            from kil.perception.features.base import load_extractor
+            from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
+
+            self._extractor = load_extractor(self.config.feature_model, {"device": self.config.device})
+            references = reference_set(self.spec, self._extractor)
+            self._detector = KeypointDetector(references, DetectorConfig(similarity_vectors=self.config.similarity_vectors))
+        return self._extractor, self._detector
+
+    def extract(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
+        """keypoints (T, N, 3), visible (T, N), score (T, N) and optionally similarity (T, N, N)."""
+        if self.config.keypoints == "oracle":
+            return self._oracle(streams, episode)
+        extractor, detector = self._image_detector()
+        out: dict[str, list] = {"keypoints": [], "visible": [], "score": [], "similarity": []}
+        B = self.config.batch_size
+        for start in range(0, len(streams.frames), B):
+            frames = streams.frames[start: start + B]
+            features = extractor.extract(np.stack([f.rgb for f in frames]))
+            for k in detector.detect(frames, features):
+                out["keypoints"].append(k.xyz)
+                out["visible"].append(k.visible)
+                out["score"].append(k.score)
+                if k.similarity is not None:
+                    out["similarity"].append(k.similarity)
+        arrays = {key: np.stack(v) for key, v in out.items() if v}
+        return arrays
+
+    def _oracle(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
+        if streams.truth is None:
+            raise BagError(f"{episode}: no ground-truth keypoints recorded (oracle keypoints need a sim episode)")
+        metadata = read_metadata(episode)
+        truth_names = list((metadata.extra if metadata else {}).get("ground_truth_keypoints", []))
+        index = oracle_index(self.layout.names, truth_names, np.asarray(streams.truth[0].instance), episode)
+        xyz = np.stack([k.xyz for k in streams.truth])[:, index]
+        visible = np.stack([k.visible for k in streams.truth])[:, index]
+        xyz = np.where(visible[..., None], xyz, np.nan).astype(np.float32)
+        return {"keypoints": xyz, "visible": visible, "score": visible.astype(np.float32)}
+
+
+def oracle_index(layout_names: tuple[str, ...], truth_names: list[str], truth_instance: np.ndarray, episode: Path) -> np.ndarray:
+    """Index into the ground-truth keypoints for each spec keypoint. Spec names are
+    `category/point` or `category[i]/point`; the i-th instance of a category in the ground
+    truth (in instance order) is reference i."""
+    if len(truth_names) != len(truth_instance):
+        raise BagError(f"{episode}: kil_episode.yaml lists {len(truth_names)} ground-truth keypoint names for {len(truth_instance)} keypoints")
+    instances_of: dict[str, list[int]] = {}
+    for name, inst in zip(truth_names, truth_instance):
+        category = name.split("/")[0]
+        if int(inst) not in instances_of.setdefault(category, []):
+            instances_of[category].append(int(inst))
+    index = []
+    for name in layout_names:
+        head, point = name.split("/", 1)
+        category, _, rest = head.partition("[")
+        r = int(rest.rstrip("]")) if rest else 0
+        candidates = instances_of.get(category, [])
+        if r >= len(candidates):
+            raise BagError(f"{episode}: spec keypoint {name} has no ground truth (instances of {category!r}: {len(candidates)})")
+        hits = [j for j, (n, i) in enumerate(zip(truth_names, truth_instance)) if n == f"{category}/{point}" and int(i) == candidates[r]]
+        if not hits:
+            raise BagError(f"{episode}: spec keypoint {name} has no ground truth ({category}/{point} is not among {truth_names})")
+        index.append(hits[0])
+    return np.array(index)
+
+
+def _episode_graph(config: BuildConfig, episode: Path) -> GraphSpec:
+    if config.graph:
+        return load_graph(graph_path(config.graph))
+    metadata = read_metadata(episode)
+    rig = metadata.rig if metadata else None
+    if rig not in RIG_GRAPHS:
+        raise ConfigError(f"{episode}: cannot tell which topics it was recorded with (rig {rig!r}); pass --graph")
+    return load_graph(graph_path(RIG_GRAPHS[rig]))
+
+
+def _cached(cache: Path | None, compute) -> dict[str, np.ndarray]:
+    if cache is not None and cache.exists():
+        with np.load(cache) as data:
+            return {k: data[k] for k in data.files}
+    arrays = compute()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)
+    return arrays
+
+
+def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray]) -> EpisodeData:
+    from kil.policy.rotation import quat_to_rot6d
+
+    action = np.concatenate([streams.action_position, quat_to_rot6d(streams.action_orientation), streams.action_gripper[..., None]], axis=-1)
+    return EpisodeData(
+        name=streams.name,
+        stamp_ns=streams.obs_ns,
+        keypoints=keypoints["keypoints"].astype(np.float32),
+        visible=keypoints["visible"].astype(bool),
+        score=keypoints["score"].astype(np.float32),
+        ee_position=streams.ee_position.astype(np.float32),
+        ee_orientation=streams.ee_orientation.astype(np.float32),
+        gripper=streams.gripper.astype(np.float32),
+        action=action.astype(np.float32),
+        similarity=keypoints["similarity"].astype(np.float32) if "similarity" in keypoints else None,
+    )
+
+
+def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig) -> BuildReport:
+    """Build the store `out` from every episode under `episodes_dir`."""
+    episodes = episode_dirs(Path(episodes_dir))
+    source = KeypointSource(config)
+    store: Store | None = None
+    kept, unsuccessful, broken, samples = [], [], {}, 0
+    for episode in tqdm(episodes, desc="episodes", unit="ep"):
+        metadata = read_metadata(episode)
+        if metadata is not None and metadata.success is False:
+            unsuccessful.append(episode.name)
+            continue
+        if metadata is not None and metadata.task != config.task:
+            broken[episode.name] = f"task is {metadata.task!r}, not {config.task!r}"
+            log.warning("%s: skipped: its task is %r, not %r", episode, metadata.task, config.task)
+            continue
+        try:
+            streams = read_streams(episode, _episode_graph(config, episode), config.rate_hz, config.horizon)
+            cache = Path(episodes_dir) / CACHE_DIR / f"{episode.name}.{source.key}.npz" if config.cache else None
+            keypoints = _cached(cache, lambda: source.extract(streams, episode))
+            data = _episode_data(streams, keypoints)
+        except (KilError, OSError, ValueError) as err:
+            broken[episode.name] = str(err)
+            log.warning("%s: skipped: %s", episode, err)
+            continue
+        if store is None:
+            store = Store.create(out, {
+                "task": config.task, "keypoint_names": list(source.layout.names),
+                "keypoint_instance": source.layout.instance.tolist(), "keypoint_source": config.keypoints,
+                "feature_model": config.feature_model if config.keypoints == "image" else None,
+                "rate_hz": config.rate_hz, "horizon": config.horizon, "episodes": [],
+            })
+        store.write_episode(data)
+        kept.append(episode.name)
+        samples += len(data)
+    if store is None:
+        reasons = f"{len(unsuccessful)} marked unsuccessful, {len(broken)} broken"
+        raise ConfigError(f"{episodes_dir}: no successful episode to build a dataset from ({len(episodes)} episodes: {reasons})")
+    store.set_stats(field_stats(store.episodes()))
+    return BuildReport(kept, unsuccessful, broken, samples)

@@ -1,0 +1,174 @@
+"""Policy inputs and targets as batched torch tensors, in metres and rotation matrices
+("raw"), and their conversion to the normalised vectors the network sees ("encoded").
+
+Raw batch keys (B samples, To observation steps, N keypoints, H actions):
+    keypoints (B, To, N, 3) base frame, 0 where not visible; visible (B, To, N) bool;
+    similarity (B, To, N, N) optional; ee_position (B, To, 3); ee_rotation (B, To, 3, 3);
+    gripper (B, To); and for training action_position (B, H, 3), action_rotation (B, H, 3, 3),
+    action_gripper (B, H).
+
+Training keeps every sample of the store in one SampleBank and draws batches by index, so a
+step costs a few tensor gathers, not a Python loop over samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kil.data.store import EpisodeData
+from kil.policy.configuration import PolicyConfig
+from kil.policy.normalizer import MinMax, Normalizer
+from kil.policy.rotation import rot6d_to_matrix
+
+Batch = dict[str, torch.Tensor]
+KEYPOINT_QUANTILE = 0.001  # keypoint bounds ignore this tail on each side (rare far-off mismatches)
+
+
+def quat_to_matrix_torch(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) unit quaternions x, y, z, w -> (..., 3, 3)."""
+    x, y, z, w = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def matrix_to_euler_torch(R: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) -> (..., 3) extrinsic x-y-z Euler angles (as rotation.quat_to_euler)."""
+    pitch = torch.asin((-R[..., 2, 0]).clamp(-1.0, 1.0))
+    roll = torch.atan2(R[..., 2, 1], R[..., 2, 2])
+    yaw = torch.atan2(R[..., 1, 0], R[..., 0, 0])
+    return torch.stack([roll, pitch, yaw], dim=-1)
+
+
+def matrix_to_rot6d_torch(R: torch.Tensor) -> torch.Tensor:
+    return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
+
+
+class SampleBank:
+    """Every training sample of a store: sample t of an episode has observations t-To+1..t
+    (clamped at the episode start) and the action chunk recorded at t."""
+
+    def __init__(self, episodes: list[EpisodeData], n_obs_steps: int, horizon: int, similarity: bool = False) -> None:
+        if not episodes:
+            raise ValueError("no episodes")
+        if episodes[0].action.shape[1] < horizon:
+            raise ValueError(f"the store's chunks have {episodes[0].action.shape[1]} actions, the policy predicts {horizon}")
+        obs_index, offset = [], 0
+        for e in episodes:
+            t = np.arange(len(e))
+            steps = np.clip(t[:, None] + np.arange(-n_obs_steps + 1, 1)[None], 0, None)
+            obs_index.append(offset + steps)
+            offset += len(e)
+        self.obs_index = torch.as_tensor(np.concatenate(obs_index))  # (S, To) rows of the flat arrays
+        cat = lambda key: torch.as_tensor(np.concatenate([getattr(e, key) for e in episodes]))  # noqa: E731
+        visible = cat("visible")
+        keypoints = cat("keypoints").float()
+        self.keypoints = torch.where(visible[..., None], keypoints, torch.zeros(()))
+        self.visible = visible
+        self.similarity = cat("similarity").float() if similarity else None
+        if similarity and any(e.similarity is None for e in episodes):
+            raise ValueError("the policy uses similarity vectors but the store was built without them (kil build-dataset --similarity)")
+        self.ee_position = cat("ee_position").float()
+        self.ee_rotation = quat_to_matrix_torch(cat("ee_orientation").double()).float()
+        self.gripper = cat("gripper").float()
+        action = cat("action")[:, :horizon].float()
+        self.action_position = action[..., :3]
+        self.action_rotation = rot6d_to_matrix(action[..., 3:9])
+        self.action_gripper = action[..., 9]
+
+    def __len__(self) -> int:
+        return len(self.obs_index)
+
+    @property
+    def keypoint_count(self) -> int:
+        return self.keypoints.shape[1]
+
+    def batch(self, index: torch.Tensor) -> Batch:
+        rows = self.obs_index[index]
+        out = {
+            "keypoints": self.keypoints[rows], "visible": self.visible[rows], "ee_position": self.ee_position[rows],
+            "ee_rotation": self.ee_rotation[rows], "gripper": self.gripper[rows],
+            "action_position": self.action_position[index], "action_rotation": self.action_rotation[index],
+            "action_gripper": self.action_gripper[index],
+        }
+        if self.similarity is not None:
+            out["similarity"] = self.similarity[rows]
+        return out
+
+
+@dataclass
+class Encoded:
+    """Network inputs: tokens (B, To, N, F) keypoint features, mask (B, To, N) visible,
+    proprio (B, To, P); action (B, H, 10) when training."""
+
+    keypoints: torch.Tensor
+    mask: torch.Tensor
+    proprio: torch.Tensor
+    action: torch.Tensor | None = None
+
+
+class Codec:
+    """Raw batches <-> normalised network vectors, for one policy configuration."""
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer, anchor: int | None = None) -> None:
+        self.config = config
+        self.normalizer = normalizer
+        self.anchor = anchor  # keypoint index of the keypoint-centred action frame
+
+    @property
+    def proprio_dim(self) -> int:
+        return 3 + (3 if self.config.proprio_rotation == "euler" else 6) + 1
+
+    def _rotation_features(self, R: torch.Tensor) -> torch.Tensor:
+        return matrix_to_euler_torch(R) if self.config.proprio_rotation == "euler" else matrix_to_rot6d_torch(R)
+
+    def anchor_position(self, raw: Batch) -> torch.Tensor:
+        """(B, 3) origin of the action frame: the anchor keypoint at the newest observation
+        (zero for the base frame)."""
+        B = raw["ee_position"].shape[0]
+        if self.anchor is None:
+            return torch.zeros(B, 3, dtype=raw["ee_position"].dtype)
+        return raw["keypoints"][:, -1, self.anchor]
+
+    def raw_fields(self, raw: Batch) -> dict[str, torch.Tensor]:
+        """Unnormalised network fields (what the normaliser is fitted on)."""
+        proprio = torch.cat([raw["ee_position"], self._rotation_features(raw["ee_rotation"]), raw["gripper"][..., None]], dim=-1)
+        fields = {"keypoints": raw["keypoints"], "proprio": proprio}
+        if "action_position" in raw:
+            position = raw["action_position"] - self.anchor_position(raw)[:, None]
+            fields["action"] = torch.cat([position, matrix_to_rot6d_torch(raw["action_rotation"]), raw["action_gripper"][..., None]], dim=-1)
+        return fields
+
+    def encode(self, raw: Batch) -> Encoded:
+        fields = self.raw_fields(raw)
+        keypoints = self.normalizer["keypoints"].normalize(fields["keypoints"]).clamp(-2.0, 2.0)  # a wild mismatch stays bounded
+        keypoints = torch.where(raw["visible"][..., None], keypoints, torch.zeros(()))
+        if self.config.similarity:
+            keypoints = torch.cat([keypoints, raw["similarity"]], dim=-1)
+        proprio = self.normalizer["proprio"].normalize(fields["proprio"])
+        action = self.normalizer["action"].normalize(fields["action"]) if "action" in fields else None
+        return Encoded(keypoints, raw["visible"], proprio, action)
+
+    def decode_actions(self, action: torch.Tensor, raw: Batch) -> dict[str, torch.Tensor]:
+        """Normalised (B, H, 10) network output -> position (B, H, 3) base frame, rotation
+        (B, H, 3, 3), gripper (B, H)."""
+        a = self.normalizer["action"].unnormalize(action)
+        position = a[..., :3] + self.anchor_position(raw).to(a)[:, None]
+        return {"position": position, "rotation": rot6d_to_matrix(a[..., 3:9]), "gripper": a[..., 9]}
+
+    @staticmethod
+    def fit(config: PolicyConfig, samples: list[Batch], anchor: int | None = None) -> Codec:
+        """Fit the normaliser on raw batches (e.g. the bank with and without augmentation)."""
+        probe = Codec(config, Normalizer({}), anchor)
+        fields = [probe.raw_fields(b) for b in samples]
+        kp = torch.cat([f["keypoints"][b["visible"]] for f, b in zip(fields, samples)])
+        low, high = torch.quantile(kp.double(), torch.tensor([KEYPOINT_QUANTILE, 1 - KEYPOINT_QUANTILE], dtype=torch.float64), dim=0).float()
+        mm = {"keypoints": MinMax(low, high)}
+        for name in ("proprio", "action"):
+            mm[name] = MinMax.fit(torch.cat([f[name].reshape(-1, f[name].shape[-1]) for f in fields]))
+        return Codec(config, Normalizer(mm), anchor)

@@ -1,0 +1,71 @@
+"""Policy node: the task's keypoints and the robot state -> chunks of absolute EE targets.
+
+Each keypoints message (at the policy rate) is paired with the newest robot state at or
+before its stamp and appended to the observation history. Every `execute_steps`
+observations (the policy's executed horizon by default) the policy predicts from the
+newest `n_obs_steps` observations; the chunk is stamped with the newest observation's
+stamp and carries the whole predicted horizon, so the interpolator always has waypoints
+ahead of it until the next chunk replaces the tail.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from kil.config import require
+from kil.msgs import ActionChunk, Keypoints, RobotState
+from kil.stage import Stage, subscribe
+
+MAX_STATE_AGE_S = 0.2  # a state older than this at an observation is not used
+
+
+@dataclass(frozen=True)
+class PolicyNodeConfig:
+    policy: str = ""  # run directory or checkpoint (kil train --out)
+    execute_steps: int = 0  # observations between predictions; 0: the policy's n_action_steps
+    seed: int = 0  # prediction k uses seed + k
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        require(bool(self.policy), "policy", "needs the run directory of a trained policy")
+        require(self.execute_steps >= 0, "execute_steps", f"must be >= 0, got {self.execute_steps}")
+
+
+class PolicyNode(Stage):
+    Config = PolicyNodeConfig
+    outputs = {"chunk": ActionChunk}
+
+    def __init__(self, config: PolicyNodeConfig, io) -> None:
+        super().__init__(config, io)
+        from kil.policy.inference import Policy
+
+        self.policy = Policy.load(config.policy, config.device)
+        self.execute_steps = config.execute_steps or self.policy.config.n_action_steps
+        self.states: deque[RobotState] = deque(maxlen=64)
+        self.history: deque = deque(maxlen=self.policy.config.n_obs_steps)
+        self.since_prediction = 0
+        self.predictions = 0
+
+    @subscribe(state=RobotState)
+    def on_state(self, state: RobotState) -> None:
+        self.states.append(state)
+
+    @subscribe(keypoints=Keypoints)
+    def on_keypoints(self, keypoints: Keypoints) -> None:
+        from kil.policy.inference import Observation
+
+        state = next((s for s in reversed(self.states) if s.stamp_ns <= keypoints.stamp_ns), None)
+        if state is None or keypoints.stamp_ns - state.stamp_ns > MAX_STATE_AGE_S * 1e9:
+            return  # no robot state for this frame yet
+        self.history.append(Observation(keypoints, state))
+        if self.predictions and self.since_prediction + 1 < self.execute_steps:
+            self.since_prediction += 1
+            return
+        chunk = self.policy.predict(list(self.history), seed=self.config.seed + self.predictions, steps=self.policy.config.horizon)
+        self.io.publish("chunk", chunk)
+        self.predictions += 1
+        self.since_prediction = 0
+
+
+STAGE = PolicyNode

@@ -1,0 +1,98 @@
+"""The dataset builder on recorded sim episodes: image-matched and oracle keypoints, the
+keypoint cache, broken and unsuccessful episodes, and the LeRobot export."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from kil.data.bag import EpisodeReader, EpisodeWriter
+from kil.data.builder import CACHE_DIR, BuildConfig, build_dataset
+from kil.data.episode import read_metadata, write_metadata
+from kil.data.store import Store
+from kil.errors import ConfigError
+
+pytestmark = pytest.mark.sim
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    from kil.sim.demos import episode_seed, record_episode
+
+    root = tmp_path_factory.mktemp("demos")
+    result = record_episode("pick_place", "panda", "in", episode_seed(11, 0), root / "source" / "episode_0000")
+    assert result.success
+    return root / "source" / "episode_0000"
+
+
+def _copy_without(source, target, drop) -> None:
+    """Rewrite an episode through the bag API, leaving out the messages `drop` selects."""
+    metadata = read_metadata(source)
+    reader = EpisodeReader(source)
+    start = None
+    with EpisodeWriter(target, metadata) as writer:
+        for topic, typename, log_time, msg in reader.ros_messages():
+            start = log_time if start is None else start
+            if not drop(topic, (log_time - start) / 1e9):
+                writer.write_ros(topic, typename, msg, log_time)
+    write_metadata(target, read_metadata(target).with_updates(status="complete"))
+
+
+def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, caplog):
+    episodes = tmp_path / "episodes"
+    shutil.copytree(recorded, episodes / "episode_0000")
+    _copy_without(recorded, episodes / "episode_0001", lambda topic, t: topic.startswith("/camera/") and 2.0 < t < 3.5)
+    _copy_without(recorded, episodes / "episode_0002", lambda topic, t: topic == "/kil/pose_target")
+    shutil.copytree(recorded, episodes / "episode_0003")
+    write_metadata(episodes / "episode_0003", read_metadata(recorded).with_updates(success=False))
+
+    with caplog.at_level(logging.WARNING, logger="kil.dataset"):
+        report = build_dataset(episodes, tmp_path / "ds", BuildConfig(task="pick_place"))
+    assert report.kept == ["episode_0000"] and report.unsuccessful == ["episode_0003"]
+    assert set(report.broken) == {"episode_0001", "episode_0002"}
+    assert "camera stream" in report.broken["episode_0001"] and "gap" in report.broken["episode_0001"]
+    assert "/kil/pose_target" in report.broken["episode_0002"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("episode_0001: skipped" in w for w in warnings) and any("episode_0002: skipped" in w for w in warnings)
+    assert all("\n" not in w for w in warnings)
+
+    store = Store.open(tmp_path / "ds")
+    assert store.attrs["keypoint_names"][:2] == ["block/top_center", "block/top_x"] and store.attrs["keypoint_source"] == "image"
+    e = store.read_episode("episode_0000")
+    T = len(e)
+    assert e.keypoints.shape == (T, 7, 3) and e.action.shape == (T, 16, 10) and T > 50
+    # The recorded source bag is untouched; the keypoints are cached beside it.
+    assert read_metadata(episodes / "episode_0000").success is True
+    cached = list((episodes / CACHE_DIR).glob("episode_0000.*.npz"))
+    assert len(cached) == 1
+
+    # Oracle keypoints: the ground truth; image-matched keypoints lie close to it.
+    build_dataset(episodes, tmp_path / "ds_oracle", BuildConfig(task="pick_place", keypoints="oracle"))
+    oracle = Store.open(tmp_path / "ds_oracle").read_episode("episode_0000")
+    both = e.visible & oracle.visible
+    assert both.mean() > 0.8
+    error = np.linalg.norm(e.keypoints - oracle.keypoints, axis=-1)[both]
+    assert np.median(error) < 0.01, np.median(error)
+    np.testing.assert_array_equal(oracle.action, e.action)
+
+    # A rebuild reads the cache: same keypoints without running the feature net.
+    build_dataset(episodes, tmp_path / "ds_again", BuildConfig(task="pick_place"))
+    np.testing.assert_array_equal(Store.open(tmp_path / "ds_again").read_episode("episode_0000").keypoints, e.keypoints)
+
+
+def test_builder_without_a_successful_episode_is_an_error(recorded, tmp_path):
+    episodes = tmp_path / "episodes"
+    shutil.copytree(recorded, episodes / "episode_0000")
+    write_metadata(episodes / "episode_0000", read_metadata(recorded).with_updates(success=False))
+    with pytest.raises(ConfigError, match=r"no successful episode .*1 marked unsuccessful"):
+        build_dataset(episodes, tmp_path / "ds", BuildConfig(task="pick_place"))
+    assert not (tmp_path / "ds").exists()
+    with pytest.raises(ConfigError, match="keypoints: expected one of image, oracle"):
+        from kil.config import load_dataclass
+
+        load_dataclass(BuildConfig, {"task": "pick_place", "keypoints": "magic"}, "build-dataset:")
+    with pytest.raises(ConfigError, match="build-dataset: keypointz: unknown key"):
+        load_dataclass(BuildConfig, {"task": "pick_place", "keypointz": "image"}, "build-dataset:")

@@ -1,0 +1,269 @@
+"""The keypoint diffusion policy: shapes, normalisation, augmentation consistency, training
+on a tiny store (overfitting, checkpoints, exact resume), inference options, configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kil.data.store import EpisodeData, Store
+from kil.errors import ConfigError
+from kil.policy.augment import augment, rigid_transform, yaw_matrices
+from kil.policy.batch import Codec, SampleBank
+from kil.policy.configuration import AugmentConfig, EncoderConfig, PolicyConfig, RunConfig, TrainingConfig, load_run_config
+from kil.policy.modeling import build_policy
+from kil.policy.rotation import quat_to_rot6d
+
+N_KEYPOINTS = 3
+NO_AUGMENT = AugmentConfig(keypoint_noise_m=0, ee_noise_m=0, ee_noise_rad=0, shift_m=0, yaw_rad=0)
+TINY_POLICY = PolicyConfig(encoder=EncoderConfig(d_model=32, layers=1, heads=2, mlp=64), unet_channels=(32, 64),
+                           diffusion_step_embed=32, horizon=8, n_action_steps=4, inference_steps=10)
+
+
+def synthetic_episode(name: str, seed: int, T: int = 30, horizon: int = 8) -> EpisodeData:
+    """An EE moving in a straight line from its start towards the first keypoint (the
+    object), gripper closing at the end: actions are a function of the observation."""
+    rng = np.random.default_rng(seed)
+    target = np.array([0.45, 0.0, 0.0]) + rng.uniform(-0.1, 0.1, 3) * [1, 1, 0]
+    start = np.array([0.5, 0.0, 0.25])
+    s = np.linspace(0, 1, T + horizon)
+    path = start + (target - start) * s[:, None]
+    grip = np.where(s > 0.8, 0.0, 0.08)
+    down = np.array([1.0, 0.0, 0.0, 0.0])  # 180° about x: the gripper points down
+    keypoints = np.stack([target, target + [0.03, 0, 0], [0.6, 0.2, 0.0]])
+    action = np.stack([np.concatenate([path[t: t + horizon], np.tile(quat_to_rot6d(down), (horizon, 1)), grip[t: t + horizon, None]], -1)
+                       for t in range(T)])
+    visible = np.ones((T, N_KEYPOINTS), bool)
+    visible[::7, 2] = False  # now and then a keypoint is not seen
+    kp = np.where(visible[..., None], np.broadcast_to(keypoints, (T, N_KEYPOINTS, 3)), np.nan)
+    return EpisodeData(
+        name=name, stamp_ns=np.arange(T, dtype=np.int64) * 100_000_000, keypoints=kp.astype(np.float32), visible=visible,
+        score=np.ones((T, N_KEYPOINTS), np.float32), ee_position=path[:T].astype(np.float32),
+        ee_orientation=np.tile(down, (T, 1)).astype(np.float32), gripper=grip[:T].astype(np.float32), action=action.astype(np.float32),
+    )
+
+
+@pytest.fixture
+def tiny_store(tmp_path):
+    from kil.data.store import field_stats
+
+    store = Store.create(tmp_path / "ds", {"task": "pick_place", "keypoint_names": ["block/a", "block/b", "tray/c"],
+                                           "keypoint_instance": [0, 0, 1], "keypoint_source": "oracle", "feature_model": None,
+                                           "rate_hz": 10.0, "horizon": 8, "episodes": []})
+    for i in range(3):
+        store.write_episode(synthetic_episode(f"episode_{i:04d}", i))
+    store.set_stats(field_stats(store.episodes()))
+    return tmp_path / "ds"
+
+
+def _bank_and_codec(store_path, config=TINY_POLICY):
+    bank = SampleBank(Store.open(store_path).episodes(), config.n_obs_steps, config.horizon)
+    return bank, Codec.fit(config, [bank.batch(torch.arange(len(bank)))])
+
+
+def test_store_round_trip_and_stats(tiny_store):
+    store = Store.open(tiny_store)
+    assert store.episode_names == ["episode_0000", "episode_0001", "episode_0002"]
+    e = store.read_episode("episode_0001")
+    ref = synthetic_episode("episode_0001", 1)
+    np.testing.assert_array_equal(e.action, ref.action)
+    np.testing.assert_array_equal(np.isnan(e.keypoints), ~ref.visible[..., None].repeat(3, -1))
+    stats = store.stats
+    assert set(stats) == {"keypoints", "ee_position", "ee_euler", "ee_rot6d", "gripper", "action"}
+    assert len(stats["action"]["min"]) == 10 and stats["gripper"]["max"] == [pytest.approx(0.08)]
+    with pytest.raises(ConfigError, match="exists already"):
+        Store.create(tiny_store, {})
+
+
+def test_shapes_and_normalisation_round_trip(tiny_store):
+    bank, codec = _bank_and_codec(tiny_store)
+    raw = bank.batch(torch.arange(len(bank)))
+    enc = codec.encode(raw)
+    B = len(bank)
+    assert enc.keypoints.shape == (B, 2, N_KEYPOINTS, 3) and enc.mask.shape == (B, 2, N_KEYPOINTS)
+    assert enc.proprio.shape == (B, 2, 10) and enc.action.shape == (B, 8, 10)
+    assert enc.action.min() >= -1 - 1e-5 and enc.action.max() <= 1 + 1e-5
+    assert (enc.keypoints[~enc.mask] == 0).all()  # invisible keypoints carry nothing
+    decoded = codec.decode_actions(enc.action, raw)
+    torch.testing.assert_close(decoded["position"], raw["action_position"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded["rotation"], raw["action_rotation"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded["gripper"], raw["action_gripper"], atol=1e-6, rtol=0)
+    # The first sample's history repeats the episode's first observation.
+    torch.testing.assert_close(raw["ee_position"][0, 0], raw["ee_position"][0, 1])
+    model = build_policy(TINY_POLICY, N_KEYPOINTS, codec.proprio_dim)
+    cond = model.condition(enc.keypoints[:4], enc.mask[:4], enc.proprio[:4])
+    assert model.sample(cond, torch.Generator().manual_seed(0)).shape == (4, 8, 10)
+    euler = Codec(PolicyConfig(proprio_rotation="euler"), codec.normalizer)
+    assert euler.proprio_dim == 7 and euler.raw_fields(raw)["proprio"].shape == (B, 2, 7)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls_max"])
+def test_encoder_ignores_masked_keypoints(pooling):
+    config = PolicyConfig(encoder=EncoderConfig(d_model=32, layers=2, heads=2, mlp=64, pooling=pooling))
+    model = build_policy(config, 4, 10).eval()
+    kp, proprio = torch.randn(1, 4, 3), torch.randn(1, 10)
+    mask = torch.tensor([[True, True, False, True]])
+    other = kp.clone()
+    other[0, 2] = 100.0  # whatever a hidden keypoint holds does not matter
+    a, b = model.encoder(kp, mask, proprio), model.encoder(other, mask, proprio)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, model.encoder(kp, torch.ones_like(mask), proprio))
+
+
+def test_no_encoder_ablation_concatenates_keypoints_and_state():
+    config = PolicyConfig(encoder=EncoderConfig(use=False), unet_channels=(32, 64), horizon=8)
+    model = build_policy(config, 5, 10)
+    assert model.encoder.out_dim == 5 * 4 + 10
+    cond = model.condition(torch.randn(2, 2, 5, 3), torch.ones(2, 2, 5, dtype=torch.bool), torch.randn(2, 2, 10))
+    assert cond.shape == (2, 2 * 30)
+
+
+def _relative_geometry(raw):
+    """Everything a rigid motion preserves: actions and keypoints seen from the newest EE pose."""
+    R = raw["ee_rotation"][:, -1]
+    p = raw["ee_position"][:, -1]
+    Rt = R.transpose(-1, -2)
+    return {
+        "action_position": ((raw["action_position"] - p[:, None]) @ R),
+        "action_rotation": Rt[:, None] @ raw["action_rotation"],
+        "keypoints": ((raw["keypoints"] - p[:, None, None]) @ R[:, None]) * raw["visible"][..., None],
+        "older_ee": (raw["ee_position"] - p[:, None]) @ R,
+    }
+
+
+def test_augmentation_moves_observations_and_actions_consistently(tiny_store):
+    bank, _ = _bank_and_codec(tiny_store)
+    raw = bank.batch(torch.arange(len(bank)))
+    raw = {k: v.double() if v.is_floating_point() else v for k, v in raw.items()}
+    spatial = AugmentConfig(keypoint_noise_m=0, ee_noise_m=0, ee_noise_rad=0, shift_m=0.1, yaw_rad=0.5)
+    moved = augment(raw, spatial, torch.Generator().manual_seed(3))
+    assert (moved["ee_position"] - raw["ee_position"]).norm(dim=-1).min() > 1e-4  # it did move every sample
+    before, after = _relative_geometry(raw), _relative_geometry(moved)
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-9, rtol=0)
+    # Rotations stay rotations, and only about z: the gripper's tilt is unchanged.
+    R = moved["action_rotation"]
+    torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=R.dtype).expand_as(R), atol=1e-9, rtol=0)
+    torch.testing.assert_close(R[..., 2, :], raw["action_rotation"][..., 2, :], atol=1e-9, rtol=0)
+    assert (moved["keypoints"][~moved["visible"]] == 0).all()
+    # An explicit yaw of 90° about the centre maps (c + d) to (c + Rz d), plus the shift.
+    centre = torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    one = {k: v[:1] for k, v in raw.items()}
+    turned = rigid_transform(one, yaw_matrices(torch.tensor([np.pi / 2], dtype=torch.float64)), centre, torch.tensor([[0.0, 0.0, 0.1]], dtype=torch.float64))
+    d = one["ee_position"][0, -1] - centre
+    torch.testing.assert_close(turned["ee_position"][0, -1], centre + torch.stack([-d[1], d[0], d[2]]) + torch.tensor([0, 0, 0.1], dtype=torch.float64))
+    # Noise touches observations only, never the actions.
+    noisy = augment(raw, AugmentConfig(shift_m=0, yaw_rad=0, keypoint_dropout=0.3), torch.Generator().manual_seed(4))
+    assert torch.equal(noisy["action_position"], raw["action_position"]) and torch.equal(noisy["action_rotation"], raw["action_rotation"])
+    assert not torch.equal(noisy["ee_position"], raw["ee_position"])
+    assert (noisy["visible"] <= raw["visible"]).all() and (noisy["visible"] < raw["visible"]).any()
+
+
+def _run_config(steps: int, **training) -> RunConfig:
+    return RunConfig(policy=TINY_POLICY, training=TrainingConfig(steps=steps, batch_size=32, lr=2e-3, warmup_steps=20,
+                                                                 checkpoint_every=steps, log_every=10, augment=NO_AUGMENT, **training))
+
+
+def test_policy_overfits_a_tiny_dataset(tiny_store, tmp_path):
+    from kil.policy.inference import Policy
+    from kil.training.policy import train
+
+    torch.set_num_threads(2)
+    result = train(_run_config(600), tiny_store, tmp_path / "run")
+    assert result.final_loss < 0.05
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "loss.csv").read_text().count("\n") == 601
+    assert any((tmp_path / "run" / "tb").iterdir())
+    policy = Policy.load(tmp_path / "run")
+    bank, _ = _bank_and_codec(tiny_store)
+    errors = []
+    for index in (0, 12, 29, 45, 70):
+        raw = bank.batch(torch.tensor([index]))
+        predicted = policy.predict_raw({k: v for k, v in raw.items() if not k.startswith("action")}, seed=index)
+        errors.append(float((predicted["position"] - raw["action_position"][0]).norm(dim=-1).max()))
+        assert torch.allclose(predicted["gripper"], raw["action_gripper"][0], atol=0.02)
+    assert max(errors) < 0.02, errors  # metres, over the whole chunk
+
+
+def test_checkpoint_reload_and_resume_are_exact(tiny_store, tmp_path):
+    from kil.policy.inference import Policy
+    from kil.training.policy import resume, train
+
+    train(_run_config(40), tiny_store, tmp_path / "straight")
+    train(_run_config(20), tiny_store, tmp_path / "resumed")
+    resume(tmp_path / "resumed", steps=40)
+    a, b = Policy.load(tmp_path / "straight"), Policy.load(tmp_path / "resumed")
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    bank, _ = _bank_and_codec(tiny_store)
+    raw = {k: v for k, v in bank.batch(torch.tensor([5])).items() if not k.startswith("action")}
+    for policy in (a.with_options(ensemble=4), a):
+        again = Policy.load(tmp_path / "straight").with_options(ensemble=policy.config.ensemble)
+        first, second = policy.predict_raw(raw, seed=7), again.predict_raw(raw, seed=7)
+        for key in first:
+            assert torch.equal(first[key], second[key])
+    assert not torch.equal(a.predict_raw(raw, seed=7)["position"], a.predict_raw(raw, seed=8)["position"])
+    with pytest.raises(ConfigError, match="not empty"):
+        train(_run_config(20), tiny_store, tmp_path / "straight")
+
+
+def test_fast_inference_matches_the_reference_loop(tiny_store, tmp_path):
+    from kil.bench.policy import reference_predict
+    from kil.policy.inference import Policy
+    from kil.training.policy import train
+
+    train(_run_config(10), tiny_store, tmp_path / "run")
+    bank, _ = _bank_and_codec(tiny_store)
+    raw = {k: v for k, v in bank.batch(torch.tensor([3])).items() if not k.startswith("action")}
+    for ensemble in (1, 5):
+        policy = Policy.load(tmp_path / "run").with_options(ensemble=ensemble)
+        fast = policy.predict_raw(raw, seed=2)["position"]
+        slow = policy.codec.decode_actions(reference_predict(policy, raw, seed=2).detach(), raw)["position"][0]
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
+def test_predict_returns_a_stamped_chunk(tiny_store, tmp_path):
+    from kil.msgs import Keypoints, RobotState
+    from kil.policy.inference import Observation, Policy
+    from kil.training.policy import train
+
+    train(_run_config(10), tiny_store, tmp_path / "run")
+    policy = Policy.load(tmp_path / "run")
+    e = synthetic_episode("x", 0)
+    names = ("block/a", "block/b", "tray/c")
+
+    def observation(t):
+        kp = Keypoints(stamp_ns=int(e.stamp_ns[t]) + 5, frame_id="base_link", names=names, uv=np.zeros((3, 2)),
+                       xyz=np.nan_to_num(e.keypoints[t]), score=e.score[t], visible=e.visible[t])
+        state = RobotState(stamp_ns=int(e.stamp_ns[t]), frame_id="base_link", position=e.ee_position[t],
+                           orientation=e.ee_orientation[t], gripper=float(e.gripper[t]))
+        return Observation(kp, state)
+
+    chunk = policy.predict([observation(0), observation(1)], seed=0)
+    assert chunk.stamp_ns == int(e.stamp_ns[1]) + 5 and chunk.dt == pytest.approx(0.1) and chunk.frame_id == "base_link"
+    assert chunk.positions.shape == (4, 3) and chunk.orientations.shape == (4, 4)
+    assert len(policy.predict([observation(0)], steps=8).positions) == 8  # a short history is padded
+    wrong = Observation(Keypoints(stamp_ns=1, frame_id="base_link", names=("a", "b", "c"), uv=np.zeros((3, 2)), xyz=np.zeros((3, 3)),
+                                  score=np.ones(3), visible=np.ones(3, bool)), observation(0).state)
+    with pytest.raises(ValueError, match="not the ones the policy was trained on"):
+        policy.predict([wrong])
+
+
+def test_run_configs_and_presets(tmp_path):
+    small = load_run_config("cpu-small")
+    assert small.policy.unet_channels != PolicyConfig().unet_channels and small.training.batch_size == 128
+    paper = load_run_config("paper")
+    assert paper.policy.unet_channels == (128, 256, 512) and paper.policy.kernel_size == 5
+    assert (paper.policy.train_steps, paper.policy.inference_steps, paper.policy.horizon, paper.policy.n_action_steps) == (100, 14, 16, 8)
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: cpu-small\ntraining: {steps: 10, augment: {yaw_rad: 0.1}}\n")
+    config = load_run_config(path)
+    assert config.training.steps == 10 and config.training.augment.yaw_rad == 0.1 and config.policy == small.policy
+    path.write_text("preset: cpu-small\ntraining: {stepz: 10}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: training.*stepz"):
+        load_run_config(path)
+    path.write_text("policy: {horizon: 10}\n")
+    with pytest.raises(ConfigError, match="horizon"):
+        load_run_config(path)
+    with pytest.raises(ConfigError, match="neither a file nor a preset"):
+        load_run_config("gpu-huge")
