@@ -48,7 +48,10 @@ setup(
     extras_require={
         # Feature backends and learning: transformers (DINOv2/v3, RADIO, SAM), diffusers
         # (DIFT), OpenCV (dense SIFT), torch with safetensors checkpoints.
-        "models": ["torch", "safetensors", "transformers>=5.0", "diffusers>=0.35", "opencv-python>=4.8"],
+        # zarr (training store), tensorboard (training logs), pyarrow (LeRobot export). zarr 3 and
+        # pyarrow >= 22 need numpy 2, which the simulator's dependencies do not accept yet.
+        "models": ["torch", "safetensors", "transformers>=5.0", "diffusers>=0.35", "opencv-python>=4.8",
+                   "zarr>=2.18,<3", "tensorboard>=2.15", "pyarrow>=14,<22"],
         "sim": ["robosuite==1.5.2", "mujoco==3.3.7", "h5py"],
         # playwright drives the Debian chromium (no browser download) in the annotation test.
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "playwright>=1.45"],

@@ -56,7 +56,8 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
     assert "camera stream" in report.broken["episode_0001"] and "gap" in report.broken["episode_0001"]
     assert "/kil/pose_target" in report.broken["episode_0002"]
     warnings = [r.getMessage() for r in caplog.records]
-    assert any("episode_0001: skipped" in w for w in warnings) and any("episode_0002: skipped" in w for w in warnings)
+    assert any(w.startswith("skipped ") and "episode_0001: camera stream" in w for w in warnings)
+    assert any(w.startswith("skipped ") and "episode_0002: topic /kil/pose_target" in w for w in warnings)
     assert all("\n" not in w for w in warnings)
 
     store = Store.open(tmp_path / "ds")
@@ -72,8 +73,8 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
     # Oracle keypoints: the ground truth; image-matched keypoints lie close to it.
     build_dataset(episodes, tmp_path / "ds_oracle", BuildConfig(task="pick_place", keypoints="oracle"))
     oracle = Store.open(tmp_path / "ds_oracle").read_episode("episode_0000")
-    both = e.visible & oracle.visible
-    assert both.mean() > 0.8
+    both = e.visible & oracle.visible  # the oracle also hides points occluded (e.g. by the gripper)
+    assert e.visible.mean() > 0.9 and both.mean() > 0.5
     error = np.linalg.norm(e.keypoints - oracle.keypoints, axis=-1)[both]
     assert np.median(error) < 0.01, np.median(error)
     np.testing.assert_array_equal(oracle.action, e.action)

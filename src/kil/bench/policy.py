@@ -37,8 +37,7 @@ def reference_predict(policy: Policy, raw: dict[str, torch.Tensor], seed: int = 
         member = {k: v[e: e + 1] for k, v in inputs.items()}
         x = x_all[e: e + 1]
         for t in policy.model.sample_scheduler.timesteps:
-            enc = policy.codec.encode(member)
-            cond = policy.model.condition(enc.keypoints, enc.mask, enc.proprio)
+            cond = policy.model.condition(policy.codec.encode(member).to(policy.device))
             x = policy.model.sample_scheduler.step(policy.model.unet(x, t, cond), t, x).prev_sample
         chunks.append(x)
     out = torch.cat(chunks)
@@ -79,7 +78,7 @@ def latency(policy_path: str | Path, repeats: int = 50, threads: int = 2, ensemb
     for device in devices:
         for ensemble in ensembles:
             policy = Policy.load(policy_path, device=device).with_options(ensemble=ensemble)
-            raw = {k: v.to(device) for k, v in _random_observation(policy, torch.Generator().manual_seed(0)).items()}
+            raw = _random_observation(policy, torch.Generator().manual_seed(0))  # inputs arrive on the CPU
             fast = _time(lambda: policy.predict_raw(raw, seed=1), repeats)
             ref = _time(lambda: reference_predict(policy, raw, seed=1), max(5, repeats // 5))
             fast_actions = policy.predict_raw(raw, seed=1)["position"]

@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--similarity", action="store_true", help="also store similarity vectors (paper 000)")
     parser.add_argument("--rate", type=float, default=10.0, help="policy rate in Hz (default 10)")
     parser.add_argument("--horizon", type=int, default=16, help="actions per stored chunk (default 16)")
+    parser.add_argument("--images", default=None, metavar="HxW", help="also store colour frames at this size (RGB baseline), e.g. 96x128")
     parser.add_argument("--no-cache", action="store_true", help="recompute keypoints even when cached")
     parser.add_argument("--lerobot", default=None, metavar="DIR", help="also export the store in the LeRobot dataset format")
 
@@ -28,10 +29,19 @@ def main(args: argparse.Namespace) -> int:
     from kil.config import load_dataclass
     from kil.data.builder import BuildConfig, build_dataset
 
+    from kil.errors import ConfigError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    images = None
+    if args.images:
+        try:
+            images = [int(v) for v in args.images.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"--images: expected HEIGHTxWIDTH, e.g. 96x128, got {args.images!r}") from None
     config = load_dataclass(BuildConfig, {
         "task": args.task, "keypoints": args.keypoints, "feature_model": args.features, "spec": args.spec, "graph": args.graph,
         "rate_hz": args.rate, "horizon": args.horizon, "similarity_vectors": args.similarity, "cache": not args.no_cache,
+        "images": images,
     }, "build-dataset:")
     report = build_dataset(args.episodes, args.out, config)
     print(f"{args.out}: {len(report.kept)} episodes, {report.samples} samples at {args.rate:g} Hz "

@@ -1,5 +1,9 @@
 """`kil keypoints show`: the task's reference keypoints found in frames of a recorded
-episode by a feature backend, drawn on the frames, as one PNG (what the keypoints node sees)."""
+episode by a feature backend, drawn on the frames, as one PNG (what the keypoints node sees).
+
+`kil keypoints select`: ATK selection (paper 003): train a policy jointly with a sparse
+Gumbel-softmax mask over the candidate keypoints of a dataset (built with a spec of many
+candidates) and write the selected subset into the spec (the candidates kept beside it)."""
 
 from __future__ import annotations
 
@@ -8,15 +12,46 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("show",), help="show: keypoints found in an episode's frames, as PNG")
-    parser.add_argument("--episode", required=True, help="episode directory (rosbag2 MCAP)")
-    parser.add_argument("--spec", default=None, help="task name or spec path (default: the episode's task)")
-    parser.add_argument("--model", default="descriptor_net", help="feature backend config (config/features/)")
-    parser.add_argument("--frames", type=int, default=4, help="evenly spaced frames to show")
-    parser.add_argument("--out", required=True, help="PNG to write")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="keypoints found in an episode's frames, as PNG")
+    show.add_argument("--episode", required=True, help="episode directory (rosbag2 MCAP)")
+    show.add_argument("--spec", default=None, help="task name or spec path (default: the episode's task)")
+    show.add_argument("--model", default="descriptor_net", help="feature backend config (config/features/)")
+    show.add_argument("--frames", type=int, default=4, help="evenly spaced frames to show")
+    show.add_argument("--out", required=True, help="PNG to write")
+    show.set_defaults(run_action=_show)
+
+    select = actions.add_parser("select", help="ATK: learn a sparse keypoint subset jointly with a policy; write it into the spec")
+    select.add_argument("--dataset", required=True, help="training store built with the candidate keypoints")
+    select.add_argument("--config", default="cpu-small", help="policy/training preset or YAML (default cpu-small)")
+    select.add_argument("--out", required=True, help="run directory for the jointly trained policy")
+    select.add_argument("--sparsity", type=float, default=None, help="L1 weight on the keep probabilities (default 0.002)")
+    select.add_argument("--steps", type=int, default=None, help="training steps")
+    select.add_argument("--spec-out", default=None, help="directory to write the selected spec to (default: the dataset's spec, "
+                        "whose candidates are kept as keypoints.candidates.yaml)")
+    select.set_defaults(run_action=_select)
 
 
 def main(args: argparse.Namespace) -> int:
+    return args.run_action(args)
+
+
+def _select(args: argparse.Namespace) -> int:
+    from kil.training.selection import select_keypoints
+
+    overrides: dict = {"policy": {"selection": {"enabled": True}}}
+    if args.sparsity is not None:
+        overrides["policy"]["selection"]["sparsity"] = args.sparsity
+    if args.steps is not None:
+        overrides["training"] = {"steps": args.steps}
+    result = select_keypoints(args.config, args.dataset, args.out, overrides, args.spec_out)
+    for name, probability in result.keep_probability.items():
+        print(f"  {'kept   ' if name in result.selected else 'dropped'} {name}  (keep probability {probability:.2f})")
+    print(f"{result.spec_path}: {len(result.selected)} of {len(result.keep_probability)} keypoints selected")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 

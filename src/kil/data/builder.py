@@ -29,6 +29,7 @@ from kil.data.store import EpisodeData, Store, field_stats
 from kil.errors import BagError, ConfigError, KilError
 from kil.graph import GraphSpec, load_graph
 from kil.paths import graph_path
+from kil.perception.spec import spec_path
 
 log = logging.getLogger("kil.dataset")
 
@@ -48,6 +49,7 @@ class BuildConfig:
     batch_size: int = 16
     device: str = "auto"
     similarity_vectors: bool = False
+    images: tuple[int, int] | None = None  # also store colour frames at (height, width): the RGB baseline's input
     cache: bool = True
 
     def __post_init__(self) -> None:
@@ -196,7 +198,15 @@ def _cached(cache: Path | None, compute) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray]) -> EpisodeData:
+def resize_images(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """(T, h, w, 3) uint8 colour images resized (area filter) to size = (h, w); training and
+    inference both go through here, so the policy sees the same pixels."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(np.asarray(rgb)).resize((size[1], size[0]), Image.BOX)) for rgb in images])
+
+
+def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray], images: tuple[int, int] | None) -> EpisodeData:
     from kil.policy.rotation import quat_to_rot6d
 
     action = np.concatenate([streams.action_position, quat_to_rot6d(streams.action_orientation), streams.action_gripper[..., None]], axis=-1)
@@ -211,6 +221,7 @@ def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray]) -> 
         gripper=streams.gripper.astype(np.float32),
         action=action.astype(np.float32),
         similarity=keypoints["similarity"].astype(np.float32) if "similarity" in keypoints else None,
+        rgb=resize_images([f.rgb for f in streams.frames], images) if images else None,
     )
 
 
@@ -226,24 +237,26 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
             unsuccessful.append(episode.name)
             continue
         if metadata is not None and metadata.task != config.task:
-            broken[episode.name] = f"task is {metadata.task!r}, not {config.task!r}"
-            log.warning("%s: skipped: its task is %r, not %r", episode, metadata.task, config.task)
+            broken[episode.name] = f"{episode}: its task is {metadata.task!r}, not {config.task!r}"
+            log.warning("skipped %s", broken[episode.name])
             continue
         try:
             streams = read_streams(episode, _episode_graph(config, episode), config.rate_hz, config.horizon)
             cache = Path(episodes_dir) / CACHE_DIR / f"{episode.name}.{source.key}.npz" if config.cache else None
             keypoints = _cached(cache, lambda: source.extract(streams, episode))
-            data = _episode_data(streams, keypoints)
+            data = _episode_data(streams, keypoints, config.images)
         except (KilError, OSError, ValueError) as err:
-            broken[episode.name] = str(err)
-            log.warning("%s: skipped: %s", episode, err)
+            broken[episode.name] = str(err)  # names the episode
+            log.warning("skipped %s", err)
             continue
         if store is None:
             store = Store.create(out, {
-                "task": config.task, "keypoint_names": list(source.layout.names),
+                "task": config.task, "spec": str(spec_path(config.spec or config.task).resolve()),
+                "keypoint_names": list(source.layout.names),
                 "keypoint_instance": source.layout.instance.tolist(), "keypoint_source": config.keypoints,
                 "feature_model": config.feature_model if config.keypoints == "image" else None,
                 "rate_hz": config.rate_hz, "horizon": config.horizon, "episodes": [],
+                "robot_type": (metadata.extra.get("robot") or metadata.rig) if metadata else None,
             })
         store.write_episode(data)
         kept.append(episode.name)

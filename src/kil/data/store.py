@@ -10,6 +10,7 @@ Layout of DS/ (a zarr v2 directory store):
         visible      (T, N) bool
         score        (T, N) f32     matching score (1 for oracle keypoints)
         similarity   (T, N, N) f32  only when built with similarity vectors
+        rgb          (T, h, w, 3) u8  only when built with images (the RGB baseline)
         ee_position  (T, 3) f32
         ee_orientation (T, 4) f32   quaternion x, y, z, w
         gripper      (T,) f32       opening in metres
@@ -29,6 +30,7 @@ from kil.errors import ConfigError
 STORE_FORMAT = 1
 ACTION_DIM = 10
 FIELDS = ("stamp_ns", "keypoints", "visible", "score", "ee_position", "ee_orientation", "gripper", "action")
+OPTIONAL_FIELDS = ("similarity", "rgb")
 
 
 def _zarr():
@@ -53,6 +55,7 @@ class EpisodeData:
     gripper: np.ndarray
     action: np.ndarray
     similarity: np.ndarray | None = None
+    rgb: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         T = len(self.stamp_ns)
@@ -66,6 +69,8 @@ class EpisodeData:
                 raise ValueError(f"episode {self.name}: {name} has shape {getattr(self, name).shape}, expected {shape}")
         if self.action.ndim != 3 or self.action.shape[0] != T or self.action.shape[2] != ACTION_DIM:
             raise ValueError(f"episode {self.name}: action has shape {self.action.shape}, expected ({T}, H, {ACTION_DIM})")
+        if self.rgb is not None and (self.rgb.ndim != 4 or self.rgb.shape[0] != T or self.rgb.shape[3] != 3 or self.rgb.dtype != np.uint8):
+            raise ValueError(f"episode {self.name}: rgb has shape {self.rgb.shape} {self.rgb.dtype}, expected ({T}, h, w, 3) uint8")
         if self.similarity is not None and self.similarity.shape != (T, N, N):
             raise ValueError(f"episode {self.name}: similarity has shape {self.similarity.shape}, expected {(T, N, N)}")
 
@@ -111,7 +116,8 @@ class Store:
 
     def write_episode(self, episode: EpisodeData) -> None:
         group = self.root["episodes"].create_group(episode.name)
-        for name in FIELDS + (("similarity",) if episode.similarity is not None else ()):
+        optional = tuple(name for name in OPTIONAL_FIELDS if getattr(episode, name) is not None)
+        for name in FIELDS + optional:
             value = np.ascontiguousarray(getattr(episode, name))
             # One chunk per episode along time: episodes are read whole.
             group.create_dataset(name, data=value, chunks=value.shape)
@@ -120,9 +126,8 @@ class Store:
 
     def read_episode(self, name: str) -> EpisodeData:
         group = self.root["episodes"][name]
-        arrays = {key: group[key][...] for key in FIELDS}
-        similarity = group["similarity"][...] if "similarity" in group else None
-        return EpisodeData(name=name, similarity=similarity, **arrays)
+        arrays = {key: group[key][...] for key in FIELDS + OPTIONAL_FIELDS if key in group}
+        return EpisodeData(name=name, **arrays)
 
     def episodes(self) -> list[EpisodeData]:
         return [self.read_episode(n) for n in self.episode_names]

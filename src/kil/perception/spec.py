@@ -119,6 +119,24 @@ class LoadedSpec:
                     instance.append(r)
         return KeypointLayout(tuple(names), np.array(instance, np.int32))
 
+    def subset(self, names: set[str] | list[str]) -> KeypointSpec:
+        """The spec restricted to the keypoints whose layout names are in `names` (a point of
+        a multi-instance category is kept for every instance if any instance's is named;
+        categories left without points are dropped)."""
+        wanted = set(names)
+        categories = []
+        for category in self.spec.categories:
+            several = len(category.references) > 1
+            keep = [point for point in category.references[0].keypoints
+                    if any(f"{category.name}[{r}]/{point}" in wanted if several else f"{category.name}/{point}" in wanted
+                           for r in range(len(category.references)))]
+            if keep:
+                references = [Reference(ref.image, {p: ref.keypoints[p] for p in keep}) for ref in category.references]
+                categories.append(Category(category.name, category.prompt, references))
+        if not categories:
+            raise ConfigError(f"{self.directory / SPEC_FILE}: no keypoint of the spec is selected")
+        return KeypointSpec(self.spec.task, categories)
+
     def references(self) -> list[tuple[Reference, np.ndarray]]:
         """Each reference image with its (K, 2) keypoint pixels, in layout order."""
         out = []

@@ -58,7 +58,25 @@ def rigid_transform(raw: Batch, R: torch.Tensor, centre: torch.Tensor, shift: to
     return out
 
 
+def shift_images(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (replicate-padded, then cropped back: the
+    random crop of diffusion policy), one shift per sample for all its steps."""
+    B, To, h, w, _ = images.shape
+    x = images.permute(0, 1, 4, 2, 3).reshape(B, To * 3, h, w).float()
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, B), generator=generator)
+    out = torch.stack([padded[b, :, dy[b]: dy[b] + h, dx[b]: dx[b] + w] for b in range(B)])
+    return out.reshape(B, To, 3, h, w).permute(0, 1, 3, 4, 2).round().to(images.dtype)
+
+
 def augment(raw: Batch, config: AugmentConfig, generator: torch.Generator) -> Batch:
+    """Spatial transform, noise and dropout for keypoint policies. Camera images cannot be
+    moved with the scene, so with images only the EE noise and a random crop apply."""
+    if "images" in raw:
+        out = dict(raw)
+        out["images"] = shift_images(raw["images"], config.image_shift_px, generator)
+        out["ee_position"] = raw["ee_position"] + torch.randn(raw["ee_position"].shape, generator=generator) * config.ee_noise_m
+        return out
     B = raw["ee_position"].shape[0]
     dtype = raw["ee_position"].dtype
 

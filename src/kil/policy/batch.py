@@ -3,7 +3,7 @@
 
 Raw batch keys (B samples, To observation steps, N keypoints, H actions):
     keypoints (B, To, N, 3) base frame, 0 where not visible; visible (B, To, N) bool;
-    similarity (B, To, N, N) optional; ee_position (B, To, 3); ee_rotation (B, To, 3, 3);
+    similarity (B, To, N, N) optional; images (B, To, h, w, 3) uint8 (RGB baseline); ee_position (B, To, 3); ee_rotation (B, To, 3, 3);
     gripper (B, To); and for training action_position (B, H, 3), action_rotation (B, H, 3, 3),
     action_gripper (B, H).
 
@@ -13,7 +13,7 @@ step costs a few tensor gathers, not a Python loop over samples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class SampleBank:
     """Every training sample of a store: sample t of an episode has observations t-To+1..t
     (clamped at the episode start) and the action chunk recorded at t."""
 
-    def __init__(self, episodes: list[EpisodeData], n_obs_steps: int, horizon: int, similarity: bool = False) -> None:
+    def __init__(self, episodes: list[EpisodeData], n_obs_steps: int, horizon: int, similarity: bool = False, images: bool = False) -> None:
         if not episodes:
             raise ValueError("no episodes")
         if episodes[0].action.shape[1] < horizon:
@@ -73,6 +73,9 @@ class SampleBank:
         self.similarity = cat("similarity").float() if similarity else None
         if similarity and any(e.similarity is None for e in episodes):
             raise ValueError("the policy uses similarity vectors but the store was built without them (kil build-dataset --similarity)")
+        if images and any(e.rgb is None for e in episodes):
+            raise ValueError("the RGB baseline needs images but the store was built without them (kil build-dataset --images)")
+        self.images = cat("rgb") if images else None  # uint8, converted per batch
         self.ee_position = cat("ee_position").float()
         self.ee_rotation = quat_to_matrix_torch(cat("ee_orientation").double()).float()
         self.gripper = cat("gripper").float()
@@ -98,18 +101,37 @@ class SampleBank:
         }
         if self.similarity is not None:
             out["similarity"] = self.similarity[rows]
+        if self.images is not None:
+            out["images"] = self.images[rows]
         return out
 
 
 @dataclass
 class Encoded:
-    """Network inputs: tokens (B, To, N, F) keypoint features, mask (B, To, N) visible,
-    proprio (B, To, P); action (B, H, 10) when training."""
+    """Network inputs: keypoints (B, To, N, F) features, mask (B, To, N) visible, proprio
+    (B, To, P), images (B, To, 3, h, w) for the RGB baseline; action (B, H, 10) when training."""
 
     keypoints: torch.Tensor
     mask: torch.Tensor
     proprio: torch.Tensor
     action: torch.Tensor | None = None
+    images: torch.Tensor | None = None
+
+    OBSERVATION_FIELDS = ("keypoints", "mask", "proprio", "images")
+
+    def _map(self, fn, fields=OBSERVATION_FIELDS) -> Encoded:
+        changes = {k: fn(getattr(self, k)) for k in fields if getattr(self, k) is not None}
+        return replace(self, **changes)
+
+    def flat_steps(self) -> Encoded:
+        """Observation fields with (B, To) merged into one batch axis (steps encoded alone)."""
+        return self._map(lambda x: x.flatten(0, 1))
+
+    def rows(self, index: slice) -> Encoded:
+        return self._map(lambda x: x[index], self.OBSERVATION_FIELDS + ("action",))
+
+    def to(self, device: torch.device | str) -> Encoded:
+        return self._map(lambda x: x.to(device), self.OBSERVATION_FIELDS + ("action",))
 
 
 class Codec:
@@ -152,7 +174,10 @@ class Codec:
             keypoints = torch.cat([keypoints, raw["similarity"]], dim=-1)
         proprio = self.normalizer["proprio"].normalize(fields["proprio"])
         action = self.normalizer["action"].normalize(fields["action"]) if "action" in fields else None
-        return Encoded(keypoints, raw["visible"], proprio, action)
+        images = None
+        if "images" in raw:  # (B, To, h, w, 3) uint8 -> (B, To, 3, h, w) in [-1, 1]
+            images = raw["images"].permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+        return Encoded(keypoints, raw["visible"], proprio, action, images)
 
     def decode_actions(self, action: torch.Tensor, raw: Batch) -> dict[str, torch.Tensor]:
         """Normalised (B, H, 10) network output -> position (B, H, 3) base frame, rotation

@@ -2,8 +2,8 @@
 its options from papers 000/002/003, the RGB baseline, and training. One YAML file holds
 a `policy` and a `training` section; unknown keys are one-line errors naming the key.
 
-Presets: `paper` (table VIII sizes, for a GPU) and `cpu-small` (a usable sim policy on a
-2-core CPU in under 30 minutes).
+Presets: `paper` (table VIII sizes, for a GPU), `cpu-small` (a usable sim policy on a 2-core
+CPU in under 30 minutes) and `rgb` (the RGB baseline at the paper's sizes).
 """
 
 from __future__ import annotations
@@ -43,11 +43,26 @@ class AugmentConfig:
     yaw_rad: float = 0.3  # random rotation about the base z-axis (uniform in ±yaw)
     yaw_centre: tuple[float, float] = (0.5, 0.0)  # the rotation's axis (x, y) in the base frame: the workspace centre
     keypoint_dropout: float = 0.0  # probability of masking each keypoint token (paper 000)
+    image_shift_px: int = 4  # RGB baseline: random crop as a shift of up to this many pixels
 
     def __post_init__(self) -> None:
         for name in ("keypoint_noise_m", "ee_noise_m", "ee_noise_rad", "shift_m", "yaw_rad"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(0 <= self.keypoint_dropout < 1, "keypoint_dropout", f"must be in [0, 1), got {self.keypoint_dropout}")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """ATK keypoint selection (paper 003), trained jointly with the policy."""
+
+    enabled: bool = False
+    sparsity: float = 0.002  # weight of the L1 penalty on the keep probabilities
+    tau: float = 1.0  # Gumbel-softmax temperature
+    init_keep: float = 2.0  # initial keep logit (drop logit 0): every keypoint starts likely kept
+
+    def __post_init__(self) -> None:
+        require(self.sparsity >= 0, "sparsity", f"must be >= 0, got {self.sparsity}")
+        require(self.tau > 0, "tau", f"must be > 0, got {self.tau}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class PolicyConfig:
     ensemble: int = 1  # >1: sample this many chunks with keypoint-token dropout, take the median (paper 000)
     ensemble_dropout: float = 0.2
     image_size: tuple[int, int] = (96, 128)  # rgb baseline input (height, width)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def __post_init__(self) -> None:
         require(self.n_obs_steps >= 1, "n_obs_steps", f"must be >= 1, got {self.n_obs_steps}")
@@ -116,6 +132,12 @@ class RunConfig:
 
 PRESETS: dict[str, RunConfig] = {
     "paper": RunConfig(),
+    # The RGB diffusion-policy baseline at the paper's sizes (table VIII: ResNet-18, action
+    # head [256, 512, 1024], batch 64, 100k steps).
+    "rgb": RunConfig(
+        policy=PolicyConfig(kind="rgb", unet_channels=(256, 512, 1024)),
+        training=TrainingConfig(steps=100_000, batch_size=64, weight_decay=1e-6),
+    ),
     "cpu-small": RunConfig(
         policy=PolicyConfig(encoder=EncoderConfig(d_model=64, layers=2, heads=4, mlp=128), unet_channels=(32, 64, 128),
                             diffusion_step_embed=64),

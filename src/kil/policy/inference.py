@@ -42,15 +42,22 @@ class TrainedOn:
     rate_hz: float
     keypoint_source: str = "image"
     feature_model: str | None = None
+    spec: str | None = None  # the keypoint spec the dataset was built with
     base_frame: str = "base_link"
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One observation step: the task's keypoints and the robot state of one camera frame."""
+    """One observation step: the task's keypoints and the robot state of one camera frame
+    (and, for the RGB baseline, the frame's colour image (H, W, 3) uint8; keypoints unused)."""
 
-    keypoints: Keypoints
+    keypoints: Keypoints | None
     state: RobotState
+    image: np.ndarray | None = None
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.keypoints.stamp_ns if self.keypoints is not None else self.state.stamp_ns
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -83,6 +90,10 @@ class Policy:
 
         run = replace(self.run, policy=replace(self.config, **changes))
         return Policy(run, self.trained_on, self.model, self.codec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -121,13 +132,21 @@ class Policy:
         if not history:
             raise ValueError("predict: empty observation history")
         names = self.trained_on.keypoint_names
+        rgb = self.config.kind == "rgb"
         for o in history:
-            if tuple(o.keypoints.names) != names:
-                raise ValueError(f"predict: keypoints {list(o.keypoints.names)} are not the ones the policy was trained on {list(names)}")
+            if rgb and o.image is None:
+                raise ValueError("predict: the RGB baseline needs each observation's image")
+            if not rgb and (o.keypoints is None or tuple(o.keypoints.names) != names):
+                got = None if o.keypoints is None else list(o.keypoints.names)
+                raise ValueError(f"predict: keypoints {got} are not the ones the policy was trained on {list(names)}")
         To = self.config.n_obs_steps
         steps = [history[0]] * max(0, To - len(history)) + list(history[-To:])
-        visible = np.stack([o.keypoints.visible for o in steps])
-        xyz = np.stack([np.where(o.keypoints.visible[:, None], o.keypoints.xyz, 0.0) for o in steps])
+        if rgb:  # the keypoint inputs are unused: all hidden
+            visible = np.zeros((To, len(names)), bool)
+            xyz = np.zeros((To, len(names), 3))
+        else:
+            visible = np.stack([o.keypoints.visible for o in steps])
+            xyz = np.stack([np.where(o.keypoints.visible[:, None], o.keypoints.xyz, 0.0) for o in steps])
         raw = {
             "keypoints": torch.as_tensor(xyz, dtype=torch.float32)[None],
             "visible": torch.as_tensor(visible)[None],
@@ -135,6 +154,10 @@ class Policy:
             "ee_rotation": quat_to_matrix_torch(torch.as_tensor(np.stack([o.state.orientation for o in steps]))).float()[None],
             "gripper": torch.as_tensor([o.state.gripper for o in steps], dtype=torch.float32)[None],
         }
+        if rgb:
+            from kil.data.builder import resize_images
+
+            raw["images"] = torch.as_tensor(resize_images([o.image for o in steps], self.config.image_size))[None]
         if self.config.similarity:
             raw["similarity"] = torch.as_tensor(np.stack([o.keypoints.similarity for o in steps]), dtype=torch.float32)[None]
         return raw
@@ -155,7 +178,7 @@ class Policy:
         generator = torch.Generator().manual_seed(seed)
         inputs = self._ensemble_inputs(raw, generator) if self.config.ensemble > 1 else raw
         encoded = self.codec.encode(inputs)
-        cond = self.model.condition(encoded.keypoints, encoded.mask, encoded.proprio)
+        cond = self.model.condition(encoded.to(self.device))
         actions = self.model.sample(cond, generator)
         if self.config.ensemble > 1:
             actions = actions.median(dim=0, keepdim=True).values
@@ -172,7 +195,7 @@ class Policy:
         n = steps or self.config.n_action_steps
         newest = history[-1]
         return ActionChunk(
-            stamp_ns=newest.keypoints.stamp_ns,
+            stamp_ns=newest.stamp_ns,
             frame_id=newest.state.frame_id,
             dt=1.0 / self.trained_on.rate_hz,
             positions=decoded["position"][:n].double().numpy(),

@@ -13,7 +13,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
+from kil.policy.batch import Encoded
 from kil.policy.configuration import PolicyConfig
+from kil.policy.selection import KeypointGate
 
 ACTION_DIM = 10
 
@@ -43,9 +45,13 @@ class KeypointEncoder(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, e.d_model)) if e.pooling == "cls_max" else None
         self.out_dim = e.d_model * (2 if e.pooling == "cls_max" else 1)
 
-    def forward(self, keypoints: torch.Tensor, mask: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        """keypoints (B, N, F), mask (B, N) visible, proprio (B, P) -> (B, out_dim)."""
-        tokens = torch.cat([self.keypoint_proj(keypoints), self.proprio_proj(proprio)[:, None]], dim=1) + self.index_embedding
+    def forward(self, obs: Encoded, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """One step per row: keypoints (B, N, F), mask (B, N) visible, proprio (B, P) -> (B,
+        out_dim). `gate` (B, N) in [0, 1] scales the keypoint tokens (ATK; 0 removes one)."""
+        mask = obs.mask
+        tokens = torch.cat([self.keypoint_proj(obs.keypoints), self.proprio_proj(obs.proprio)[:, None]], dim=1) + self.index_embedding
+        if gate is not None:
+            tokens = torch.cat([tokens[:, :-1] * gate[..., None], tokens[:, -1:]], dim=1)
         valid = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if self.cls is not None:
             tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
@@ -66,9 +72,11 @@ class FlatEncoder(nn.Module):
         super().__init__()
         self.out_dim = keypoints * (keypoint_dim + 1) + proprio_dim
 
-    def forward(self, keypoints: torch.Tensor, mask: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        flat = torch.cat([keypoints, mask[..., None].to(keypoints.dtype)], dim=-1).flatten(1)
-        return torch.cat([flat, proprio], dim=-1)
+    def forward(self, obs: Encoded, gate: torch.Tensor | None = None) -> torch.Tensor:
+        flat = torch.cat([obs.keypoints, obs.mask[..., None].to(obs.keypoints.dtype)], dim=-1)
+        if gate is not None:
+            flat = flat * gate[..., None]
+        return torch.cat([flat.flatten(1), obs.proprio], dim=-1)
 
 
 class Conv1dBlock(nn.Sequential):
@@ -149,24 +157,36 @@ def noise_schedulers(config: PolicyConfig) -> tuple[DDPMScheduler, DDIMScheduler
 class DiffusionPolicy(nn.Module):
     """Observation encoder (applied to each of the To observations independently) + U-Net."""
 
-    def __init__(self, config: PolicyConfig, encoder: nn.Module) -> None:
+    def __init__(self, config: PolicyConfig, encoder: nn.Module, keypoints: int) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
+        s = config.selection
+        self.gate = KeypointGate(keypoints, s.tau, s.init_keep) if s.enabled else None
         cond_dim = encoder.out_dim * config.n_obs_steps
         self.unet = ConditionalUnet1D(ACTION_DIM, cond_dim, config.unet_channels, config.kernel_size, config.diffusion_step_embed)
         self.train_scheduler, self.sample_scheduler = noise_schedulers(config)
 
-    def condition(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Observation inputs with leading (B, To) -> (B, To * D): each step encoded on its own."""
-        B, To = inputs[0].shape[:2]
-        flat = self.encoder(*(x.flatten(0, 1) for x in inputs))
+    def condition(self, obs: Encoded, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """Observations with leading (B, To) -> (B, To * D): each step encoded on its own.
+        With a learned keypoint selection only the selected keypoints are seen (`gate` (B, N):
+        a sampled mask while training)."""
+        B, To, N = obs.mask.shape
+        if gate is None and self.gate is not None:
+            gate = self.gate.selected().to(obs.proprio.dtype).expand(B, N)
+        if gate is not None:
+            gate = gate[:, None].expand(B, To, N).flatten(0, 1)
+        flat = self.encoder(obs.flat_steps(), gate)
         return flat.reshape(B, To * flat.shape[-1])
 
-    def forward(self, keypoints: torch.Tensor, mask: torch.Tensor, proprio: torch.Tensor, action: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss of a batch (forward is the loss, for DistributedDataParallel)."""
-        return self.loss(self.condition(keypoints, mask, proprio), action, generator)
+    def forward(self, obs: Encoded, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss of a batch (forward is the loss, for DistributedDataParallel);
+        with keypoint selection, a mask is drawn per sample and its L1 penalty added."""
+        if self.gate is None:
+            return self.loss(self.condition(obs), obs.action, generator)
+        gate = self.gate.sample(len(obs.action), generator)
+        loss = self.loss(self.condition(obs, gate), obs.action, generator)
+        return loss + self.config.selection.sparsity * self.gate.sparsity()
 
     def loss(self, cond: torch.Tensor, action: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         # Drawn on the CPU from the (CPU) generator, so runs are reproducible on any device.
@@ -191,6 +211,6 @@ def build_policy(config: PolicyConfig, keypoints: int, proprio_dim: int) -> Diff
     if config.kind == "rgb":
         from kil.policy.rgb_baseline import ResNet18Encoder
 
-        return DiffusionPolicy(config, ResNet18Encoder(proprio_dim))
+        return DiffusionPolicy(config, ResNet18Encoder(proprio_dim), keypoints)
     encoder = KeypointEncoder(config, keypoint_dim, proprio_dim, keypoints) if config.encoder.use else FlatEncoder(keypoint_dim, proprio_dim, keypoints)
-    return DiffusionPolicy(config, encoder)
+    return DiffusionPolicy(config, encoder, keypoints)

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from kil.config import require
+from kil.errors import ConfigError
 from kil.msgs import ActionChunk, Keypoints, RobotState
 from kil.stage import Stage, subscribe
 
@@ -32,7 +33,10 @@ class PolicyNodeConfig:
         require(self.execute_steps >= 0, "execute_steps", f"must be >= 0, got {self.execute_steps}")
 
 
-class PolicyNode(Stage):
+class PolicyBase(Stage):
+    """Robot-state history and the prediction schedule, shared by the keypoint policy node
+    and the RGB baseline's (stages/policy_rgb.py)."""
+
     Config = PolicyNodeConfig
     outputs = {"chunk": ActionChunk}
 
@@ -51,14 +55,15 @@ class PolicyNode(Stage):
     def on_state(self, state: RobotState) -> None:
         self.states.append(state)
 
-    @subscribe(keypoints=Keypoints)
-    def on_keypoints(self, keypoints: Keypoints) -> None:
-        from kil.policy.inference import Observation
+    def state_at(self, stamp_ns: int) -> RobotState | None:
+        state = next((s for s in reversed(self.states) if s.stamp_ns <= stamp_ns), None)
+        if state is None or stamp_ns - state.stamp_ns > MAX_STATE_AGE_S * 1e9:
+            return None
+        return state
 
-        state = next((s for s in reversed(self.states) if s.stamp_ns <= keypoints.stamp_ns), None)
-        if state is None or keypoints.stamp_ns - state.stamp_ns > MAX_STATE_AGE_S * 1e9:
-            return  # no robot state for this frame yet
-        self.history.append(Observation(keypoints, state))
+    def observe(self, observation) -> None:
+        """Append an observation; predict and publish when the executed part is played out."""
+        self.history.append(observation)
         if self.predictions and self.since_prediction + 1 < self.execute_steps:
             self.since_prediction += 1
             return
@@ -66,6 +71,21 @@ class PolicyNode(Stage):
         self.io.publish("chunk", chunk)
         self.predictions += 1
         self.since_prediction = 0
+
+
+class PolicyNode(PolicyBase):
+    def __init__(self, config: PolicyNodeConfig, io) -> None:
+        super().__init__(config, io)
+        if self.policy.config.kind != "keypoint":
+            raise ConfigError(f"policy: {config.policy} is an {self.policy.config.kind} policy; run it with the policy_rgb stage")
+
+    @subscribe(keypoints=Keypoints)
+    def on_keypoints(self, keypoints: Keypoints) -> None:
+        from kil.policy.inference import Observation
+
+        state = self.state_at(keypoints.stamp_ns)
+        if state is not None:  # else no robot state for this frame yet
+            self.observe(Observation(keypoints, state))
 
 
 STAGE = PolicyNode

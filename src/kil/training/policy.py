@@ -71,9 +71,12 @@ class Trainer:
         attrs = store.attrs
         names = list(attrs["keypoint_names"])
         p = run.policy
-        self.bank = SampleBank(store.episodes(), p.n_obs_steps, p.horizon, p.similarity)
+        self.bank = SampleBank(store.episodes(), p.n_obs_steps, p.horizon, p.similarity, images=p.kind == "rgb")
+        if self.bank.images is not None and tuple(self.bank.images.shape[-3:-1]) != tuple(p.image_size):
+            raise ConfigError(f"policy.image_size: {tuple(p.image_size)} but the store's images are {tuple(self.bank.images.shape[-3:-1])}")
         self.trained_on = TrainedOn(task=attrs["task"], keypoint_names=tuple(names), rate_hz=float(attrs["rate_hz"]),
-                                    keypoint_source=attrs.get("keypoint_source", "image"), feature_model=attrs.get("feature_model"))
+                                    keypoint_source=attrs.get("keypoint_source", "image"), feature_model=attrs.get("feature_model"),
+                                    spec=attrs.get("spec"))
         self.rank, self.world = _distributed()
         t = run.training
         # Every rank draws its own batches; rank r's stream is seeded (seed, r).
@@ -81,14 +84,20 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         everything = torch.arange(len(self.bank))
         fit_generator = torch.Generator().manual_seed(t.seed)
-        samples = [self.bank.batch(everything)] + [augment(self.bank.batch(everything), t.augment, fit_generator) for _ in range(NORMALISER_AUGMENTED_PASSES)]
+        whole = {k: v for k, v in self.bank.batch(everything).items() if k != "images"}  # images are not normalised by stats
+        passes = NORMALISER_AUGMENTED_PASSES if p.kind == "keypoint" else 0  # images cannot be moved with the scene
+        samples = [whole] + [augment(whole, t.augment, fit_generator) for _ in range(passes)]
         codec = Codec.fit(p, samples, _anchor_index(run, names))
         self.policy = Policy.create(run, self.trained_on, codec)
         self.model = self.policy.model.to(self.device).train()
         self.module = self.model
         if self.world > 1:
             self.module = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.95, 0.999))
+        # The selection gate's logits are not decayed: decay would pull every keep probability to 1/2.
+        groups = [{"params": [p for n, p in self.model.named_parameters() if not n.startswith("gate.")]}]
+        if self.model.gate is not None:
+            groups.append({"params": list(self.model.gate.parameters()), "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, betas=(0.95, 0.999))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_with_warmup(s, t.warmup_steps, t.steps))
         self.step = 0
         self.losses: list[float] = []
@@ -124,7 +133,7 @@ class Trainer:
         raw = augment(self.bank.batch(index), t.augment, self.generator)
         enc = self.policy.codec.encode(raw)
         # The module's forward is the loss, so under DDP the gradients are averaged across ranks.
-        loss = self.module(*(x.to(self.device) for x in (enc.keypoints, enc.mask, enc.proprio, enc.action)), generator=self.generator)
+        loss = self.module(enc.to(self.device), generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
