@@ -291,3 +291,124 @@ def test_run_configs_and_presets(tmp_path):
         load_run_config(path)
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_run_config("gpu-huge")
+
+
+def _tiny_spec(directory):
+    """A spec naming the tiny store's keypoints (block/a, block/b, tray/c) on a blank image."""
+    from PIL import Image
+
+    from kil.perception.spec import Category, KeypointSpec, Reference, save_spec
+
+    directory.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48)).save(directory / "ref.png")
+    return save_spec(KeypointSpec("pick_place", [
+        Category("block", "block", [Reference("ref.png", {"a": (10.0, 10.0), "b": (20.0, 10.0)})]),
+        Category("tray", "tray", [Reference("ref.png", {"c": (40.0, 30.0)})]),
+    ]), directory)
+
+
+def test_gumbel_gate_learns_which_keypoints_matter():
+    from kil.policy.selection import KeypointGate
+
+    gate = KeypointGate(3, tau=1.0, init_keep=0.0)
+    optimizer = torch.optim.Adam(gate.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        m = gate.sample(64, generator)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}  # hard masks in the forward pass
+        # Keypoint 0 is needed (dropping it costs), keypoint 1 hurts when kept, keypoint 2 is
+        # irrelevant: only the sparsity penalty acts on it.
+        task = ((1 - m[:, 0]) + m[:, 1]).mean()
+        loss = task + 0.05 * gate.sparsity()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    p = gate.keep_probability()
+    assert p[0] > 0.9 and p[1] < 0.1 and p[2] < 0.5
+    assert gate.selected().tolist() == [True, False, False]
+
+
+def test_atk_selection_trains_jointly_and_writes_the_spec(tmp_path):
+    from kil.perception.spec import load_spec
+    from kil.policy.inference import Policy
+    from kil.training.selection import CANDIDATES_FILE, select_keypoints
+
+    spec_file = _tiny_spec(tmp_path / "spec")
+    before = spec_file.read_bytes()
+    store = make_store(tmp_path / "ds", 2)
+    Store(__import__("zarr").open_group(str(store), mode="r+"), store).root.attrs["spec"] = str(spec_file)
+    config = tmp_path / "select.yaml"
+    config.write_text(
+        "policy: {encoder: {d_model: 32, layers: 1, heads: 2, mlp: 64}, unet_channels: [32, 64], diffusion_step_embed: 32,\n"
+        "         horizon: 8, n_action_steps: 4, inference_steps: 5, selection: {enabled: true, init_keep: 4.0}}\n"
+        "training: {steps: 30, batch_size: 16, warmup_steps: 5, checkpoint_every: 30}\n")
+    # Far too strong a penalty: every keypoint goes, which is refused; the spec is untouched.
+    with pytest.raises(ConfigError, match="dropped every keypoint"):
+        select_keypoints(config, store, tmp_path / "run_strong", {"policy": {"selection": {"sparsity": 50.0, "init_keep": 0.5}},
+                                                                   "training": {"lr": 0.05}})
+    assert spec_file.read_bytes() == before and not (tmp_path / "spec" / CANDIDATES_FILE).exists()
+
+    result = select_keypoints(config, store, tmp_path / "run", {"policy": {"selection": {"sparsity": 0.0}}})
+    assert result.selected == ["block/a", "block/b", "tray/c"] and min(result.keep_probability.values()) > 0.9
+    assert load_spec(tmp_path / "spec").layout().names == tuple(result.selected)
+    assert (tmp_path / "spec" / CANDIDATES_FILE).read_bytes() == before  # the candidates are kept
+
+    # Written elsewhere, with the reference image beside it; a subset keeps only its points.
+    loaded = load_spec(tmp_path / "spec")
+    subset = loaded.subset(["block/b"])
+    assert [c.name for c in subset.categories] == ["block"] and list(subset.categories[0].references[0].keypoints) == ["b"]
+    with pytest.raises(ConfigError, match="no keypoint of the spec is selected"):
+        loaded.subset([])
+
+    # At inference the policy sees exactly its selected keypoints: with one deselected, moving
+    # that keypoint changes nothing.
+    policy = Policy.load(tmp_path / "run")
+    with torch.no_grad():
+        policy.model.gate.logits[2] = torch.tensor([-5.0, 5.0])
+    bank, _ = _bank_and_codec(store)
+    raw = {k: v for k, v in bank.batch(torch.tensor([4])).items() if not k.startswith("action")}
+    moved = dict(raw, keypoints=raw["keypoints"].clone())
+    moved["keypoints"][..., 2, :] += 0.3
+    assert torch.equal(policy.predict_raw(raw, seed=1)["position"], policy.predict_raw(moved, seed=1)["position"])
+    moved["keypoints"][..., 0, :] += 0.3
+    assert not torch.equal(policy.predict_raw(raw, seed=1)["position"], policy.predict_raw(moved, seed=1)["position"])
+
+
+def test_rgb_baseline_trains_and_predicts_from_images(tmp_path):
+    from kil.data.store import field_stats
+    from kil.msgs import RobotState
+    from kil.policy.inference import Observation, Policy
+    from kil.policy.rgb_baseline import ResNet18
+    from kil.training.policy import train
+
+    assert sum(p.numel() for p in ResNet18().parameters()) == pytest.approx(11.17e6, rel=0.01)  # ResNet-18 without its classifier
+    store = Store.create(tmp_path / "ds", {"task": "pick_place", "keypoint_names": ["block/a", "block/b", "tray/c"],
+                                           "keypoint_instance": [0, 0, 1], "rate_hz": 10.0, "horizon": 8, "episodes": []})
+    for i in range(2):
+        e = synthetic_episode(f"episode_{i:04d}", i)
+        rgb = np.zeros((len(e), 32, 48, 3), np.uint8)
+        rgb[:, 8 + 8 * i: 16 + 8 * i, 10:20] = 255  # the object, where it lies
+        e.rgb = rgb
+        store.write_episode(e)
+    store.set_stats(field_stats(store.episodes()))
+    config = tmp_path / "rgb.yaml"
+    config.write_text("preset: rgb\npolicy: {unet_channels: [32, 64], diffusion_step_embed: 32, horizon: 8, n_action_steps: 4,\n"
+                      "         inference_steps: 5, image_size: [32, 48]}\n"
+                      "training: {steps: 6, batch_size: 4, checkpoint_every: 6, log_every: 2}\n")
+    from kil.policy.configuration import load_run_config
+
+    train(load_run_config(config), tmp_path / "ds", tmp_path / "run")
+    policy = Policy.load(tmp_path / "run")
+    assert policy.config.kind == "rgb"
+    state = RobotState(stamp_ns=7, frame_id="base_link", position=[0.5, 0, 0.2], orientation=[1, 0, 0, 0], gripper=0.08)
+    image = np.zeros((480, 640, 3), np.uint8)  # a camera frame: resized to the policy's input
+    chunk = policy.predict([Observation(None, state, image)], seed=3)
+    assert chunk.stamp_ns == 7 and chunk.positions.shape == (4, 3) and np.isfinite(chunk.positions).all()
+    again = Policy.load(tmp_path / "run").predict([Observation(None, state, image)], seed=3)
+    np.testing.assert_array_equal(chunk.positions, again.positions)
+    with pytest.raises(ValueError, match="needs each observation's image"):
+        policy.predict([Observation(None, state)])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: rgb\npolicy: {unet_channels: [32, 64], horizon: 8, n_action_steps: 4, image_size: [64, 64]}\n")
+    with pytest.raises(ConfigError, match=r"policy.image_size: \(64, 64\) but the store's images are \(32, 48\)"):
+        train(load_run_config(bad), tmp_path / "ds", tmp_path / "run2")

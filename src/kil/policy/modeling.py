@@ -47,11 +47,11 @@ class KeypointEncoder(nn.Module):
 
     def forward(self, obs: Encoded, gate: torch.Tensor | None = None) -> torch.Tensor:
         """One step per row: keypoints (B, N, F), mask (B, N) visible, proprio (B, P) -> (B,
-        out_dim). `gate` (B, N) in [0, 1] scales the keypoint tokens (ATK; 0 removes one)."""
+        out_dim). `gate` (B, N) in [0, 1] multiplies the keypoint inputs (ATK's m * K: a
+        dropped keypoint reads as zeros)."""
         mask = obs.mask
-        tokens = torch.cat([self.keypoint_proj(obs.keypoints), self.proprio_proj(obs.proprio)[:, None]], dim=1) + self.index_embedding
-        if gate is not None:
-            tokens = torch.cat([tokens[:, :-1] * gate[..., None], tokens[:, -1:]], dim=1)
+        keypoints = obs.keypoints if gate is None else obs.keypoints * gate[..., None]
+        tokens = torch.cat([self.keypoint_proj(keypoints), self.proprio_proj(obs.proprio)[:, None]], dim=1) + self.index_embedding
         valid = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if self.cls is not None:
             tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
