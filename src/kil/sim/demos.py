@@ -74,12 +74,12 @@ def run_expert(task: str, robot: str, variation: str, seed: int) -> EpisodeResul
     return _run(graph, task, seed, Path(""))
 
 
-def _run(graph: GraphSpec, task: str, seed: int, path: Path) -> EpisodeResult:
+def _run(graph: GraphSpec, task: str, seed: int, path: Path, time_limit_s: float | None = None) -> EpisodeResult:
     from kil.runtimes.local import LocalRuntime
     from kil.sim.tasks import task_config
 
     runtime = LocalRuntime(graph, clock="stepped")
-    stats = runtime.run(task_config(task).time_limit_s)
+    stats = runtime.run(time_limit_s or task_config(task).time_limit_s)
     rig = runtime.stages["rig"]
     return EpisodeResult(path, seed, float(rig.completion), (stats.end_ns - stats.start_ns) / 1e9, stats.stop_reason, rig.keypoint_names)
 

@@ -34,5 +34,8 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
     return load_graph(graph_path(graph or POLICY_GRAPHS[kind]), overrides)
 
 
-def run_policy(policy: str | Path, task: str, robot: str, variation: str, seed: int, **kwargs) -> EpisodeResult:
-    return _run(policy_graph(policy, task, robot, variation, seed, **kwargs), task, seed, Path(""))
+def run_policy(policy: str | Path, task: str, robot: str, variation: str, seed: int, time_limit_s: float | None = None,
+               **kwargs) -> EpisodeResult:
+    """One closed-loop episode (until the task is done and stays so for a second, or the
+    task's time limit)."""
+    return _run(policy_graph(policy, task, robot, variation, seed, **kwargs), task, seed, Path(""), time_limit_s)

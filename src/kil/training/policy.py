@@ -176,10 +176,11 @@ class Trainer:
 
 def train(run: RunConfig, dataset: str | Path, out: str | Path, device: str = "cpu") -> TrainResult:
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out: {out} exists and is not empty (runs are never overwritten; use --resume to continue one)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump({**run.to_dict(), "dataset": str(Path(dataset).resolve())}, sort_keys=False))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the run
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"--out: {out} exists and is not empty (runs are never overwritten; use --resume to continue one)")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump({**run.to_dict(), "dataset": str(Path(dataset).resolve())}, sort_keys=False))
     trainer = Trainer(run, dataset, out, device)
     return trainer.fit()
 
