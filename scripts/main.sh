@@ -4,7 +4,8 @@
 # control), each recorded as a rosbag2 (MCAP) episode with the topics a real rig records;
 # then one episode's topics, a contact sheet of its camera, the scene with its true
 # keypoints, and the task's reference keypoints found in the episode by the project's
-# descriptor net, as PNGs. Output: runs/main/<time>/.
+# descriptor net, as PNGs; finally the training store of the demonstrations (keypoints
+# from the descriptor net) and its LeRobot export. Output: runs/main/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,4 +16,5 @@ out="runs/main/$(date +%Y%m%d-%H%M%S)"
 .venv/bin/kil bag preview "$out/demos/episode_0000" --out "$out/preview.png"
 .venv/bin/kil sim render --task pick_place --robot panda --variation in --seed 0 --out "$out/scene_keypoints.png"
 .venv/bin/kil keypoints show --episode "$out/demos/episode_0000" --model descriptor_net --out "$out/keypoints.png"
+.venv/bin/kil build-dataset "$out/demos" --task pick_place --out "$out/dataset" --lerobot "$out/lerobot"
 echo "main job done: $out"

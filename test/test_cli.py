@@ -92,3 +92,24 @@ def test_keypoints_show_writes_a_png(tmp_path):
 def test_features_train_refuses_a_wrong_output_name(tmp_path):
     result = kil("features", "train", "--out", str(tmp_path / "net.pt"))
     assert result.returncode == 1 and "--out: expected a .safetensors file" in result.stderr
+
+
+def test_train_and_build_dataset_errors_are_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: cpu-small\ntraining: {stepz: 3}\n")
+    assert main(["train", "--config", str(config), "--dataset", str(tmp_path), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "c.yaml: training.stepz: unknown key" in err
+    assert main(["train", "--config", "cpu-small", "--dataset", str(tmp_path), "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not a kil training store" in err
+    assert main(["train", "--config", "cpu-small"]) != 0
+    assert "--dataset, --out required" in capsys.readouterr().err
+    assert main(["build-dataset", str(tmp_path / "nowhere"), "--task", "pick_place", "--out", str(tmp_path / "ds")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nowhere is not a directory" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["build-dataset", str(tmp_path / "empty"), "--task", "pick_place", "--out", str(tmp_path / "ds")]) != 0
+    assert "no rosbag2 episodes" in capsys.readouterr().err
+    assert main(["build-dataset", str(tmp_path / "empty"), "--task", "pick_place", "--out", str(tmp_path / "ds"), "--images", "big"]) != 0
+    assert "--images: expected HEIGHTxWIDTH" in capsys.readouterr().err

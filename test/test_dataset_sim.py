@@ -103,7 +103,6 @@ def test_policy_trained_on_a_recorded_episode_drives_the_sim_rig(recorded, tmp_p
     """Episode -> store (with images) -> a few training steps -> the sim_policy graph runs the
     policy closed loop: chunks stamped with observation times reach the rig through the
     interpolator, and the arm moves."""
-    from kil.graph import load_graph
     from kil.policy.configuration import load_run_config
     from kil.runtimes.local import LocalRuntime
     from kil.sim.rollouts import policy_graph

@@ -52,7 +52,8 @@ def make_store(path, episodes: int):
                                 "rate_hz": 10.0, "horizon": 8, "episodes": []})
     for i in range(episodes):
         store.write_episode(synthetic_episode(f"episode_{i:04d}", i))
-    store.set_stats(field_stats(store.episodes()))
+    if episodes:
+        store.set_stats(field_stats(store.episodes()))
     return path
 
 
@@ -436,3 +437,47 @@ def test_distributed_training_under_torchrun(tiny_store, tmp_path):
     bank, _ = _bank_and_codec(tiny_store)
     raw = {k: v for k, v in bank.batch(torch.tensor([3])).items() if not k.startswith("action")}
     assert torch.isfinite(policy.predict_raw(raw)["position"]).all()
+
+
+def test_keypoint_centred_action_frame_and_similarity_inputs(tmp_path):
+    from dataclasses import replace
+
+    from kil.policy.inference import Policy
+    from kil.training.policy import train
+
+    store = make_store(tmp_path / "ds", 2)
+    run = _run_config(4)
+    centred = replace(run, policy=replace(TINY_POLICY, action_frame="keypoint", action_frame_keypoint="block/a"))
+    train(centred, store, tmp_path / "run")
+    policy = Policy.load(tmp_path / "run")
+    assert policy.codec.anchor == 0
+    bank, _ = _bank_and_codec(store)
+    raw = bank.batch(torch.arange(len(bank)))
+    fields = policy.codec.raw_fields(raw)
+    # Action positions are relative to block/a at the newest observation, and decode back.
+    torch.testing.assert_close(fields["action"][..., :3], raw["action_position"] - raw["keypoints"][:, -1, 0][:, None])
+    decoded = policy.codec.decode_actions(policy.codec.encode(raw).action, raw)
+    torch.testing.assert_close(decoded["position"], raw["action_position"], atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="action_frame_keypoint: 'lid/x' is not a keypoint"):
+        train(replace(run, policy=replace(TINY_POLICY, action_frame="keypoint", action_frame_keypoint="lid/x")), store, tmp_path / "bad")
+
+    # Similarity vectors (paper 000) widen each keypoint token by N; a store without them is refused.
+    with pytest.raises(ConfigError, match="policy.similarity: the store was built without similarity vectors"):
+        train(replace(run, policy=replace(TINY_POLICY, similarity=True)), store, tmp_path / "nosim")
+    with_sim = make_store(tmp_path / "ds_sim", 0)
+    created = Store.open(with_sim)
+    writable = Store(__import__("zarr").open_group(str(with_sim), mode="r+"), with_sim)
+    for i in range(2):
+        e = synthetic_episode(f"episode_{i:04d}", i)
+        e.similarity = np.broadcast_to(np.eye(N_KEYPOINTS, dtype=np.float32), (len(e), N_KEYPOINTS, N_KEYPOINTS)).copy()
+        writable.write_episode(e)
+    from kil.data.store import field_stats
+
+    writable.set_stats(field_stats(writable.episodes()))
+    assert created.path == with_sim
+    train(replace(run, policy=replace(TINY_POLICY, similarity=True)), with_sim, tmp_path / "sim_run")
+    sim_policy = Policy.load(tmp_path / "sim_run")
+    assert sim_policy.model.encoder.keypoint_proj.in_features == 3 + N_KEYPOINTS
+    bank = SampleBank(Store.open(with_sim).episodes(), 2, 8, similarity=True)
+    sample = {k: v for k, v in bank.batch(torch.tensor([2])).items() if not k.startswith("action")}
+    assert torch.isfinite(sim_policy.predict_raw(sample)["position"]).all()

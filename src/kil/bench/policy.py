@@ -67,17 +67,37 @@ def _time(fn, repeats: int) -> np.ndarray:
     return np.array(out) * 1e3
 
 
-def latency(policy_path: str | Path, repeats: int = 50, threads: int = 2, ensembles: tuple[int, ...] = (1, 8)) -> int:
+def random_policy(preset: str, keypoints: int = 7) -> Policy:
+    """An untrained policy of a preset's sizes (for timing: the compute is the real compute)."""
+    from kil.policy.batch import Codec
+    from kil.policy.configuration import load_run_config
+    from kil.policy.inference import TrainedOn
+    from kil.policy.normalizer import MinMax, Normalizer
+
+    run = load_run_config(preset)
+    names = tuple(f"object/kp{i}" for i in range(keypoints))
+    proprio = Codec(run.policy, Normalizer({})).proprio_dim
+    unit = lambda d: MinMax(-torch.ones(d), torch.ones(d))  # noqa: E731
+    codec = Codec(run.policy, Normalizer({"keypoints": unit(3), "proprio": unit(proprio), "action": unit(10)}))
+    torch.manual_seed(0)
+    return Policy.create(run, TrainedOn(task="bench", keypoint_names=names, rate_hz=10.0), codec)
+
+
+def latency(policy_path: str | Path | None, repeats: int = 50, threads: int = 2, ensembles: tuple[int, ...] = (1, 8),
+            preset: str | None = None) -> int:
     console = Console(width=160)
     torch.set_num_threads(threads)
-    table = Table(title=f"policy inference latency, batch 1, {threads} CPU threads ({repeats} runs)")
+    what = f"trained policy {policy_path}" if policy_path else f"untrained {preset} preset"
+    table = Table(title=f"policy inference latency ({what}), batch 1, {threads} CPU threads ({repeats} runs)")
     for col in ("device", "ensemble", "DDIM steps", "fast median ms", "fast p99 ms", "reference median ms", "reference p99 ms",
                 "speed-up", "max |action diff|"):
         table.add_column(col)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         for ensemble in ensembles:
-            policy = Policy.load(policy_path, device=device).with_options(ensemble=ensemble)
+            base = Policy.load(policy_path) if policy_path else random_policy(preset)
+            base.model.to(device)
+            policy = base.with_options(ensemble=ensemble)
             raw = _random_observation(policy, torch.Generator().manual_seed(0))  # inputs arrive on the CPU
             fast = _time(lambda: policy.predict_raw(raw, seed=1), repeats)
             ref = _time(lambda: reference_predict(policy, raw, seed=1), max(5, repeats // 5))

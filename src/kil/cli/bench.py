@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pol.set_defaults(run_suite=_policy)
 
     lat = suites.add_parser("latency", help="policy inference latency: fast path vs reference loop")
-    lat.add_argument("--policy", required=True, help="run directory or checkpoint")
+    which = lat.add_mutually_exclusive_group(required=True)
+    which.add_argument("--policy", help="run directory or checkpoint")
+    which.add_argument("--preset", help="time an untrained policy of this preset's sizes (paper, cpu-small)")
     lat.add_argument("--repeats", type=int, default=50)
     lat.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     lat.add_argument("--ensembles", default="1,8", help="comma-separated ensemble sizes (1: no ensemble)")
@@ -102,4 +104,4 @@ def _policy(args: argparse.Namespace) -> int:
 def _latency(args: argparse.Namespace) -> int:
     from kil.bench import policy
 
-    return policy.latency(args.policy, args.repeats, args.threads, tuple(int(e) for e in _split(args.ensembles)))
+    return policy.latency(args.policy, args.repeats, args.threads, tuple(int(e) for e in _split(args.ensembles)), args.preset)

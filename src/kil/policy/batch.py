@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from kil.data.store import EpisodeData
+from kil.errors import ConfigError
 from kil.policy.configuration import PolicyConfig
 from kil.policy.normalizer import MinMax, Normalizer
 from kil.policy.rotation import rot6d_to_matrix
@@ -70,11 +71,11 @@ class SampleBank:
         keypoints = cat("keypoints").float()
         self.keypoints = torch.where(visible[..., None], keypoints, torch.zeros(()))
         self.visible = visible
-        self.similarity = cat("similarity").float() if similarity else None
         if similarity and any(e.similarity is None for e in episodes):
-            raise ValueError("the policy uses similarity vectors but the store was built without them (kil build-dataset --similarity)")
+            raise ConfigError("policy.similarity: the store was built without similarity vectors (kil build-dataset --similarity)")
         if images and any(e.rgb is None for e in episodes):
-            raise ValueError("the RGB baseline needs images but the store was built without them (kil build-dataset --images)")
+            raise ConfigError("policy.kind: rgb needs images, but the store was built without them (kil build-dataset --images)")
+        self.similarity = cat("similarity").float() if similarity else None
         self.images = cat("rgb") if images else None  # uint8, converted per batch
         self.ee_position = cat("ee_position").float()
         self.ee_rotation = quat_to_matrix_torch(cat("ee_orientation").double()).float()

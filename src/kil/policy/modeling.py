@@ -94,8 +94,19 @@ class FiLMResidualBlock(nn.Module):
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.film(cond)[..., None].chunk(2, dim=1)
+    def observation_term(self, cond: torch.Tensor, step_dim: int) -> torch.Tensor:
+        """The FiLM projection's share from the observation part of the condition (the
+        columns after the `step_dim` step-embedding ones): constant across denoising steps.
+        Mish acts elementwise, so the projection of [step, obs] is the sum of the two shares."""
+        linear = self.film[1]
+        return nn.functional.mish(cond[..., step_dim:]) @ linear.weight[:, step_dim:].T + linear.bias
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, observation_term: torch.Tensor | None = None) -> torch.Tensor:
+        if observation_term is None:
+            film = self.film(cond)
+        else:  # cond holds only the step embedding
+            film = nn.functional.mish(cond) @ self.film[1].weight[:, : cond.shape[-1]].T + observation_term
+        scale, shift = film[..., None].chunk(2, dim=1)
         h = self.first(x) * scale + shift
         return self.second(h) + self.skip(x)
 
@@ -128,21 +139,45 @@ class ConditionalUnet1D(nn.Module):
             ]))
         self.head = nn.Sequential(Conv1dBlock(channels[0], channels[0], kernel), nn.Conv1d(channels[0], action_dim, 1))
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """sample (B, H, A), timestep (B,) or scalar, cond (B, C) -> predicted noise (B, H, A)."""
+    def blocks(self) -> list[FiLMResidualBlock]:
+        """Every FiLM block, in the order forward runs them."""
+        out = []
+        for block1, block2, _ in self.down:
+            out += [block1, block2]
+        out += list(self.mid)
+        for block1, block2, _ in self.up:
+            out += [block1, block2]
+        return out
+
+    def observation_terms(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's FiLM share from the observation condition (B, C): computed once per
+        prediction instead of once per denoising step."""
+        padded = torch.cat([cond.new_zeros(len(cond), self.step_embed), cond], dim=-1)
+        return [block.observation_term(padded, self.step_embed) for block in self.blocks()]
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
+                observation_terms: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """sample (B, H, A), timestep (B,) or scalar, cond (B, C) -> predicted noise (B, H, A).
+        With `observation_terms` (from observation_terms(cond)), cond is not read again."""
         t = timestep.expand(len(sample)) if timestep.dim() == 0 else timestep
-        c = torch.cat([self.step_mlp(sinusoidal_embedding(t, self.step_embed)), cond], dim=-1)
+        step = self.step_mlp(sinusoidal_embedding(t, self.step_embed))
+        if observation_terms is None:
+            c, terms = torch.cat([step, cond], dim=-1), iter(lambda: None, 0)
+        else:
+            c, terms = step, iter(observation_terms)
         x = sample.transpose(1, 2)
         skips = []
         for block1, block2, downsample in self.down:
-            x = block2(block1(x, c), c)
+            x = block1(x, c, next(terms))
+            x = block2(x, c, next(terms))
             skips.append(x)
             x = downsample(x)
         for block in self.mid:
-            x = block(x, c)
+            x = block(x, c, next(terms))
         for block1, block2, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(block2(block1(x, c), c))
+            x = block1(x, c, next(terms))
+            x = upsample(block2(x, c, next(terms)))
         return self.head(x).transpose(1, 2)
 
 
@@ -196,12 +231,13 @@ class DiffusionPolicy(nn.Module):
         return nn.functional.mse_loss(self.unet(noisy, t, cond), noise)
 
     def sample(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDIM from Gaussian noise to a normalised (B, H, 10) chunk; the condition is computed
-        once by the caller and reused at every step."""
+        """DDIM from Gaussian noise to a normalised (B, H, 10) chunk. The observation condition
+        is computed once by the caller, and its FiLM projections once here, for all steps."""
         x = torch.randn((len(cond), self.config.horizon, ACTION_DIM), generator=generator, dtype=cond.dtype).to(cond.device)
         scheduler = self.sample_scheduler
+        terms = self.unet.observation_terms(cond)
         for t in scheduler.timesteps:
-            eps = self.unet(x, t, cond)
+            eps = self.unet(x, t, cond, terms)
             x = scheduler.step(eps, t, x).prev_sample
         return x
 
