@@ -48,11 +48,17 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
     _copy_without(recorded, episodes / "episode_0002", lambda topic, t: topic == "/kil/pose_target")
     shutil.copytree(recorded, episodes / "episode_0003")
     write_metadata(episodes / "episode_0003", read_metadata(recorded).with_updates(success=False))
+    shutil.copytree(recorded, episodes / "episode_0004")  # a damaged file: the MCAP cut in half
+    mcap = next((episodes / "episode_0004").glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    shutil.copytree(recorded, episodes / "episode_0005")  # a hand-edited metadata file gone wrong
+    (episodes / "episode_0005" / "kil_episode.yaml").write_text("task: [pick_place\n")
 
     with caplog.at_level(logging.WARNING, logger="kil.dataset"):
         report = build_dataset(episodes, tmp_path / "ds", BuildConfig(task="pick_place"))
     assert report.kept == ["episode_0000"] and report.unsuccessful == ["episode_0003"]
-    assert set(report.broken) == {"episode_0001", "episode_0002"}
+    assert set(report.broken) == {"episode_0001", "episode_0002", "episode_0004", "episode_0005"}
+    assert all(reason.startswith(str(episodes / name)) and "\n" not in reason for name, reason in report.broken.items())
     assert "camera stream" in report.broken["episode_0001"] and "gap" in report.broken["episode_0001"]
     assert "/kil/pose_target" in report.broken["episode_0002"]
     warnings = [r.getMessage() for r in caplog.records]
@@ -80,8 +86,16 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
     np.testing.assert_array_equal(oracle.action, e.action)
 
     # A rebuild reads the cache: same keypoints without running the feature net.
+    cached = len(list((episodes / CACHE_DIR).glob("episode_0000.*.npz")))  # image and oracle keypoints
     build_dataset(episodes, tmp_path / "ds_again", BuildConfig(task="pick_place"))
     np.testing.assert_array_equal(Store.open(tmp_path / "ds_again").read_episode("episode_0000").keypoints, e.keypoints)
+    assert len(list((episodes / CACHE_DIR).glob("episode_0000.*.npz"))) == cached
+    # A re-recorded episode of the same name is not served stale keypoints.
+    shutil.rmtree(episodes / "episode_0000")
+    shutil.copytree(episodes / "episode_0003", episodes / "episode_0000")
+    write_metadata(episodes / "episode_0000", read_metadata(recorded))
+    build_dataset(episodes, tmp_path / "ds_rerecorded", BuildConfig(task="pick_place"))
+    assert len(list((episodes / CACHE_DIR).glob("episode_0000.*.npz"))) == cached + 1
 
 
 def test_builder_without_a_successful_episode_is_an_error(recorded, tmp_path):

@@ -458,6 +458,16 @@ def test_keypoint_centred_action_frame_and_similarity_inputs(tmp_path):
     torch.testing.assert_close(fields["action"][..., :3], raw["action_position"] - raw["keypoints"][:, -1, 0][:, None])
     decoded = policy.codec.decode_actions(policy.codec.encode(raw).action, raw)
     torch.testing.assert_close(decoded["position"], raw["action_position"], atol=1e-5, rtol=0)
+    # The anchor hidden in the newest observation: the older sighting defines the frame; never
+    # seen: no prediction (the node then sends nothing and the robot holds).
+    one = {k: v[5:6].clone() for k, v in raw.items() if not k.startswith("action")}
+    one["visible"][0, -1, 0] = False
+    one["keypoints"][0, -1, 0] = 0.0
+    torch.testing.assert_close(policy.codec.anchor_position(one)[0], raw["keypoints"][5, 0, 0])
+    assert torch.isfinite(policy.predict_raw(one)["position"]).all()
+    one["visible"][0, :, 0] = False
+    with pytest.raises(ValueError, match="block/a .* is not visible in the observation history"):
+        policy.predict_raw(one)
     with pytest.raises(ConfigError, match="action_frame_keypoint: 'lid/x' is not a keypoint"):
         train(replace(run, policy=replace(TINY_POLICY, action_frame="keypoint", action_frame_keypoint="lid/x")), store, tmp_path / "bad")
 

@@ -31,7 +31,7 @@ def reference_predict(policy: Policy, raw: dict[str, torch.Tensor], seed: int = 
     generator = torch.Generator().manual_seed(seed)
     inputs = policy._ensemble_inputs(raw, generator) if config.ensemble > 1 else raw
     E = inputs["ee_position"].shape[0]
-    x_all = torch.randn((E, config.horizon, 10), generator=generator)
+    x_all = torch.randn((E, config.horizon, 10), generator=generator).to(policy.device)
     chunks = []
     for e in range(E):
         member = {k: v[e: e + 1] for k, v in inputs.items()}

@@ -4,7 +4,9 @@ Each episode is aligned at the policy rate (episode_streams), its keypoints are 
 the same code the live keypoints node runs (features backend + reference matching + depth
 lifting, in batches) or taken from the sim's ground truth ("oracle"), and it is written as
 one group of the store. Keypoints are cached per episode, keyed by everything they depend
-on, so rebuilding with other policy settings does not run the feature network again.
+on (extraction settings, spec, weights, the episode's files), so rebuilding with other
+policy settings does not run the feature network again. The cache lives in
+EPISODES_DIR/.kil_cache, beside the recordings, which are never modified.
 
 A broken episode (missing topic, gap in the camera stream, unreadable bag) is skipped with a
 warning naming it; episodes marked unsuccessful are left out; a build that keeps no episode
@@ -26,7 +28,7 @@ from kil.config import require, to_plain
 from kil.data.episode import read_metadata
 from kil.data.episode_streams import EpisodeStreams, read_streams
 from kil.data.store import EpisodeData, Store, field_stats
-from kil.errors import BagError, ConfigError, KilError
+from kil.errors import BagError, ConfigError
 from kil.graph import GraphSpec, load_graph
 from kil.paths import graph_path
 from kil.perception.spec import spec_path
@@ -68,6 +70,11 @@ class BuildReport:
 
 
 RIG_GRAPHS = {"sim": "sim_demo"}  # the graph each rig's recordings are made with
+
+
+def cache_root(episodes_dir: Path, episodes: list[Path]) -> Path:
+    """Where cached keypoints go: beside the episodes, never inside a recorded bag."""
+    return (episodes_dir.parent if episodes == [episodes_dir] else episodes_dir) / CACHE_DIR
 
 
 def episode_dirs(episodes_dir: Path) -> list[Path]:
@@ -185,16 +192,29 @@ def _episode_graph(config: BuildConfig, episode: Path) -> GraphSpec:
     return load_graph(graph_path(RIG_GRAPHS[rig]))
 
 
+def episode_fingerprint(episode: Path, graph: GraphSpec) -> str:
+    """What an episode's cached keypoints depend on besides the extraction settings: its
+    files (names, sizes, modification times) and the topics it is read through."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in episode.iterdir() if p.is_file())
+    topics = sorted((name, sorted(t.ros_topics.items())) for name, t in graph.topics.items())
+    return hashlib.sha256(json.dumps([files, topics], default=str).encode()).hexdigest()[:16]
+
+
 def _cached(cache: Path | None, compute) -> dict[str, np.ndarray]:
+    """`compute()`, read from or written to `cache`; a cache that cannot be written (e.g. a
+    read-only recordings directory) only costs the recomputation next time."""
     if cache is not None and cache.exists():
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
     arrays = compute()
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, **arrays)
+            tmp.replace(cache)
+        except OSError as err:
+            log.warning("keypoint cache not written (%s); continuing without it", err)
     return arrays
 
 
@@ -231,23 +251,24 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
     source = KeypointSource(config)
     store: Store | None = None
     kept, unsuccessful, broken, samples = [], [], {}, 0
+    cache_dir = cache_root(Path(episodes_dir), episodes) if config.cache else None
     for episode in tqdm(episodes, desc="episodes", unit="ep"):
-        metadata = read_metadata(episode)
-        if metadata is not None and metadata.success is False:
-            unsuccessful.append(episode.name)
-            continue
-        if metadata is not None and metadata.task != config.task:
-            broken[episode.name] = f"{episode}: its task is {metadata.task!r}, not {config.task!r}"
-            log.warning("skipped %s", broken[episode.name])
-            continue
         try:
-            streams = read_streams(episode, _episode_graph(config, episode), config.rate_hz, config.horizon)
-            cache = Path(episodes_dir) / CACHE_DIR / f"{episode.name}.{source.key}.npz" if config.cache else None
+            metadata = read_metadata(episode)
+            if metadata is not None and metadata.success is False:
+                unsuccessful.append(episode.name)
+                continue
+            if metadata is not None and metadata.task != config.task:
+                raise ConfigError(f"{episode}: its task is {metadata.task!r}, not {config.task!r}")
+            graph = _episode_graph(config, episode)
+            streams = read_streams(episode, graph, config.rate_hz, config.horizon)
+            cache = cache_dir / f"{episode.name}.{source.key}.{episode_fingerprint(episode, graph)}.npz" if cache_dir else None
             keypoints = _cached(cache, lambda: source.extract(streams, episode))
             data = _episode_data(streams, keypoints, config.images)
-        except (KilError, OSError, ValueError) as err:
-            broken[episode.name] = str(err)  # names the episode
-            log.warning("skipped %s", err)
+        except Exception as err:  # noqa: BLE001 - any broken episode (bad bag, bad metadata) is skipped, never fatal
+            message = str(err) if str(episode) in str(err) else f"{episode}: {err}"
+            broken[episode.name] = message.splitlines()[0]
+            log.warning("skipped %s", broken[episode.name])
             continue
         if store is None:
             store = Store.create(out, {

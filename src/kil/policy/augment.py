@@ -69,9 +69,10 @@ def shift_images(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     return out.reshape(B, To, 3, h, w).permute(0, 1, 3, 4, 2).round().to(images.dtype)
 
 
-def augment(raw: Batch, config: AugmentConfig, generator: torch.Generator) -> Batch:
+def augment(raw: Batch, config: AugmentConfig, generator: torch.Generator, protected: int | None = None) -> Batch:
     """Spatial transform, noise and dropout for keypoint policies. Camera images cannot be
-    moved with the scene, so with images only the EE noise and a random crop apply."""
+    moved with the scene, so with images only the EE noise and a random crop apply. The
+    `protected` keypoint (the action frame's) is never dropped."""
     if "images" in raw:
         out = dict(raw)
         out["images"] = shift_images(raw["images"], config.image_shift_px, generator)
@@ -96,6 +97,8 @@ def augment(raw: Batch, config: AugmentConfig, generator: torch.Generator) -> Ba
         out["ee_rotation"] = rotvec_matrices(normal(out["ee_position"]) * config.ee_noise_rad) @ out["ee_rotation"]
     if config.keypoint_dropout > 0:
         keep = torch.rand(raw["visible"].shape, generator=generator) >= config.keypoint_dropout
+        if protected is not None:
+            keep[..., protected] = True
         out["visible"] = raw["visible"] & keep
         out["keypoints"] = torch.where(out["visible"][..., None], out["keypoints"], torch.zeros(()))
     return out

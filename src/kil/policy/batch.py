@@ -26,6 +26,7 @@ from kil.policy.rotation import rot6d_to_matrix
 
 Batch = dict[str, torch.Tensor]
 KEYPOINT_QUANTILE = 0.001  # keypoint bounds ignore this tail on each side (rare far-off mismatches)
+QUANTILE_ROWS = 1_000_000
 
 
 def quat_to_matrix_torch(q: torch.Tensor) -> torch.Tensor:
@@ -92,7 +93,7 @@ class SampleBank:
     def keypoint_count(self) -> int:
         return self.keypoints.shape[1]
 
-    def batch(self, index: torch.Tensor) -> Batch:
+    def batch(self, index: torch.Tensor, images: bool = True) -> Batch:
         rows = self.obs_index[index]
         out = {
             "keypoints": self.keypoints[rows], "visible": self.visible[rows], "ee_position": self.ee_position[rows],
@@ -102,7 +103,7 @@ class SampleBank:
         }
         if self.similarity is not None:
             out["similarity"] = self.similarity[rows]
-        if self.images is not None:
+        if self.images is not None and images:
             out["images"] = self.images[rows]
         return out
 
@@ -152,11 +153,19 @@ class Codec:
 
     def anchor_position(self, raw: Batch) -> torch.Tensor:
         """(B, 3) origin of the action frame: the anchor keypoint at the newest observation
-        (zero for the base frame)."""
-        B = raw["ee_position"].shape[0]
+        where it is visible (zero for the base frame; see anchor_visible)."""
+        B, To = raw["ee_position"].shape[:2]
         if self.anchor is None:
             return torch.zeros(B, 3, dtype=raw["ee_position"].dtype)
-        return raw["keypoints"][:, -1, self.anchor]
+        seen = raw["visible"][:, :, self.anchor]
+        newest = (seen * torch.arange(1, To + 1)).argmax(dim=1)
+        return raw["keypoints"][torch.arange(B), newest, self.anchor]
+
+    def anchor_visible(self, raw: Batch) -> torch.Tensor:
+        """(B,) whether the action frame is defined: the anchor was seen in the history."""
+        if self.anchor is None:
+            return torch.ones(raw["ee_position"].shape[0], dtype=torch.bool)
+        return raw["visible"][:, :, self.anchor].any(dim=1)
 
     def raw_fields(self, raw: Batch) -> dict[str, torch.Tensor]:
         """Unnormalised network fields (what the normaliser is fitted on)."""
@@ -193,8 +202,12 @@ class Codec:
         probe = Codec(config, Normalizer({}), anchor)
         fields = [probe.raw_fields(b) for b in samples]
         kp = torch.cat([f["keypoints"][b["visible"]] for f, b in zip(fields, samples)])
+        if len(kp) > QUANTILE_ROWS:  # torch.quantile takes at most 2^24 rows; a fixed subsample is plenty
+            kp = kp[torch.randperm(len(kp), generator=torch.Generator().manual_seed(0))[:QUANTILE_ROWS]]
         low, high = torch.quantile(kp.double(), torch.tensor([KEYPOINT_QUANTILE, 1 - KEYPOINT_QUANTILE], dtype=torch.float64), dim=0).float()
         mm = {"keypoints": MinMax(low, high)}
-        for name in ("proprio", "action"):
-            mm[name] = MinMax.fit(torch.cat([f[name].reshape(-1, f[name].shape[-1]) for f in fields]))
+        mm["proprio"] = MinMax.fit(torch.cat([f["proprio"].reshape(-1, f["proprio"].shape[-1]) for f in fields]))
+        # Only samples whose action frame is defined (always, in the base frame).
+        actions = [f["action"][probe.anchor_visible(b)] for f, b in zip(fields, samples)]
+        mm["action"] = MinMax.fit(torch.cat([a.reshape(-1, a.shape[-1]) for a in actions]))
         return Codec(config, Normalizer(mm), anchor)

@@ -54,10 +54,14 @@ class Observation:
     keypoints: Keypoints | None
     state: RobotState
     image: np.ndarray | None = None
+    image_stamp_ns: int | None = None  # the frame's stamp, with `image`
 
     @property
     def stamp_ns(self) -> int:
-        return self.keypoints.stamp_ns if self.keypoints is not None else self.state.stamp_ns
+        """The camera frame's time (what chunks are stamped with)."""
+        if self.keypoints is not None:
+            return self.keypoints.stamp_ns
+        return self.image_stamp_ns if self.image_stamp_ns is not None else self.state.stamp_ns
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -169,12 +173,17 @@ class Policy:
         out = {k: v.expand(E, *v.shape[1:]).clone() for k, v in raw.items()}
         keep = torch.rand(out["visible"].shape, generator=generator) >= self.config.ensemble_dropout
         keep[0] = True
+        if self.codec.anchor is not None:
+            keep[..., self.codec.anchor] = True  # the action frame stays defined
         out["visible"] = out["visible"] & keep
         return out
 
     @torch.inference_mode()
     def predict_raw(self, raw: Batch, seed: int = 0) -> dict[str, torch.Tensor]:
         """Decoded actions for a raw batch of one: position (H, 3), rotation (H, 3, 3), gripper (H,)."""
+        if not bool(self.codec.anchor_visible(raw).all()):
+            name = self.trained_on.keypoint_names[self.codec.anchor]
+            raise ValueError(f"predict: {name} (the action frame's keypoint) is not visible in the observation history")
         generator = torch.Generator().manual_seed(seed)
         inputs = self._ensemble_inputs(raw, generator) if self.config.ensemble > 1 else raw
         encoded = self.codec.encode(inputs)
@@ -183,7 +192,7 @@ class Policy:
         if self.config.ensemble > 1:
             actions = actions.median(dim=0, keepdim=True).values
         decoded = self.codec.decode_actions(actions, raw)
-        return {k: v[0] for k, v in decoded.items()}
+        return {k: v[0].cpu() for k, v in decoded.items()}
 
     def predict(self, history: list[Observation], seed: int = 0, steps: int | None = None) -> ActionChunk:
         """The next chunk of absolute EE targets, stamped with the newest observation's stamp

@@ -159,7 +159,8 @@ class ConditionalUnet1D(nn.Module):
                 observation_terms: list[torch.Tensor] | None = None) -> torch.Tensor:
         """sample (B, H, A), timestep (B,) or scalar, cond (B, C) -> predicted noise (B, H, A).
         With `observation_terms` (from observation_terms(cond)), cond is not read again."""
-        t = timestep.expand(len(sample)) if timestep.dim() == 0 else timestep
+        t = timestep.to(sample.device)  # scheduler timesteps live on the CPU
+        t = t.expand(len(sample)) if t.dim() == 0 else t
         step = self.step_mlp(sinusoidal_embedding(t, self.step_embed))
         if observation_terms is None:
             c, terms = torch.cat([step, cond], dim=-1), iter(lambda: None, 0)

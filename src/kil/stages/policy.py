@@ -50,6 +50,7 @@ class PolicyBase(Stage):
         self.history: deque = deque(maxlen=self.policy.config.n_obs_steps)
         self.since_prediction = 0
         self.predictions = 0
+        self._reported: set[str] = set()  # reasons logged once
 
     @subscribe(state=RobotState)
     def on_state(self, state: RobotState) -> None:
@@ -67,7 +68,13 @@ class PolicyBase(Stage):
         if self.predictions and self.since_prediction + 1 < self.execute_steps:
             self.since_prediction += 1
             return
-        chunk = self.policy.predict(list(self.history), seed=self.config.seed + self.predictions, steps=self.policy.config.horizon)
+        try:
+            chunk = self.policy.predict(list(self.history), seed=self.config.seed + self.predictions, steps=self.policy.config.horizon)
+        except ValueError as err:  # e.g. the action frame's keypoint unseen: no chunk, the robot holds
+            if str(err) not in self._reported:
+                self._reported.add(str(err))
+                self.io.log.warning("policy: no prediction: %s", err)
+            return
         self.io.publish("chunk", chunk)
         self.predictions += 1
         self.since_prediction = 0

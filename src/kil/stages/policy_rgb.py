@@ -29,7 +29,7 @@ class RgbPolicyNode(PolicyBase):
         if state is None:
             return
         self.last_ns = frame.stamp_ns
-        self.observe(Observation(None, state, frame.rgb))
+        self.observe(Observation(None, state, frame.rgb, frame.stamp_ns))
 
 
 STAGE = RgbPolicyNode

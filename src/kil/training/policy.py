@@ -84,10 +84,15 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         everything = torch.arange(len(self.bank))
         fit_generator = torch.Generator().manual_seed(t.seed)
-        whole = {k: v for k, v in self.bank.batch(everything).items() if k != "images"}  # images are not normalised by stats
+        whole = self.bank.batch(everything, images=False)  # images are not normalised by stats
         passes = NORMALISER_AUGMENTED_PASSES if p.kind == "keypoint" else 0  # images cannot be moved with the scene
-        samples = [whole] + [augment(whole, t.augment, fit_generator) for _ in range(passes)]
-        codec = Codec.fit(p, samples, _anchor_index(run, names))
+        anchor = _anchor_index(run, names)
+        samples = [whole] + [augment(whole, t.augment, fit_generator, anchor) for _ in range(passes)]
+        codec = Codec.fit(p, samples, anchor)
+        # In a keypoint-centred frame a sample whose anchor was never seen has no target.
+        self.usable = torch.nonzero(codec.anchor_visible(whole)).flatten()
+        if len(self.usable) == 0:
+            raise ConfigError(f"policy.action_frame_keypoint: {run.policy.action_frame_keypoint} is never visible in the dataset")
         self.policy = Policy.create(run, self.trained_on, codec)
         self.model = self.policy.model.to(self.device).train()
         self.module = self.model
@@ -105,23 +110,35 @@ class Trainer:
         self.started = time.perf_counter()
 
     # -- state ------------------------------------------------------------------------------
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (every rank calls this: each rank's random state is kept, so a
+        resumed DDP run draws what it would have drawn); rank 0 writes."""
+        generators = [self.generator.get_state()]
+        if self.world > 1:
+            generators = [None] * self.world
+            torch.distributed.all_gather_object(generators, self.generator.get_state())
+        if self.rank != 0:
+            return None
         name = f"{self.step:07d}"
         seconds = round(self.seconds_before + time.perf_counter() - self.started, 1)
         directory = self.policy.save(self.out / "checkpoints" / name, {"step": self.step, "train_seconds": seconds})
         torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "step": self.step,
-                    "generator": self.generator.get_state(), "losses": torch.tensor(self.losses)}, directory / STATE_FILE)
+                    "generators": generators, "losses": torch.tensor(self.losses)}, directory / STATE_FILE)
         (self.out / LATEST_FILE).write_text(f"checkpoints/{name}\n")
+        self._write_curve()
         return directory
 
     def restore(self, checkpoint: Path) -> None:
         loaded = Policy.load(checkpoint)
         self.model.load_state_dict(loaded.model.state_dict())
         self.policy.codec = loaded.codec  # the normaliser it was trained with, not a refit
-        state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+        state = torch.load(checkpoint / STATE_FILE, weights_only=True, map_location="cpu")
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.generator.set_state(state["generator"])
+        if len(state["generators"]) != self.world:
+            raise ConfigError(f"--resume: {checkpoint} was written by {len(state['generators'])} training processes; "
+                              f"resume it with as many (got {self.world})")
+        self.generator.set_state(state["generators"][self.rank])
         self.step = int(state["step"])
         self.losses = state["losses"].tolist()
         self.seconds_before = float(load_yaml(checkpoint / "policy.yaml").get("train_seconds", 0.0))
@@ -129,8 +146,8 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     def train_step(self) -> float:
         t = self.run.training
-        index = torch.randint(0, len(self.bank), (t.batch_size // self.world,), generator=self.generator)
-        raw = augment(self.bank.batch(index), t.augment, self.generator)
+        index = self.usable[torch.randint(0, len(self.usable), (t.batch_size // self.world,), generator=self.generator)]
+        raw = augment(self.bank.batch(index), t.augment, self.generator, self.policy.codec.anchor)
         enc = self.policy.codec.encode(raw)
         # The module's forward is the loss, so under DDP the gradients are averaged across ranks.
         loss = self.module(enc.to(self.device), generator=self.generator)
@@ -160,9 +177,8 @@ class Trainer:
                 if writer is not None:
                     writer.add_scalar("train/loss", recent, self.step)
                     writer.add_scalar("train/lr", self.schedule.get_last_lr()[0], self.step)
-            if self.rank == 0 and (self.step % t.checkpoint_every == 0 or self.step == t.steps):
+            if self.step % t.checkpoint_every == 0 or self.step == t.steps:
                 self.save()
-                self._write_curve()
         bar.close()
         if writer is not None:
             writer.close()
@@ -176,9 +192,13 @@ class Trainer:
 
 def train(run: RunConfig, dataset: str | Path, out: str | Path, device: str = "cpu") -> TrainResult:
     out = Path(out)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes the run
-        if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"--out: {out} exists and is not empty (runs are never overwritten; use --resume to continue one)")
+    rank, world = _distributed()
+    # Every rank checks (so all stop together), then rank 0 alone writes the run.
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out: {out} exists and is not empty (runs are never overwritten; use --resume to continue one)")
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump({**run.to_dict(), "dataset": str(Path(dataset).resolve())}, sort_keys=False))
     trainer = Trainer(run, dataset, out, device)
@@ -193,8 +213,8 @@ def resume(run_dir: str | Path, dataset: str | Path | None = None, device: str =
     if not config_file.is_file():
         raise ConfigError(f"--resume: {run_dir} has no config.yaml (not a kil run directory)")
     data = load_yaml(config_file)
-    dataset = dataset or data.pop("dataset", None)
-    data.pop("dataset", None)
+    recorded_dataset = data.pop("dataset", None)
+    dataset = dataset or recorded_dataset
     run = load_dataclass(RunConfig, data, f"{config_file}:")
     if steps is not None:
         from dataclasses import replace
