@@ -1,0 +1,137 @@
+"""Safety layer between the interpolator and the robot: every pose target passes through it.
+
+The filter turns whatever target arrives (NaN, a jump across the table, a point outside the
+workspace, nothing at all) into the next commanded pose, such that for any input:
+  - the commanded position stays inside the workspace box (base frame);
+  - linear speed and acceleration, angular speed and acceleration stay within their caps
+    (so does the step per tick, speed x period);
+  - the command moves towards the target as fast as the caps allow, braking in time for the
+    target and the workspace walls.
+
+Translation is limited per axis (speed cap/sqrt(3), acceleration cap/sqrt(3)), so the
+vector norms never exceed the caps and each axis can brake for its walls independently.
+Braking uses the discrete-time bound v dt + v^2 / (2a) <= d: a velocity that satisfies it
+for the remaining distance d can always be reduced by at most a dt per tick and still
+satisfy it, so the feasible velocity interval is never empty (see `_wall_bound`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from kil.config import require
+
+AXIS_SHARE = 1.0 / math.sqrt(3.0)  # per-axis caps whose vector sum stays within the norm caps
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    workspace_min: tuple[float, float, float] = (0.25, -0.45, -0.12)  # m, base frame
+    workspace_max: tuple[float, float, float] = (0.80, 0.45, 0.45)
+    max_speed: float = 0.25  # m/s
+    max_acceleration: float = 2.0  # m/s^2
+    max_angular_speed: float = 1.0  # rad/s
+    max_angular_acceleration: float = 8.0  # rad/s^2
+    max_step: float = 0.004  # m per tick
+    rate_hz: float = 100.0
+    gripper_min: float = 0.0  # m
+    gripper_max: float = 0.08
+
+    def __post_init__(self) -> None:
+        require(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)), "workspace_min",
+                f"must be below workspace_max on every axis, got {self.workspace_min} vs {self.workspace_max}")
+        for name in ("max_speed", "max_acceleration", "max_angular_speed", "max_angular_acceleration", "max_step", "rate_hz"):
+            require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        require(0 <= self.gripper_min < self.gripper_max, "gripper_min", f"must be in [0, gripper_max), got {self.gripper_min}")
+
+
+def _wall_bound(distance: np.ndarray, accel: float, dt: float) -> np.ndarray:
+    """Largest speed towards something `distance` away from which the axis can still stop
+    in time: v dt + v^2 / (2 accel) <= distance. If v satisfies it for d, the bound for the
+    next tick's distance d - v dt is at least v - accel dt (so braking needs at most the cap)."""
+    d = np.maximum(distance, 0.0)
+    return accel * (-dt + np.sqrt(dt * dt + 2.0 * d / accel))
+
+
+def _clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v if n <= limit else v * (limit / n)
+
+
+class SafetyFilter:
+    """Commanded pose, one tick at a time; `step(target)` returns the next command and the
+    set of reasons the target was not taken as it was (empty when it was)."""
+
+    def __init__(self, limits: SafetyLimits, position: np.ndarray, orientation: np.ndarray) -> None:
+        self.limits = limits
+        self.dt = 1.0 / limits.rate_hz
+        self.lo = np.asarray(limits.workspace_min, float)
+        self.hi = np.asarray(limits.workspace_max, float)
+        self.position = np.asarray(position, float).copy()
+        self.rotation = Rotation.from_quat(np.asarray(orientation, float))
+        self.velocity = np.zeros(3)
+        self.angular_velocity = np.zeros(3)
+        self.axis_speed = min(limits.max_speed, limits.max_step * limits.rate_hz) * AXIS_SHARE
+        self.axis_accel = limits.max_acceleration * AXIS_SHARE
+
+    @property
+    def orientation(self) -> np.ndarray:
+        return self.rotation.as_quat()
+
+    def step(self, position: np.ndarray | None, orientation: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, set[str]]:
+        reasons: set[str] = set()
+        target_p, target_q = self._sanitise(position, orientation, reasons)
+        self._translate(target_p, reasons)
+        self._rotate(target_q, reasons)
+        return self.position.copy(), self.orientation, reasons
+
+    def gripper(self, opening: float) -> tuple[float | None, set[str]]:
+        """A gripper opening within the limits; None (send nothing) for a non-finite one."""
+        if not math.isfinite(opening):
+            return None, {"gripper not finite"}
+        clipped = min(max(opening, self.limits.gripper_min), self.limits.gripper_max)
+        return clipped, ({"gripper out of range"} if clipped != opening else set())
+
+    def _sanitise(self, position, orientation, reasons: set[str]) -> tuple[np.ndarray, Rotation]:
+        p = None if position is None else np.asarray(position, float)
+        q = None if orientation is None else np.asarray(orientation, float)
+        if p is None or q is None:
+            reasons.add("no target: holding")
+            return self.position.copy(), self.rotation
+        if p.shape != (3,) or q.shape != (4,) or not (np.isfinite(p).all() and np.isfinite(q).all()) or np.linalg.norm(q) < 1e-6:
+            reasons.add("target not finite: holding")
+            return self.position.copy(), self.rotation
+        clamped = np.clip(p, self.lo, self.hi)
+        if not np.array_equal(clamped, p):
+            reasons.add("target outside the workspace: clamped")
+        return clamped, Rotation.from_quat(q / np.linalg.norm(q))
+
+    def _translate(self, target: np.ndarray, reasons: set[str]) -> None:
+        dt, V, A = self.dt, self.axis_speed, self.axis_accel
+        error = target - self.position
+        # Desired: reach the target, braking for it, as fast as allowed.
+        desired = np.sign(error) * np.minimum(np.abs(error) / dt, _wall_bound(np.abs(error), A, dt))
+        low = np.maximum.reduce([np.full(3, -V), self.velocity - A * dt, -_wall_bound(self.position - self.lo, A, dt)])
+        high = np.minimum.reduce([np.full(3, V), self.velocity + A * dt, _wall_bound(self.hi - self.position, A, dt)])
+        velocity = np.clip(desired, low, np.maximum(low, high))  # the interval is never empty; max() guards rounding
+        if not np.allclose(velocity, error / dt, atol=1e-9):
+            reasons.add("speed limited")
+        moved = np.clip(self.position + velocity * dt, self.lo, self.hi)  # the clip only absorbs rounding
+        self.velocity = (moved - self.position) / dt
+        self.position = moved
+
+    def _rotate(self, target: Rotation, reasons: set[str]) -> None:
+        dt, W, A = self.dt, self.limits.max_angular_speed, self.limits.max_angular_acceleration
+        error = (target * self.rotation.inv()).as_rotvec()  # base-frame rotation still to go
+        angle = float(np.linalg.norm(error))
+        wanted = _clip_norm(error / dt, min(W, float(_wall_bound(np.array(angle), A, dt))))
+        # Both ends lie in the speed ball, so the step towards `wanted` stays inside it.
+        omega = self.angular_velocity + _clip_norm(wanted - self.angular_velocity, A * dt)
+        if not np.allclose(omega, error / dt, atol=1e-9):
+            reasons.add("turn rate limited")
+        self.angular_velocity = omega
+        self.rotation = Rotation.from_rotvec(omega * dt) * self.rotation

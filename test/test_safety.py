@@ -1,0 +1,92 @@
+"""The safety layer's filter under generated adversarial targets: whatever arrives, no
+command leaves the workspace or exceeds a speed, acceleration or step cap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from kil.errors import ConfigError
+from kil.stages.safety import SafetyFilter, SafetyLimits
+
+LIMITS = SafetyLimits()
+DT = 1.0 / LIMITS.rate_hz
+EPS = 1e-9
+DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+
+finite = st.floats(-3.0, 3.0, allow_nan=False)
+wild = st.one_of(finite, st.sampled_from([np.nan, np.inf, -np.inf, 1e9, -1e9]))
+positions = st.one_of(st.none(), st.tuples(wild, wild, wild).map(np.array))
+quaternions = st.one_of(st.none(), st.tuples(wild, wild, wild, wild).map(np.array))
+# A target is held for a few ticks (like interpolated chunks) or changes every tick.
+targets = st.lists(st.tuples(positions, quaternions, st.integers(1, 40)), min_size=1, max_size=25)
+starts = st.tuples(*(st.floats(lo, hi) for lo, hi in zip(LIMITS.workspace_min, LIMITS.workspace_max))).map(np.array)
+
+
+def run(start, schedule):
+    f = SafetyFilter(LIMITS, start, DOWN)
+    poses = [(f.position.copy(), f.rotation)]
+    for p, q, ticks in schedule:
+        for _ in range(ticks):
+            position, orientation, _ = f.step(p, q)
+            poses.append((position, Rotation.from_quat(orientation)))
+    return poses
+
+
+def check_caps(poses):
+    lo, hi = np.array(LIMITS.workspace_min), np.array(LIMITS.workspace_max)
+    p = np.array([x for x, _ in poses])
+    assert (p >= lo - EPS).all() and (p <= hi + EPS).all()
+    v = np.diff(p, axis=0) / DT
+    assert np.linalg.norm(v, axis=1).max(initial=0) <= LIMITS.max_speed + 1e-7
+    assert (np.linalg.norm(np.diff(p, axis=0), axis=1).max(initial=0)) <= LIMITS.max_step + 1e-9
+    accel = np.diff(np.vstack([np.zeros(3), v]), axis=0) / DT  # from rest
+    assert np.linalg.norm(accel, axis=1).max(initial=0) <= LIMITS.max_acceleration + 1e-6
+    omega = np.array([(b * a.inv()).as_rotvec() / DT for (_, a), (_, b) in zip(poses, poses[1:])]).reshape(-1, 3)
+    assert np.linalg.norm(omega, axis=1).max(initial=0) <= LIMITS.max_angular_speed + 1e-6
+    alpha = np.diff(np.vstack([np.zeros(3), omega]), axis=0) / DT
+    assert np.linalg.norm(alpha, axis=1).max(initial=0) <= LIMITS.max_angular_acceleration + 1e-4
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=starts, schedule=targets)
+def test_no_command_leaves_the_workspace_or_exceeds_a_cap(start, schedule):
+    check_caps(run(start, schedule))
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=starts, goal=st.tuples(finite, finite, finite).map(np.array), turn=st.tuples(finite, finite, finite).map(np.array))
+def test_a_steady_target_is_reached_exactly(start, goal, turn):
+    """Within the caps it still gets there: the clamped goal and the target orientation."""
+    q = (Rotation.from_rotvec(turn / 3) * Rotation.from_quat(DOWN)).as_quat()
+    poses = run(start, [(goal, q, 800)])
+    check_caps(poses)
+    position, rotation = poses[-1]
+    np.testing.assert_allclose(position, np.clip(goal, LIMITS.workspace_min, LIMITS.workspace_max), atol=1e-6)
+    assert (rotation * Rotation.from_quat(q).inv()).magnitude() < 1e-6
+
+
+def test_bad_targets_hold_and_say_why():
+    f = SafetyFilter(LIMITS, np.array([0.5, 0.0, 0.2]), DOWN)
+    for target, reason in (((np.array([np.nan, 0, 0]), DOWN), "target not finite: holding"),
+                           ((None, None), "no target: holding"),
+                           ((np.array([0.5, 0.0, 0.2]), np.zeros(4)), "target not finite: holding")):
+        position, orientation, reasons = f.step(*target)
+        assert reason in reasons
+        np.testing.assert_array_equal(position, [0.5, 0.0, 0.2])
+    _, _, reasons = f.step(np.array([5.0, 0.0, 0.2]), DOWN)
+    assert "target outside the workspace: clamped" in reasons and "speed limited" in reasons
+    assert f.gripper(0.2) == (LIMITS.gripper_max, {"gripper out of range"})
+    assert f.gripper(float("nan"))[0] is None and f.gripper(0.03) == (0.03, set())
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="workspace_min: must be below workspace_max"):
+        SafetyLimits(workspace_min=(1.0, 0.0, 0.0), workspace_max=(0.5, 1.0, 1.0))
+    from kil.config import load_dataclass
+
+    with pytest.raises(ConfigError, match="safety: max_speed: must be > 0"):
+        load_dataclass(SafetyLimits, {"max_speed": 0}, "safety:")
