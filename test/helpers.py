@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from kil.geometry import matrix_to_quat
-from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
+from kil.msgs import RGBD, ActionChunk, EStop, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
 
 STAMP = 1_700_000_123_456_789_012
 BASE = "panda_link0"
@@ -132,4 +132,5 @@ def sample_of_every_type(rng: np.random.Generator) -> dict[str, object]:
         "ActionChunk": sample_chunk(rng),
         "PoseCommand": sample_pose_command(rng),
         "GripperCommand": sample_gripper_command(),
+        "EStop": EStop(STAMP, engaged=True),
     }

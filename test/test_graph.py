@@ -66,7 +66,7 @@ def test_unknown_topic_type(tmp_path):
         topics: {/t: {type: Twist}}
         nodes: {}
         """,
-        "topics./t.type: unknown message type 'Twist' (known: RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand)",
+        "topics./t.type: unknown message type 'Twist' (known: RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand, EStop)",
     )
 
 

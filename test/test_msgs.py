@@ -23,8 +23,8 @@ def check(error_pattern, build):
     assert "\n" not in str(info.value)
 
 
-def test_all_eight_types_are_registered():
-    assert set(MESSAGE_TYPES) == {"RGBD", "FeatureMap", "Keypoints", "Image", "RobotState", "ActionChunk", "PoseCommand", "GripperCommand"}
+def test_all_types_are_registered():
+    assert set(MESSAGE_TYPES) == {"RGBD", "FeatureMap", "Keypoints", "Image", "RobotState", "ActionChunk", "PoseCommand", "GripperCommand", "EStop"}
 
 
 @pytest.mark.parametrize("position", [[np.nan, 0, 0], [0, np.inf, 0]])

@@ -90,3 +90,71 @@ def test_limits_are_validated():
 
     with pytest.raises(ConfigError, match="safety: max_speed: must be > 0"):
         load_dataclass(SafetyLimits, {"max_speed": 0}, "safety:")
+
+
+ADVERSARY_GRAPH = """
+name: adversary
+topics:
+  /state: {type: RobotState}
+  /chunk: {type: ActionChunk}
+  /target: {type: PoseCommand}
+  /gripper: {type: GripperCommand}
+  /command: {type: PoseCommand}
+  /gripper_command: {type: GripperCommand}
+nodes:
+  interpolator: {stage: interpolator, params: {max_speed: 5.0, max_angular_speed: 20.0},
+                 subscribe: {chunk: /chunk, state: /state, commanded: /command}, publish: {target: /target, gripper: /gripper}}
+  safety: {stage: safety, params: {rig: sim, chunk_max_age_s: 0}, subscribe: {target: /target, gripper: /gripper, state: /state, chunk: /chunk},
+           publish: {command: /command, gripper: /gripper_command}}
+  sink: {stage: toy_stages.sink, subscribe: {command: /command, gripper: /gripper_command}}
+"""
+far = st.floats(-5.0, 5.0, allow_nan=False)
+chunks = st.lists(
+    st.tuples(
+        st.integers(-3000, 500),  # stamp relative to now, ms: stale, reversed, or in the future
+        st.sampled_from([0.001, 0.01, 0.1, 1.0]),  # dt
+        st.lists(st.tuples(far, far, far), min_size=2, max_size=6),  # jumps across and out of the workspace
+        st.floats(0.0, 0.3),  # gripper beyond its range
+        st.floats(0.0, 3.2),  # yaw
+    ),
+    min_size=1, max_size=6,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sequence=chunks)
+def test_adversarial_chunks_through_interpolator_and_safety_stay_within_the_rig_limits(tmp_path_factory, sequence):
+    """Chunks with stale or reversed stamps, huge jumps and targets outside the workspace go
+    through the interpolator (with caps far above the rig's) and the safety node: every command
+    the robot gets is inside the sim rig's box and within its caps."""
+    from kil.graph import load_graph
+    from kil.msgs import ActionChunk, RobotState
+    from kil.rigs import load_rig
+    from kil.runtimes.local import LocalRuntime
+
+    limits = load_rig("sim").safety
+    path = tmp_path_factory.mktemp("adversary") / "g.yaml"
+    path.write_text(ADVERSARY_GRAPH)
+    runtime = LocalRuntime(load_graph(path), clock="stepped")
+    start = np.array([0.5, 0.0, 0.2])
+    runtime.at(0.0, lambda: runtime.inject("/state", RobotState(runtime.clock.now_ns(), "base_link", start, DOWN, 0.04)))
+    for k, (offset_ms, dt, points, grip, yaw) in enumerate(sequence):
+        def send(offset_ms=offset_ms, dt=dt, points=points, grip=grip, yaw=yaw):
+            stamp = max(0, runtime.clock.now_ns() + offset_ms * 1_000_000)
+            q = (Rotation.from_euler("z", yaw) * Rotation.from_quat(DOWN)).as_quat()
+            runtime.inject("/chunk", ActionChunk(stamp, "base_link", dt, np.array(points), np.tile(q, (len(points), 1)), np.full(len(points), grip)))
+        runtime.at(0.05 + 0.15 * k, send)
+    runtime.run(0.05 + 0.15 * len(sequence) + 0.5)
+    commands = runtime.stages["sink"].of("command")
+    assert len(commands) >= 50  # commands flow (at 100 Hz) whatever the chunks were
+    p = np.array([c.position for c in commands])
+    lo, hi = np.array(limits.workspace_min), np.array(limits.workspace_max)
+    assert (p >= lo - EPS).all() and (p <= hi + EPS).all()
+    dt = 1.0 / limits.rate_hz
+    v = np.diff(np.vstack([start, p]), axis=0) / dt
+    assert np.linalg.norm(v, axis=1).max() <= limits.max_speed + 1e-7
+    assert np.linalg.norm(np.diff(np.vstack([np.zeros(3), v]), axis=0), axis=1).max() / dt <= limits.max_acceleration + 1e-6
+    omega = [(Rotation.from_quat(b.orientation) * Rotation.from_quat(a.orientation).inv()).magnitude() / dt for a, b in zip(commands, commands[1:])]
+    assert max(omega, default=0.0) <= limits.max_angular_speed + 1e-6
+    grippers = [g.position for g in runtime.stages["sink"].of("gripper")]
+    assert all(limits.gripper_min <= g <= limits.gripper_max for g in grippers)

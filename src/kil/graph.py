@@ -190,7 +190,7 @@ def _node(name: str, entry: _NodeEntry, topics: dict[str, TopicSpec], source: st
             raise GraphError(f"{where}.subscribe.{port}: {stage.__name__} has no such input (inputs: {', '.join(inputs) or 'none'})")
         _check_topic(f"{where}.subscribe.{port}", inputs.get(port), topic, topics)
     for port in inputs:
-        if port not in entry.subscribe:
+        if port not in entry.subscribe and port not in stage.optional_ports():
             raise GraphError(f"{where}.subscribe.{port}: input port of {stage.__name__} is not connected to a topic")
     for sub in stage.subscriptions():
         for port in sub.ports if len(sub.ports) > 1 else ():

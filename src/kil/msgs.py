@@ -366,9 +366,24 @@ class GripperCommand:
         _set(self, "max_effort", _check_scalar(o, "max_effort", self.max_effort, minimum=0.0))
 
 
+@dataclass(frozen=True, eq=False)
+class EStop:
+    """An emergency stop request: `engaged` true stops the robot until the safety node's
+    clear service is called (false is only a report; it clears nothing)."""
+
+    stamp_ns: int
+    engaged: bool
+
+    def __post_init__(self) -> None:
+        _set(self, "stamp_ns", _check_stamp("EStop", self.stamp_ns))
+        if not isinstance(self.engaged, (bool, np.bool_)):
+            raise _fail("EStop", "engaged", f"expected a bool, got {self.engaged!r}")
+        _set(self, "engaged", bool(self.engaged))
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand)
+    for cls in (RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand, EStop)
 }
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 from kil.config import load_dataclass, load_yaml, require
 from kil.errors import ConfigError
 from kil.paths import share_dir
+from kil.stages.safety import SafetyLimits
 
 RIGS = ("franka", "ur5e", "sim")
 
@@ -60,11 +61,16 @@ class RigConfig:
     drivers: tuple[DriverLaunch, ...] = ()
     driver_graph: str = ""  # a kil graph whose nodes are this rig's drivers (the simulated rig)
     record_topics: tuple[str, ...] = ()
+    safety: SafetyLimits = field(default_factory=SafetyLimits)  # what the safety node enforces
     feature_model: str = "radio"  # the features node's default backend (config/features/); paper 001 matches with RADIO
 
     def __post_init__(self) -> None:
         require(self.control_rate_hz > 0, "control_rate_hz", "must be > 0")
         require(all(t.startswith("/") for t in self.record_topics), "record_topics", "topics must be absolute (start with /)")
+        require(self.safety.gripper_max <= self.gripper.max_opening + 1e-9, "safety.gripper_max",
+                f"{self.safety.gripper_max} exceeds the gripper's max_opening {self.gripper.max_opening}")
+        require(self.safety.max_step * self.safety.rate_hz <= self.safety.max_speed * 1.5, "safety.max_step",
+                "allows far more than max_speed per tick (max_step x rate_hz should be about max_speed)")
 
 
 def load_rig(name: str) -> RigConfig:

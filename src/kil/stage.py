@@ -7,7 +7,8 @@ A stage is a plain class with a config dataclass. It declares
   stamp (within ``slop_s``); ``@subscribe_any()`` with ``(port, msg)`` for whatever ports
   the graph description connects (a recorder);
 * outputs, in ``outputs = {"port": MessageClass}``, published with ``self.io.publish``;
-* timers, with ``@every(hz="rate_hz")`` (a config field) or ``@every(period_s=0.01)``.
+* timers, with ``@every(hz="rate_hz")`` (a config field) or ``@every(period_s=0.01)``;
+* services, with ``@service("clear_estop")`` on a method returning ``(success, message)``.
 
 It receives a `StageIO` from the runtime for publishing, the clock, TF and logging, and
 never learns whether it runs in one process or as a ROS 2 node. Stages never import ROS.
@@ -28,6 +29,7 @@ from kil.errors import ConfigError
 
 _SUBSCRIPTION_ATTR = "_kil_subscription"
 _TIMER_ATTR = "_kil_timer"
+_SERVICE_ATTR = "_kil_service"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Subscription:
     ports: dict[str, type]
     slop_s: float = 0.0
     any_port: bool = False
+    optional: bool = False  # a single-port input the graph may leave unconnected
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,16 @@ class TimerSpec:
         return int(round(1e9 / value if self.hz is not None else value * 1e9))
 
 
-def subscribe(slop_s: float = 0.0, **ports: type) -> Callable:
-    """Decorate a method taking one message per port (in keyword order), matched by stamp."""
+def subscribe(slop_s: float = 0.0, optional: bool = False, **ports: type) -> Callable:
+    """Decorate a method taking one message per port (in keyword order), matched by stamp.
+    An `optional` (single) port may be left unconnected by the graph."""
     if not ports:
         raise TypeError("subscribe() needs at least one port=MessageClass")
+    if optional and len(ports) != 1:
+        raise TypeError("subscribe(optional=True) takes exactly one port")
 
     def mark(fn: Callable) -> Callable:
-        setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, dict(ports), slop_s))
+        setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, dict(ports), slop_s, optional=optional))
         return fn
 
     return mark
@@ -76,6 +82,17 @@ def subscribe_any() -> Callable:
 
     def mark(fn: Callable) -> Callable:
         setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, {}, any_port=True))
+        return fn
+
+    return mark
+
+
+def service(name: str) -> Callable:
+    """Decorate a method ``() -> (success, message)`` callable from outside the graph: a
+    std_srvs/Trigger service ``~/<name>`` in ROS 2, `LocalRuntime.call_service` locally."""
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _SERVICE_ATTR, name)
         return fn
 
     return mark
@@ -149,6 +166,16 @@ class Stage:
     @classmethod
     def timers(cls) -> list[TimerSpec]:
         return [getattr(fn, _TIMER_ATTR) for fn in _members(cls) if hasattr(fn, _TIMER_ATTR)]
+
+    @classmethod
+    def services(cls) -> dict[str, str]:
+        """Service name -> method name."""
+        return {getattr(fn, _SERVICE_ATTR): fn.__name__ for fn in _members(cls) if hasattr(fn, _SERVICE_ATTR)}
+
+    @classmethod
+    def optional_ports(cls) -> set[str]:
+        """Input ports the graph may leave unconnected."""
+        return {port for sub in cls.subscriptions() if sub.optional for port in sub.ports}
 
     @classmethod
     def input_ports(cls) -> dict[str, type]:

@@ -22,7 +22,7 @@ import numpy as np
 from kil.converters import image, keypoints, pose, trajectory
 from kil.converters.factory import MessageFactory, time_ns
 from kil.errors import MessageError
-from kil.msgs import RGBD, ActionChunk, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
+from kil.msgs import RGBD, ActionChunk, EStop, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
 from kil.sync import StampSynchronizer
 
 # (parent frame, child frame, stamp_ns) -> (4, 4) pose of child in parent
@@ -216,6 +216,18 @@ class GripperCommandWire(WireFormat):
         return pose.gripper_command_from_ros(messages[""], receive_ns)
 
 
+class EStopWire(WireFormat):
+    message_type = EStop
+    roles = (Role("", "std_msgs/msg/Bool"),)
+    stamped = False
+
+    def to_ros(self, msg: EStop, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": factory.new("std_msgs/msg/Bool", data=msg.engaged)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> EStop:
+        return EStop(stamp_ns=receive_ns, engaged=bool(messages[""].data))
+
+
 WIRE_FORMATS: dict[type, WireFormat] = {
     wire.message_type: wire
     for wire in (
@@ -227,6 +239,7 @@ WIRE_FORMATS: dict[type, WireFormat] = {
         ActionChunkWire(),
         PoseCommandWire(),
         GripperCommandWire(),
+        EStopWire(),
     )
 }
 

@@ -95,10 +95,12 @@ class LocalRuntime:
         self._subscribers: dict[str, list[Callable[[Any], None]]] = {t: [] for t in graph.topics}
         self._timers: list[tuple[str, Callable[[], None], int]] = []  # scheduled when run() starts
         self._stop_reason: str | None = None
+        self._pending_at: list[tuple[float, Callable[[], None]]] = []
         self.log = logging.getLogger("kil.local")
         self.stages: dict[str, Stage] = {name: self._build(node) for name, node in graph.nodes.items()}
+        optional = {node.subscribe[p] for node in graph.nodes.values() for p in node.stage_class.optional_ports() if p in node.subscribe}
         for topic, subscribers in self._subscribers.items():
-            if subscribers and not graph.publishers(topic):
+            if subscribers and not graph.publishers(topic) and topic not in optional:  # e.g. an e-stop: published from outside
                 self.log.warning("topic %s has subscribers but no publisher in graph %s", topic, graph.name)
 
     def _build(self, node: NodeSpec) -> Stage:
@@ -111,7 +113,8 @@ class LocalRuntime:
                         self._subscribers[topic].append(lambda msg, p=port, cb=callback: cb(p, msg))
             elif len(sub.ports) == 1:
                 (port,) = sub.ports
-                self._subscribers[node.subscribe[port]].append(callback)
+                if port in node.subscribe:  # an optional port may be unconnected
+                    self._subscribers[node.subscribe[port]].append(callback)
             else:
                 topics = [node.subscribe[p] for p in sub.ports]
                 depth = max(self.graph.topics[t].qos.depth for t in topics)
@@ -155,6 +158,26 @@ class LocalRuntime:
             callback, msg = self._deliveries.popleft()
             callback(msg)
 
+    def call_service(self, node: str, service: str) -> tuple[bool, str]:
+        """Call a stage's service (what `ros2 service call` does on a robot)."""
+        stage = self.stages[node]
+        methods = type(stage).services()
+        if service not in methods:
+            raise KeyError(f"node {node}: no service {service!r} (services: {', '.join(methods) or 'none'})")
+        result = getattr(stage, methods[service])()
+        self._drain()
+        return result
+
+    def at(self, time_s: float, callback: Callable[[], None]) -> None:
+        """Run `callback` once `time_s` seconds of clock time after the run starts (an
+        operator's action in a scripted run: an e-stop, a service call, a key)."""
+        self._pending_at.append((time_s, callback))
+
+    def inject(self, topic: str, msg: Any) -> None:
+        """Publish `msg` on `topic` from outside the graph (what `ros2 topic pub` does)."""
+        self._publish("<external>", topic, msg)
+        self._drain()
+
     def request_stop(self, reason: str) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -170,6 +193,8 @@ class LocalRuntime:
             end = None if duration_s is None else start + int(round(duration_s * 1e9))
             for label, callback, period_ns in self._timers:
                 self._start_timer(label, callback, period_ns, start)
+            for time_s, callback in self._pending_at:
+                self._schedule(start + int(round(time_s * 1e9)), callback)
             self._drain()
             while self._stop_reason is None and self._events:
                 deadline = self._events[0][0]

@@ -6,6 +6,8 @@ already in the past when it arrives are dropped, and the rest replace the unexec
 the previous chunk. Between knots, position is linear and rotation slerp; a segment that
 would need more than the speed caps is stretched in time (a later knot keeps its planned
 time when the caps allow it).
+Behind a safety node, the "last commanded pose" is the one the safety node sent (its output
+fed back on the optional `commanded` port).
 The gripper follows the newest waypoint due, sent when it changes by more than the
 hysteresis. Ticks run on the runtime's absolute deadlines (period n at start + n/rate), not
 on sleep(dt), so the 100 Hz stream neither drifts nor bunches.
@@ -101,6 +103,13 @@ class Interpolator(Stage):
         if self.commanded is None:  # before any command, the robot's own pose is where we are
             self.commanded = (state.position.copy(), Rotation.from_quat(state.orientation), state.gripper)
             self.frame_id = state.frame_id
+
+    @subscribe(commanded=PoseCommand, optional=True)
+    def on_commanded(self, command: PoseCommand) -> None:
+        """What the safety node actually sent: a new chunk continues from there (after a
+        hold, the robot is where the safety node stopped it, not where the old chunk went)."""
+        if self.commanded is not None:
+            self.commanded = (command.position.copy(), Rotation.from_quat(command.orientation), self.commanded[2])
 
     @subscribe(chunk=ActionChunk)
     def on_chunk(self, chunk: ActionChunk) -> None:

@@ -18,7 +18,7 @@ from kil.config import require
 from kil.geometry import matrix_to_quat, quat_to_matrix
 from kil.msgs import RGBD, GripperCommand, Keypoints, PoseCommand, RobotState
 from kil.sim.world import CameraConfig
-from kil.stage import Stage, every, subscribe
+from kil.stage import Stage, every, service, subscribe
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,18 @@ class SimRig(Stage):
         self.keypoint_names = tuple(self.world.keypoints()[0])  # ground truth, by index
         self.completion: float | None = None
         self._done_since_ns: int | None = None
+        self.camera_on = True
+
+    @service("stop_camera")
+    def stop_camera(self) -> tuple[bool, str]:
+        """Fault injection: the camera stops publishing (as if unplugged) until start_camera."""
+        self.camera_on = False
+        return True, "camera stopped"
+
+    @service("start_camera")
+    def start_camera(self) -> tuple[bool, str]:
+        self.camera_on = True
+        return True, "camera started"
 
     def start(self) -> None:
         self.io.send_transform(self.config.base_frame, "sim/table", _translation(0, 0, self.world.table_z), self.io.now_ns(), static=True)
@@ -101,7 +113,7 @@ class SimRig(Stage):
 
     @every(hz="camera_rate_hz")
     def publish_frame(self) -> None:
-        if not self.config.render:
+        if not (self.config.render and self.camera_on):
             return
         now = self.io.now_ns()
         rgb, depth = self.world.render()

@@ -178,6 +178,8 @@ class StageShell:
         self._setup_inputs()
         for timer in self.spec.stage_class.timers():
             node.create_timer(timer.period_ns(config) / 1e9, getattr(self.stage, timer.method))
+        for service, method in self.spec.stage_class.services().items():
+            self._add_service(service, getattr(self.stage, method))
         timeout = float(node.get_parameter(WATCHDOG_PARAM).value)
         if self._inputs and timeout > 0:
             node.create_timer(timeout, self._check_inputs)
@@ -263,7 +265,7 @@ class StageShell:
                 for port in (p for p in self.spec.subscribe if p not in declared):
                     single = Subscription(sub.method, {port: self.graph.topics[self.spec.subscribe[port]].type})
                     self._add_input(single, lambda msg, p=port, cb=callback: cb(p, msg))
-            else:
+            elif all(port in self.spec.subscribe for port in sub.ports):  # optional ports may be unconnected
                 self._add_input(sub, callback)
 
     def _add_input(self, sub: Subscription, callback: Callable[..., None]) -> None:
@@ -295,6 +297,15 @@ class StageShell:
             sync = message_filters.TimeSynchronizer(subscribers, queue)
         sync.registerCallback(lambda *msgs, e=entry: self._on_messages(e, *msgs))
         self._keep.extend([*subscribers, sync])
+
+    def _add_service(self, name: str, method: Callable[[], tuple[bool, str]]) -> None:
+        from std_srvs.srv import Trigger
+
+        def handle(_request: Any, response: Any) -> Any:
+            response.success, response.message = method()
+            return response
+
+        self._keep.append(self.node.create_service(Trigger, f"~/{name}", handle))
 
     def _on_messages(self, entry: _Input, *ros_msgs: Any) -> None:
         if len(entry.channels) == 1:
