@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from kil.bench.stats import clopper_pearson
 from kil.policy.inference import Policy
 
 
@@ -108,47 +106,3 @@ def latency(policy_path: str | Path | None, repeats: int = 50, threads: int = 2,
                           f"{np.median(ref):.1f}", f"{np.percentile(ref, 99):.1f}", f"{np.median(ref) / np.median(fast):.1f}x", f"{diff:.2e} m")
     console.print(table)
     return 0
-
-
-def closed_loop(policy_path: str | Path, task: str, robot: str, variations: list[str], episodes: int, seed: int = 1000) -> int:
-    from kil.sim.demos import episode_seed
-    from kil.sim.rollouts import run_policy
-
-    console = Console(width=160)
-    facts = training_facts(policy_path)
-    console.print(f"[bold]policy[/bold] {policy_path}: {facts}")
-    table = Table(title=f"closed loop, {task} on the {robot}, {episodes} episodes per variation (seed {seed})")
-    for col in ("variation", "success", "95% CI (Clopper-Pearson)", "mean completion", "mean duration s"):
-        table.add_column(col)
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("closed-loop episodes", total=len(variations) * episodes)
-        for variation in variations:
-            results = []
-            for i in range(episodes):
-                results.append(run_policy(policy_path, task, robot, variation, episode_seed(seed, i)))
-                progress.advance(bar)
-                console.print(f"  {variation} episode {i}: completion {results[-1].completion:.2f} after {results[-1].duration_s:.1f} s")
-            wins = sum(r.success for r in results)
-            lo, hi = clopper_pearson(wins, episodes)
-            table.add_row(variation, f"{wins}/{episodes} = {wins / episodes:.0%}", f"[{lo:.0%}, {hi:.0%}]",
-                          f"{np.mean([r.completion for r in results]):.2f}", f"{np.mean([r.duration_s for r in results]):.1f}")
-    console.print(table)
-    return 0
-
-
-def _meta(policy_path: str | Path) -> dict:
-    from kil.config import load_yaml
-    from kil.policy.inference import POLICY_FILE, checkpoint_dir
-
-    return load_yaml(checkpoint_dir(policy_path) / POLICY_FILE)
-
-
-def trained_task(policy_path: str | Path) -> str:
-    return _meta(policy_path)["trained_on"]["task"]
-
-
-def training_facts(policy_path: str | Path) -> str:
-    meta = _meta(policy_path)
-    seconds = meta.get("train_seconds")
-    took = f"{seconds / 60:.1f} min" if seconds is not None else "unknown"
-    return f"{meta.get('step', '?')} training steps in {took}; trained on {meta['trained_on']['task']} ({meta['trained_on']['keypoint_source']} keypoints)"

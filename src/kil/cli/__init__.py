@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "annotate": ("kil.cli.annotate", "click reference keypoints on a recorded frame in a local web page"),
     "build-dataset": ("kil.cli.dataset", "turn recorded episodes into a training store with keypoints"),
     "train": ("kil.cli.train", "train a keypoint diffusion policy"),
-    "eval": (None, "run closed-loop episodes in the sim and report success rates"),
+    "eval": ("kil.cli.eval", "run closed-loop episodes in the sim and report success rates"),
     "bench": ("kil.cli.bench", "benchmarks that print speed, memory and quality figures"),
     "models": ("kil.cli.models", "feature backends: where each looks for weights and whether they are present"),
     "features": ("kil.cli.features", "train the dense descriptor net on simulated views"),

@@ -92,13 +92,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
-    from kil.bench import policy
-    from kil.bench.policy import trained_task
+    from kil.sim.rollouts import evaluate, trained_task
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
-    task = args.task or trained_task(args.policy)
-    return policy.closed_loop(args.policy, task, args.robot, _split(args.variations), args.episodes, args.seed)
+    evaluate(args.policy, args.task or trained_task(args.policy), args.robot, _split(args.variations), args.episodes, args.seed)
+    return 0
 
 
 def _latency(args: argparse.Namespace) -> int:

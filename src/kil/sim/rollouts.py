@@ -15,7 +15,7 @@ POLICY_GRAPHS = {"keypoint": "sim_policy", "rgb": "sim_policy_rgb"}  # by the po
 
 
 def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed: int, feature_model: str | None = None,
-                 policy_seed: int = 0, graph: str | None = None) -> GraphSpec:
+                 policy_seed: int = 0, graph: str | None = None, video: str | Path | None = None) -> GraphSpec:
     """The closed-loop graph set to one episode and one trained policy (its feature backend
     and keypoint spec are the ones the policy was trained with, unless overridden)."""
     from kil.config import load_yaml
@@ -26,6 +26,7 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
     overrides = {
         "rig": {"task": task, "robot": robot, "variation": variation, "seed": seed},
         "policy": {"policy": str(policy), "seed": policy_seed},
+        "visualisation": {"video": str(video or "")},
     }
     if kind == "keypoint":
         model = feature_model or trained_on.get("feature_model") or "descriptor_net"
@@ -35,7 +36,65 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
 
 
 def run_policy(policy: str | Path, task: str, robot: str, variation: str, seed: int, time_limit_s: float | None = None,
-               **kwargs) -> EpisodeResult:
+               video: str | Path | None = None, **kwargs) -> EpisodeResult:
     """One closed-loop episode (until the task is done and stays so for a second, or the
-    task's time limit)."""
-    return _run(policy_graph(policy, task, robot, variation, seed, **kwargs), task, seed, Path(""), time_limit_s)
+    task's time limit); `video`: an MP4 of the camera with keypoints and commanded path."""
+    graph = policy_graph(policy, task, robot, variation, seed, video=video, **kwargs)
+    return _run(graph, task, seed, Path(video or ""), time_limit_s)
+
+
+def evaluate(policy: str | Path, task: str, robot: str, variations: list[str], episodes: int, seed: int = 1000,
+             video_dir: str | Path | None = None) -> dict[str, list[EpisodeResult]]:
+    """Closed-loop episodes per variation; prints each episode and a table with 95%
+    Clopper-Pearson intervals for success and Wald intervals for completion."""
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from kil.bench.stats import clopper_pearson, wald
+    from kil.sim.demos import episode_seed
+
+    console = Console(width=160)
+    console.print(f"[bold]policy[/bold] {policy}: {training_facts(policy)}")
+    table = Table(title=f"closed loop through the live graph, {task} on the {robot}, {episodes} episodes per variation (seed {seed})")
+    for col in ("variation", "success", "95% CI (Clopper-Pearson)", "completion", "95% CI (Wald)", "mean duration s"):
+        table.add_column(col)
+    results: dict[str, list[EpisodeResult]] = {}
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("closed-loop episodes", total=len(variations) * episodes)
+        for variation in variations:
+            runs = results[variation] = []
+            for i in range(episodes):
+                video = None if video_dir is None else Path(video_dir) / f"{task}_{variation}_{i:03d}.mp4"
+                runs.append(run_policy(policy, task, robot, variation, episode_seed(seed, i), video=video))
+                progress.advance(bar)
+                console.print(f"  {variation} episode {i}: completion {runs[-1].completion:.2f} after {runs[-1].duration_s:.1f} s"
+                              + (f" -> {video}" if video else ""))
+            wins = sum(r.success for r in runs)
+            lo, hi = clopper_pearson(wins, episodes)
+            completion = [r.completion for r in runs]
+            clo, chi = wald(completion)
+            table.add_row(variation, f"{wins}/{episodes} = {wins / episodes:.0%}", f"[{lo:.0%}, {hi:.0%}]",
+                          f"{np.mean(completion):.2f}", f"[{clo:.2f}, {chi:.2f}]", f"{np.mean([r.duration_s for r in runs]):.1f}")
+    console.print(table)
+    return results
+
+
+def _meta(policy_path: str | Path) -> dict:
+    from kil.config import load_yaml
+    from kil.policy.inference import POLICY_FILE, checkpoint_dir
+
+    return load_yaml(checkpoint_dir(policy_path) / POLICY_FILE)
+
+
+def trained_task(policy_path: str | Path) -> str:
+    return _meta(policy_path)["trained_on"]["task"]
+
+
+def training_facts(policy_path: str | Path) -> str:
+    meta = _meta(policy_path)
+    seconds = meta.get("train_seconds")
+    took = f"{seconds / 60:.1f} min" if seconds is not None else "unknown"
+    return f"{meta.get('step', '?')} training steps in {took}; trained on {meta['trained_on']['task']} ({meta['trained_on']['keypoint_source']} keypoints)"
+
