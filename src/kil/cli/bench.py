@@ -4,6 +4,7 @@
   match      naive vs exact fast image matcher (time, peak memory), feature-backend latency
   keypoints  keypoint accuracy (px, mm) of feature backends on held-out simulated frames
   policy     closed-loop success of a trained policy in the sim (Clopper-Pearson intervals)
+  live       the live graph on the real-time clock: interpolator jitter, end-to-end and per-node latency
   latency    policy inference latency: fast path vs a straightforward reference loop
 """
 
@@ -54,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pol.add_argument("--seed", type=int, default=1000, help="batch seed (disjoint from the demonstrations')")
     pol.set_defaults(run_suite=_policy)
 
+    liv = suites.add_parser("live", help="timing of the live graph: interpolator jitter, end-to-end and per-node latency")
+    liv.add_argument("--policy", required=True, help="run directory (kil train --out) or checkpoint")
+    liv.add_argument("--duration", type=float, default=60.0, help="seconds of real-time closed loop")
+    liv.add_argument("--task", default=None, help="task (default: the one the policy was trained on)")
+    liv.add_argument("--robot", default="panda")
+    liv.add_argument("--seed", type=int, default=1000, help="episode seed")
+    liv.set_defaults(run_suite=_live)
+
     lat = suites.add_parser("latency", help="policy inference latency: fast path vs reference loop")
     which = lat.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", help="run directory or checkpoint")
@@ -89,6 +98,14 @@ def _keypoints(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     return args.run_suite(args)
+
+
+def _live(args: argparse.Namespace) -> int:
+    from kil.bench.live import live
+
+    if args.duration <= 0:
+        raise ConfigError(f"--duration: must be > 0 seconds, got {args.duration:g}")
+    return live(args.policy, args.duration, args.task, args.robot, seed=args.seed)
 
 
 def _policy(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ POLICY_GRAPHS = {"keypoint": "sim_policy", "rgb": "sim_policy_rgb"}  # by the po
 
 
 def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed: int, feature_model: str | None = None,
-                 policy_seed: int = 0, graph: str | None = None, video: str | Path | None = None) -> GraphSpec:
+                 policy_seed: int = 0, graph: str | None = None, video: str | Path | None = None,
+                 rig_params: dict | None = None) -> GraphSpec:
     """The closed-loop graph set to one episode and one trained policy (its feature backend
     and keypoint spec are the ones the policy was trained with, unless overridden)."""
     from kil.config import load_yaml
@@ -24,7 +25,7 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
     meta = load_yaml(checkpoint_dir(policy) / POLICY_FILE)
     trained_on, kind = meta["trained_on"], meta["run"]["policy"]["kind"]
     overrides = {
-        "rig": {"task": task, "robot": robot, "variation": variation, "seed": seed},
+        "rig": {"task": task, "robot": robot, "variation": variation, "seed": seed, **(rig_params or {})},
         "policy": {"policy": str(policy), "seed": policy_seed},
         "visualisation": {"video": str(video or "")},
     }

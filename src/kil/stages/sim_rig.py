@@ -21,6 +21,9 @@ from kil.sim.world import CameraConfig
 from kil.stage import Stage, every, service, subscribe
 
 
+MAX_CATCH_UP_STEPS = 20  # physics steps one late control tick may run
+
+
 @dataclass(frozen=True)
 class SimRigConfig:
     robot: str = "panda"
@@ -65,6 +68,7 @@ class SimRig(Stage):
         self.completion: float | None = None
         self._done_since_ns: int | None = None
         self.camera_on = True
+        self._last_control_ns: int | None = None
 
     @service("stop_camera")
     def stop_camera(self) -> tuple[bool, str]:
@@ -93,7 +97,13 @@ class SimRig(Stage):
 
     @every(hz="control_hz")
     def control(self) -> None:
-        self.world.step(*self._target, self._gripper_opening)
+        # On the real-time clock a tick can come late (a render on this thread): physics
+        # catches up so sim time keeps pace with the clock. On the stepped clock: one step.
+        now, period = self.io.now_ns(), 1e9 / self.config.control_hz
+        steps = 1 if self._last_control_ns is None else int(min(max(round((now - self._last_control_ns) / period), 1), MAX_CATCH_UP_STEPS))
+        self._last_control_ns = now
+        for _ in range(steps):
+            self.world.step(*self._target, self._gripper_opening)
 
     @every(hz="state_rate_hz")
     def publish_state(self) -> None:
