@@ -1,12 +1,15 @@
 """Run kil live on a rig: drivers and calibration (rig.launch.py), the kil graph, RViz.
 
-    ros2 launch kil bringup.launch.py rig:=franka robot_ip:=172.16.0.2 graph:=<graph>
+    ros2 launch kil bringup.launch.py rig:=franka robot_ip:=172.16.0.2 task:=pick_place policy:=runs/pp
+    ros2 launch kil bringup.launch.py rig:=ur5e fake_hardware:=true task:=pick_place policy:=runs/pp rviz:=true
     ros2 launch kil bringup.launch.py rig:=sim drivers:=false graph:=synthetic_record \
         set:="recorder.path=/tmp/episode_0000"
 
-Every node of the graph description (config/graphs/<graph>.yaml) becomes one kil_node
-process; `set` overrides node parameters ("node.param=value", several separated by
-spaces), validated before anything starts.
+By default the graph is config/graphs/live.yaml (features -> keypoints -> policy ->
+interpolator -> safety -> the rig's Cartesian controller, plus visualisation), its topics
+renamed to the rig's (config/rigs/<rig>.yaml) and its nodes set for `task` and `policy`.
+Every node of the graph becomes one kil_node process; `set` overrides node parameters
+("node.param=value", several separated by spaces), validated before anything starts.
 """
 
 import shlex
@@ -17,14 +20,28 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from kil.graph import parse_overrides
+from kil.errors import ConfigError
+from kil.graph import merge_params, parse_overrides
 from kil.paths import share_dir
+from kil.rigs import live_params, load_rig
 from kil.runtimes.ros2.launch import declare_rig_arguments, graph_launch_actions, rig_actions
+
+EXTRACTIONS = ["im"]  # image matching (paper 001's IM); the others need their models on the robot PC
 
 
 def graph_actions(context) -> list:
-    overrides = parse_overrides(shlex.split(LaunchConfiguration("set").perform(context)))
-    return graph_launch_actions(LaunchConfiguration("graph").perform(context), overrides)
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    rig = load_rig(arg("rig"))
+    overrides = parse_overrides(shlex.split(arg("set")))
+    graph = arg("graph")
+    if graph == "live":
+        if not arg("policy"):
+            raise ConfigError("policy:=RUN is required (the run directory of a trained policy, kil train --out)")
+        base = live_params(rig, arg("task"), arg("policy"))
+        overrides = {node: merge_params(base.get(node, {}), overrides.get(node, {})) for node in {*base, *overrides}}
+    return graph_launch_actions(graph, overrides, rig=rig.name)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -32,7 +49,10 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
             *declare_rig_arguments(),
-            DeclareLaunchArgument("graph", description="graph description: a name under config/graphs/ or a YAML path"),
+            DeclareLaunchArgument("graph", default_value="live", description="graph description: a name under config/graphs/ or a YAML path"),
+            DeclareLaunchArgument("task", default_value="pick_place", description="task: its reference keypoints (config/tasks/<task>/)"),
+            DeclareLaunchArgument("policy", default_value="", description="run directory of the trained policy (kil train --out)"),
+            DeclareLaunchArgument("extraction", default_value="im", choices=EXTRACTIONS, description="keypoint extraction: image matching"),
             DeclareLaunchArgument("set", default_value="", description="node parameter overrides: 'node.param=value ...'"),
             DeclareLaunchArgument("rviz", default_value="true", choices=["true", "false"], description="start RViz with config/rviz/kil.rviz"),
             OpaqueFunction(function=rig_actions),

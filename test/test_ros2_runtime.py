@@ -85,8 +85,8 @@ def test_graph_nodes_for_launch():
     assert [n.name for n in launches] == ["counter", "scaler", "collector"]
     assert all(n.executable == EXECUTABLE and n.package == "kil" for n in launches)
     counter = launches[0].parameters
-    assert counter == {"graph": str(TOY.resolve()), "graph_node": "counter", "rate_hz": 25.0, "frame": "base", "limit": 0}
-    assert launches[2].parameters == {"graph": str(TOY.resolve()), "graph_node": "collector"}
+    assert counter == {"graph": str(TOY.resolve()), "graph_node": "counter", "rig": "", "rate_hz": 25.0, "frame": "base", "limit": 0}
+    assert launches[2].parameters == {"graph": str(TOY.resolve()), "graph_node": "collector", "rig": ""}
     with pytest.raises(GraphError, match=r"nodes\.counter\.params\.rate_hz: expected float, got 'x'"):
         graph_nodes(TOY, {"counter": {"rate_hz": "x"}})
 
@@ -96,6 +96,48 @@ def test_rig_files_load(name):
     rig = load_rig(name)
     assert rig.name == name and rig.pose_target_topic.startswith("/")
     assert rig.camera.image in rig.record_topics and "/tf_static" in rig.record_topics
+
+
+@pytest.mark.parametrize("name", RIGS)
+def test_live_graph_takes_each_rigs_topics_limits_and_parameters(name):
+    """What bringup.launch.py starts for a rig, validated here: every node of the live graph
+    with the rig's ROS topic names, wire options, safety limits and the task and policy."""
+    from kil.graph import load_graph
+    from kil.paths import graph_path
+    from kil.rigs import graph_topics, live_params
+
+    rig = load_rig(name)
+    spec = load_graph(graph_path("live"), live_params(rig, "pick_place", "runs/pp"), graph_topics(rig))
+    camera = spec.topics["/camera"]
+    assert camera.ros_topics == {"image": rig.camera.image, "depth": rig.camera.depth, "camera_info": rig.camera.camera_info}
+    assert (camera.options.base_frame, camera.options.rgb_encoding) == (rig.base_frame, rig.camera.rgb_encoding)
+    assert spec.topics["/robot_state"].ros_topics == {"pose": rig.ee_pose_topic, "joints": rig.joint_states_topic}
+    assert spec.topics["/robot_state"].options.gripper_joints == rig.gripper.joints
+    assert spec.topics["/kil/pose_target"].ros_topics == {"": rig.pose_target_topic}  # only the safety node publishes it
+    assert spec.publishers("/kil/pose_target") == ["safety"]
+    assert spec.nodes["safety"].config.rig == name and spec.nodes["policy"].config.policy == "runs/pp"
+    assert spec.nodes["interpolator"].config.max_speed == rig.safety.max_speed
+    launches = graph_nodes("live", live_params(rig, "pick_place", "runs/pp"), rig=name)
+    assert {n.name for n in launches} == set(spec.nodes) and all(n.parameters["rig"] == name for n in launches)
+    limits = rig.safety
+    assert all(lo < hi for lo, hi in zip(limits.workspace_min, limits.workspace_max))
+    assert limits.max_step * limits.rate_hz <= limits.max_speed * 1.5 and limits.gripper_max <= rig.gripper.max_opening
+
+
+def test_rig_file_errors_name_the_key(tmp_path, monkeypatch):
+    from kil.config import load_dataclass, load_yaml
+    from kil.errors import ConfigError
+    from kil.paths import share_dir
+    from kil.rigs import RigConfig
+
+    data = load_yaml(share_dir() / "config" / "rigs" / "franka.yaml")
+    data["safety"]["workspace_min"] = [0.9, -0.45, 0.02]
+    with pytest.raises(ConfigError, match=r"franka\.yaml: safety: workspace_min: must be below workspace_max"):
+        load_dataclass(RigConfig, data, "franka.yaml:")
+    data = load_yaml(share_dir() / "config" / "rigs" / "franka.yaml")
+    data["safety"]["gripper_max"] = 0.2
+    with pytest.raises(ConfigError, match=r"safety\.gripper_max: 0\.2 exceeds the gripper's max_opening"):
+        load_dataclass(RigConfig, data, "franka.yaml:")
 
 
 def test_driver_arguments_need_an_address_for_real_hardware():
@@ -176,8 +218,10 @@ def test_launch_descriptions():
     assert len(actions) == 3 and all(isinstance(a, Node) for a in actions)
     bringup = get_launch_description_from_python_launch_file(str(ROOT / "launch" / "bringup.launch.py"))
     arguments = {a.name: a for a in bringup.get_launch_arguments()}
-    assert {"rig", "graph", "set", "rviz", "drivers", "robot_ip", "fake_hardware"} <= set(arguments)
+    assert {"rig", "graph", "task", "policy", "extraction", "set", "rviz", "drivers", "robot_ip", "fake_hardware"} <= set(arguments)
     assert arguments["rig"].choices == ["franka", "ur5e", "sim"]
+    record = get_launch_description_from_python_launch_file(str(ROOT / "launch" / "record_demos.launch.py"))
+    assert {"rig", "out"} <= {a.name for a in record.get_launch_arguments()}
 
 
 def _ros_env() -> dict[str, str]:

@@ -115,13 +115,23 @@ class GraphSpec:
         return [n.name for n in self.nodes.values() if topic in n.publish.values()]
 
 
-def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
-    """Load and validate a graph description; `overrides` maps node -> params to merge in."""
-    return parse_graph(load_yaml(path), str(path), overrides)
+def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None,
+               topics: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
+    """Load and validate a graph description; `overrides` maps node -> params to merge in,
+    `topics` maps topic -> {roles, options} to merge in (a rig's ROS topic names)."""
+    return parse_graph(load_yaml(path), str(path), overrides, topics)
 
 
-def parse_graph(data: Any, source: str, overrides: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
+def parse_graph(data: Any, source: str, overrides: dict[str, dict[str, Any]] | None = None,
+                topics: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
     """Validate graph description data (already parsed YAML) from `source`."""
+    if topics and isinstance(data, dict) and isinstance(data.get("topics"), dict):
+        data = copy.deepcopy(data)
+        for name, extra in topics.items():
+            entry = data["topics"].get(name)
+            if isinstance(entry, dict):  # topics the graph does not have are not added
+                for key in ("roles", "options"):
+                    entry[key] = {**(entry.get(key) or {}), **extra.get(key, {})}
     try:
         entry = load_dataclass(_GraphEntry, data, f"{source}:")
     except ConfigError as err:
@@ -146,10 +156,10 @@ def _topic(name: str, entry: _TopicEntry, source: str) -> TopicSpec:
     except ConfigError as err:
         raise GraphError(str(err)) from None
     wire = wire_format(msg_type)
-    known_roles = [r.name for r in wire.roles if r.name]
+    known_roles = [r.name for r in wire.roles]  # "" renames a one-role topic
     for role, ros_topic in entry.roles.items():
         if role not in known_roles:
-            raise GraphError(f"{where}.roles.{role}: {entry.type} has no role {role!r} (roles: {', '.join(known_roles) or 'none'})")
+            raise GraphError(f"{where}.roles.{role}: {entry.type} has no role {role!r} (roles: {', '.join(r for r in known_roles if r) or 'none'})")
         if not _TOPIC_NAME.match(ros_topic):
             raise GraphError(f"{where}.roles.{role}: invalid ROS 2 topic name {ros_topic!r}")
     try:

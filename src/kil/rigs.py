@@ -73,6 +73,30 @@ class RigConfig:
                 "allows far more than max_speed per tick (max_step x rate_hz should be about max_speed)")
 
 
+def graph_topics(rig: RigConfig) -> dict[str, dict]:
+    """The rig's ROS topic names and wire options for the live graph's topics (merged into
+    the graph description by `load_graph(..., topics=...)`)."""
+    c, g = rig.camera, rig.gripper
+    return {
+        "/camera": {"roles": {"image": c.image, "depth": c.depth, "camera_info": c.camera_info},
+                    "options": {"base_frame": rig.base_frame, "rgb_encoding": c.rgb_encoding, "depth_encoding": c.depth_encoding}},
+        "/robot_state": {"roles": {"pose": rig.ee_pose_topic, "joints": rig.joint_states_topic},
+                         "options": {"gripper_joints": list(g.joints), "gripper_scale": g.scale, "gripper_offset": g.offset}},
+        "/kil/pose_target": {"roles": {"": rig.pose_target_topic}},
+    }
+
+
+def live_params(rig: RigConfig, task: str, policy: str) -> dict[str, dict]:
+    """Node parameters of the live graph for a rig, task and trained policy."""
+    return {
+        "features": {"model": rig.feature_model},
+        "keypoints": {"spec": task, "model": rig.feature_model},
+        "policy": {"policy": policy},
+        "interpolator": {"max_speed": rig.safety.max_speed, "max_angular_speed": rig.safety.max_angular_speed},
+        "safety": {"rig": rig.name},
+    }
+
+
 def load_rig(name: str) -> RigConfig:
     """The rig description `config/rigs/<name>.yaml`."""
     if name not in RIGS:

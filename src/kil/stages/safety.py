@@ -155,7 +155,7 @@ def load_rig(name: str):
 class SafetyConfig:
     rig: str = "sim"  # config/rigs/<rig>.yaml: its base frame and `safety` limits are enforced
     keypoint_max_age_s: float = 0.5  # hold when the newest keypoints are older (0: no watchdog)
-    chunk_max_age_s: float = 1.2  # hold when the newest chunk's observation is older (0: no watchdog)
+    chunk_max_age_s: float = 2.0  # hold when the newest chunk's observation is older (0: no watchdog); a chunk spans 1.5 s
     silence_ticks: float = 2.5  # brake on our own clock when the interpolator skips this many periods
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from kil.errors import ConfigError
 from kil.graph import load_graph, parse_overrides
 from kil.paths import graph_path
-from kil.rigs import RIGS, CameraCalibration, DriverLaunch, RigConfig, load_calibration, load_rig
+from kil.rigs import RIGS, CameraCalibration, DriverLaunch, RigConfig, graph_topics, load_calibration, load_rig
 from kil.runtimes.ros2.params import flatten_config
 
 PACKAGE = "kil"
@@ -40,17 +40,19 @@ def graph_nodes(
     graph: str | Path,
     overrides: dict[str, dict[str, Any]] | None = None,
     only: list[str] | None = None,
+    rig: str = "",
 ) -> list[NodeLaunch]:
     """One NodeLaunch per node of the graph (or of `only`), parameters validated now so a
-    bad launch argument fails before any process starts."""
+    bad launch argument fails before any process starts; with `rig`, the graph's topics
+    carry that rig's ROS topic names (each node applies the same, from its `rig` parameter)."""
     path = graph_path(graph).resolve()
-    spec = load_graph(path, overrides)
+    spec = load_graph(path, overrides, graph_topics(load_rig(rig)) if rig else None)
     names = list(spec.nodes) if only is None else only
     unknown = [n for n in names if n not in spec.nodes]
     if unknown:
         raise KeyError(f"{path}: no node(s) {unknown} (nodes: {', '.join(spec.nodes)})")
     return [
-        NodeLaunch(name, {"graph": str(path), "graph_node": name, **flatten_config(spec.nodes[name].config)})
+        NodeLaunch(name, {"graph": str(path), "graph_node": name, "rig": rig, **flatten_config(spec.nodes[name].config)})
         for name in names
     ]
 
@@ -60,6 +62,7 @@ def graph_launch_actions(
     overrides: dict[str, dict[str, Any]] | None = None,
     only: list[str] | None = None,
     namespace: str = "",
+    rig: str = "",
 ) -> list[Any]:
     """launch_ros Node actions for `graph_nodes` (imports launch_ros)."""
     from launch_ros.actions import Node
@@ -74,7 +77,7 @@ def graph_launch_actions(
             output="screen",
             emulate_tty=True,
         )
-        for launch in graph_nodes(graph, overrides, only)
+        for launch in graph_nodes(graph, overrides, only, rig)
     ]
 
 

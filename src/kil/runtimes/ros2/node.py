@@ -32,6 +32,7 @@ from kil.converters.wire import TransformRouter
 from kil.errors import ConfigError, KilError, MessageError, TransformError
 from kil.graph import GraphSpec, NodeSpec, QoSSpec, TopicSpec, load_graph
 from kil.paths import graph_path
+from kil.rigs import graph_topics, load_rig
 from kil.runtimes.ros2.params import config_from_parameters, flatten_config
 from kil.stage import Stage, Subscription
 
@@ -157,10 +158,12 @@ class StageShell:
         node.declare_parameter(
             WATCHDOG_PARAM, 5.0, ParameterDescriptor(description="warn when an input has been silent this long (s)", dynamic_typing=True)
         )
+        node.declare_parameter("rig", "", ParameterDescriptor(description="rig whose ROS topic names the graph's topics take (config/rigs/)"))
         graph_file = node.get_parameter("graph").value
         if not graph_file:
             raise ConfigError(f"node {node.get_name()}: parameter 'graph' (a graph description) is required")
-        self.graph: GraphSpec = load_graph(graph_path(graph_file))
+        rig = node.get_parameter("rig").value
+        self.graph: GraphSpec = load_graph(graph_path(graph_file), topics=graph_topics(load_rig(rig)) if rig else None)
         node_name = node.get_parameter("graph_node").value or node.get_name()
         if node_name not in self.graph.nodes:
             raise ConfigError(f"{self.graph.source}: no node {node_name!r} (nodes: {', '.join(self.graph.nodes)})")

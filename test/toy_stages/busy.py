@@ -1,0 +1,40 @@
+"""A slow node: each frame it receives costs `busy_s` of computation (numpy, GIL released),
+like a render or a model; it remembers which thread built and ran it."""
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kil.msgs import PoseCommand
+from kil.stage import Stage, subscribe
+
+
+@dataclass(frozen=True)
+class BusyConfig:
+    busy_s: float = 0.05
+    fail: bool = False  # raise on the first frame
+
+
+class Busy(Stage):
+    Config = BusyConfig
+
+    def __init__(self, config, io):
+        super().__init__(config, io)
+        self.threads = {threading.current_thread().name}
+        self.calls = 0
+
+    @subscribe(inp=PoseCommand)
+    def work(self, msg):
+        self.threads.add(threading.current_thread().name)
+        if self.config.fail:
+            raise RuntimeError("model failed")
+        a = np.random.default_rng(0).standard_normal((300, 300))
+        end = time.perf_counter() + self.config.busy_s
+        while time.perf_counter() < end:
+            a = np.tanh(a @ a.T / 300.0)  # BLAS releases the GIL
+        self.calls += 1
+
+
+STAGE = Busy
