@@ -116,7 +116,7 @@ def test_builder_without_a_successful_episode_is_an_error(recorded, tmp_path):
 def test_policy_trained_on_a_recorded_episode_drives_the_sim_rig(recorded, tmp_path):
     """Episode -> store (with images) -> a few training steps -> the sim_policy graph runs the
     policy closed loop: chunks stamped with observation times reach the rig through the
-    interpolator, and the arm moves."""
+    interpolator and the safety node, and the arm moves."""
     from kil.policy.configuration import load_run_config
     from kil.runtimes.local import LocalRuntime
     from kil.sim.rollouts import policy_graph
@@ -132,14 +132,15 @@ def test_policy_trained_on_a_recorded_episode_drives_the_sim_rig(recorded, tmp_p
     train(load_run_config(config), tmp_path / "ds", tmp_path / "run")
 
     graph = policy_graph(tmp_path / "run", "pick_place", "panda", "in", 5)
-    assert set(graph.nodes) == {"rig", "features", "keypoints", "policy", "interpolator"}
+    assert set(graph.nodes) == {"rig", "features", "keypoints", "policy", "interpolator", "safety", "visualisation"}
     assert graph.nodes["features"].config.model == "descriptor_net"
     runtime = LocalRuntime(graph, clock="stepped")
     stats = runtime.run(2.0)
     policy = runtime.stages["policy"]
     # Predictions every n_action_steps observations at 10 Hz, each chunk stamped with its frame.
     assert 2 <= policy.predictions <= 4 and stats.published["/kil/chunk"] == policy.predictions
-    chunk = runtime.stages["interpolator"].chunk
+    chunk = runtime.stages["visualisation"].chunk  # the newest chunk
+    assert runtime.stages["interpolator"].trajectory is not None
     camera_period_ns = 100_000_000  # the graph's camera runs at 10 Hz from a round start time
     assert len(chunk.positions) == 16 and chunk.stamp_ns % camera_period_ns == 0 and chunk.stamp_ns <= policy.history[-1].stamp_ns
     assert stats.published["/kil/pose_target"] > 150

@@ -47,7 +47,10 @@ class EpisodeStreams:
 
 
 def _topic_of(graph: GraphSpec, message_type: type, required: bool = True) -> str | None:
-    names = [n for n, t in graph.topics.items() if t.type is message_type]
+    """The one recorded topic of a type (what the graph's recorder subscribes to: the robot's
+    command, not the interpolator's target before the safety node)."""
+    recorded = {t for node in graph.nodes.values() if node.stage == "recorder" for t in node.subscribe.values()}
+    names = [n for n, t in graph.topics.items() if t.type is message_type and (not recorded or n in recorded)]
     if len(names) > 1:
         raise BagError(f"{graph.source}: several {message_type.__name__} topics ({', '.join(names)}); the dataset needs one")
     if not names and required:
