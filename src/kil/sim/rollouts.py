@@ -19,10 +19,7 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
                  rig_params: dict | None = None) -> GraphSpec:
     """The closed-loop graph set to one episode and one trained policy (its feature backend
     and keypoint spec are the ones the policy was trained with, unless overridden)."""
-    from kil.config import load_yaml
-    from kil.policy.inference import POLICY_FILE, checkpoint_dir
-
-    meta = load_yaml(checkpoint_dir(policy) / POLICY_FILE)
+    meta = _meta(policy)
     trained_on, kind = meta["trained_on"], meta["run"]["policy"]["kind"]
     overrides = {
         "rig": {"task": task, "robot": robot, "variation": variation, "seed": seed, **(rig_params or {})},
