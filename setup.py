@@ -29,7 +29,7 @@ setup(
     python_requires=">=3.10,<3.13",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={PACKAGE: ["converters/msgdefs/*/msg/*.msg", "annotate/static/*"]},
+    package_data={PACKAGE: ["converters/msgdefs/*/msg/*.msg", "converters/msgdefs/*/action/*.action", "annotate/static/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -7,7 +7,10 @@ import math
 import numpy as np
 
 from kil.geometry import matrix_to_quat
-from kil.msgs import RGBD, ActionChunk, EStop, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
+from kil.msgs import (
+    RGBD, ActionChunk, Buttons, EpisodeControl, EStop, FeatureMap, GripperCommand, HandInputs, HandPose, Image, Keypoints,
+    PoseCommand, RobotState, Twist,
+)
 
 STAMP = 1_700_000_123_456_789_012
 BASE = "panda_link0"
@@ -133,4 +136,10 @@ def sample_of_every_type(rng: np.random.Generator) -> dict[str, object]:
         "PoseCommand": sample_pose_command(rng),
         "GripperCommand": sample_gripper_command(),
         "EStop": EStop(STAMP, engaged=True),
+        "HandPose": HandPose(STAMP, "quest", rng.normal(size=3), sample_quaternion(rng)),
+        # float32 on the wire: values exactly representable in it
+        "HandInputs": HandInputs(STAMP, True, False, np.array([0.5, -0.25]), index=0.75, middle=1.0),
+        "Twist": Twist(STAMP, rng.normal(size=3), rng.normal(size=3)),
+        "Buttons": Buttons(STAMP, (False, True)),
+        "EpisodeControl": EpisodeControl(STAMP, "save"),
     }

@@ -23,9 +23,9 @@ def recorded(tmp_path_factory):
     from kil.sim.demos import episode_seed, record_episode
 
     root = tmp_path_factory.mktemp("demos")
-    result = record_episode("pick_place", "panda", "in", episode_seed(11, 0), root / "source" / "episode_0000")
-    assert result.success
-    return root / "source" / "episode_0000"
+    result = record_episode("pick_place", "panda", "in", episode_seed(11, 0), root / "source")
+    assert result.success and result.path == root / "source" / "episode_0000"
+    return result.path
 
 
 def _copy_without(source, target, drop) -> None:

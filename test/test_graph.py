@@ -63,11 +63,24 @@ def test_unknown_topic_type(tmp_path):
         tmp_path,
         """
         name: x
-        topics: {/t: {type: Twist}}
+        topics: {/t: {type: Wrench}}
         nodes: {}
         """,
-        "topics./t.type: unknown message type 'Twist' (known: RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand, EStop)",
+        "topics./t.type: unknown message type 'Wrench' (known: RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, "
+        "GripperCommand, EStop, HandPose, HandInputs, Twist, Buttons, EpisodeControl)",
     )
+
+
+def test_stage_override_swaps_a_node_and_checks_its_ports(tmp_path):
+    from kil.graph import load_graph
+    from kil.paths import graph_path
+
+    graph = load_graph(graph_path("sim_demo"), stages={"teleop": "keyboard_teleop"})
+    assert graph.nodes["teleop"].stage_class.__name__ == "KeyboardTeleop"
+    with pytest.raises(ConfigError, match=r"nodes.teleop.subscribe.hand: input port of QuestTeleop is not connected"):
+        load_graph(graph_path("sim_demo"), stages={"teleop": "quest_teleop"})
+    with pytest.raises(ConfigError, match=r"stage override for unknown node 'pilot'"):
+        load_graph(graph_path("sim_demo"), stages={"pilot": "keyboard_teleop"})
 
 
 def test_unknown_stage(tmp_path):

@@ -9,7 +9,10 @@ import pytest
 from helpers import BASE, OPTICAL, STAMP, sample_chunk, sample_keypoints, sample_rgbd, sample_state
 
 from kil.errors import MessageError
-from kil.msgs import MESSAGE_TYPES, RGBD, ActionChunk, FeatureMap, GripperCommand, Keypoints, PoseCommand, RobotState
+from kil.msgs import (
+    MESSAGE_TYPES, RGBD, ActionChunk, Buttons, EpisodeControl, FeatureMap, GripperCommand, HandInputs, Keypoints, PoseCommand,
+    RobotState, Twist,
+)
 
 
 @pytest.fixture
@@ -24,7 +27,16 @@ def check(error_pattern, build):
 
 
 def test_all_types_are_registered():
-    assert set(MESSAGE_TYPES) == {"RGBD", "FeatureMap", "Keypoints", "Image", "RobotState", "ActionChunk", "PoseCommand", "GripperCommand", "EStop"}
+    assert set(MESSAGE_TYPES) == {"RGBD", "FeatureMap", "Keypoints", "Image", "RobotState", "ActionChunk", "PoseCommand", "GripperCommand", "EStop",
+                                 "HandPose", "HandInputs", "Twist", "Buttons", "EpisodeControl"}
+
+
+def test_teleop_messages_are_validated():
+    check(r"^EpisodeControl\.command: expected one of start, save, discard, got 'pause'$", lambda: EpisodeControl(STAMP, "pause"))
+    check(r"^HandInputs\.button_upper: expected a bool", lambda: HandInputs(STAMP, 1, False, [0, 0], 0.0, 0.0))
+    check(r"^HandInputs\.thumb_stick: expected shape \(2,\)", lambda: HandInputs(STAMP, True, False, [0, 0, 0], 0.0, 0.0))
+    check(r"^Twist\.angular: contains NaN or inf$", lambda: Twist(STAMP, [0, 0, 0], [0, np.nan, 0]))
+    check(r"^Buttons\.pressed\[1\]: expected a bool", lambda: Buttons(STAMP, (True, 2)))
 
 
 @pytest.mark.parametrize("position", [[np.nan, 0, 0], [0, np.inf, 0]])

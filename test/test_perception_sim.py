@@ -201,9 +201,9 @@ def test_episode_streams_align_a_recorded_demo_at_10_hz(tmp_path):
     from kil.paths import graph_path
     from kil.sim.demos import episode_seed, record_episode
 
-    result = record_episode("pick_place", "panda", "in", episode_seed(7, 0), tmp_path / "episode_0000")
+    result = record_episode("pick_place", "panda", "in", episode_seed(7, 0), tmp_path)
     assert result.success
-    streams = read_streams(tmp_path / "episode_0000", load_graph(graph_path("sim_demo")))
+    streams = read_streams(result.path, load_graph(graph_path("sim_demo")))
     T = len(streams.obs_ns)
     assert abs(T - result.duration_s * 10) <= 2
     steps = np.diff(streams.obs_ns) / 1e9

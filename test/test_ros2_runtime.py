@@ -124,6 +124,33 @@ def test_live_graph_takes_each_rigs_topics_limits_and_parameters(name):
     assert limits.max_step * limits.rate_hz <= limits.max_speed * 1.5 and limits.gripper_max <= rig.gripper.max_opening
 
 
+@pytest.mark.parametrize("teleop", ["quest", "spacemouse"])
+@pytest.mark.parametrize("name", RIGS)
+def test_record_graph_takes_each_rigs_topics_limits_and_recording(name, teleop):
+    """What record_demos.launch.py starts for a rig and a teleop device, validated here."""
+    from kil.graph import load_graph
+    from kil.paths import graph_path
+    from kil.rigs import graph_topics, record_params
+
+    rig = load_rig(name)
+    params = record_params(rig, "pick_place", teleop, "demos/pp")
+    spec = load_graph(graph_path(f"teleop_{teleop}"), params, graph_topics(rig))
+    assert spec.topics["/kil/pose_target"].ros_topics == {"": rig.pose_target_topic}
+    assert spec.publishers("/kil/pose_target") == ["safety"]  # the teleop never bypasses it
+    assert spec.nodes["teleop"].stage_class.__name__.lower() == f"{teleop}teleop"
+    assert spec.nodes["teleop"].config.base_frame == rig.base_frame
+    assert spec.nodes["teleop"].config.gripper_open == rig.gripper.max_opening
+    recorder = spec.nodes["recorder"].config
+    assert (recorder.backend, recorder.out, recorder.rig, recorder.operator) == ("ros2bag", "demos/pp", name, teleop)
+    assert recorder.topics == rig.record_topics
+    gripper = spec.topics["/kil/gripper_command"].options
+    assert gripper.interface == {"franka": "franka_gripper", "ur5e": "gripper_command", "sim": "topic"}[name]
+    launches = graph_nodes(f"teleop_{teleop}", params, rig=name)
+    assert {n.name for n in launches} == set(spec.nodes)
+    with pytest.raises(ConfigError, match=r"teleop: unknown teleop 'glove' \(choose one of: quest, spacemouse\)"):
+        record_params(rig, "pick_place", "glove", "demos")
+
+
 def test_rig_file_errors_name_the_key(tmp_path, monkeypatch):
     from kil.config import load_dataclass, load_yaml
     from kil.errors import ConfigError
@@ -221,7 +248,9 @@ def test_launch_descriptions():
     assert {"rig", "graph", "task", "policy", "extraction", "set", "rviz", "drivers", "robot_ip", "fake_hardware"} <= set(arguments)
     assert arguments["rig"].choices == ["franka", "ur5e", "sim"]
     record = get_launch_description_from_python_launch_file(str(ROOT / "launch" / "record_demos.launch.py"))
-    assert {"rig", "out"} <= {a.name for a in record.get_launch_arguments()}
+    record_arguments = {a.name: a for a in record.get_launch_arguments()}
+    assert {"rig", "out", "teleop", "teleop_driver", "task", "variation", "set", "robot_ip"} <= set(record_arguments)
+    assert record_arguments["teleop"].choices == ["quest", "spacemouse"]
 
 
 def _ros_env() -> dict[str, str]:

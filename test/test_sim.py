@@ -171,7 +171,7 @@ def test_expert_succeeds_on_a_seeded_batch(task, robot):
 
     results = [run_expert(task, robot, "in", episode_seed(11, i)) for i in range(2)]
     assert [r.completion for r in results] == [1.0, 1.0], [r.stop_reason for r in results]
-    assert all(r.stop_reason == "expert: expert finished its plan" for r in results)
+    assert all(r.stop_reason == "teleop: expert finished its plan" for r in results)
 
 
 def test_a_sabotaged_episode_is_scored_a_failure():
@@ -187,7 +187,7 @@ def test_a_sabotaged_episode_is_scored_a_failure():
     nodes["rig"] = replace(nodes["rig"], config=replace(nodes["rig"].config, render=False))
     # the expert lets go before lifting: the block stays where it was
     sabotaged = ExpertConfig(grasp_dwell_s=0.0, lift_height=0.0, approach_height=0.02)
-    nodes["expert"] = replace(nodes["expert"], config=replace(nodes["expert"].config, motion=sabotaged))
+    nodes["teleop"] = replace(nodes["teleop"], config=replace(nodes["teleop"].config, motion=sabotaged))
     runtime = LocalRuntime(replace(graph, nodes=nodes))
     runtime.run(3.0)  # stopped long before the expert could finish
     assert runtime.stages["rig"].completion == 0.0
@@ -261,9 +261,9 @@ def test_demos_command_writes_identical_bags_for_one_seed(tmp_path):
 def test_ground_truth_keypoints_in_the_recorded_stream(tmp_path):
     from kil.sim.demos import episode_seed, record_episode
 
-    path = tmp_path / "ep"
-    result = record_episode("place_upright", "ur5e", "in", episode_seed(0, 0), path, camera_rate_hz=10)
+    result = record_episode("place_upright", "ur5e", "in", episode_seed(0, 0), tmp_path, camera_rate_hz=10)
     assert result.success
+    path = result.path
     from kil.data.bag import EpisodeReader
     from kil.data.episode import read_metadata
     from kil.graph import load_graph

@@ -116,15 +116,24 @@ class GraphSpec:
 
 
 def load_graph(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None,
-               topics: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
+               topics: dict[str, dict[str, Any]] | None = None, stages: dict[str, str] | None = None) -> GraphSpec:
     """Load and validate a graph description; `overrides` maps node -> params to merge in,
-    `topics` maps topic -> {roles, options} to merge in (a rig's ROS topic names)."""
-    return parse_graph(load_yaml(path), str(path), overrides, topics)
+    `topics` maps topic -> {roles, options} to merge in (a rig's ROS topic names), `stages`
+    maps node -> the stage to run there instead (a keyboard teleop for the scripted expert:
+    its ports are checked like any other; the file's params for that node are dropped)."""
+    return parse_graph(load_yaml(path), str(path), overrides, topics, stages)
 
 
 def parse_graph(data: Any, source: str, overrides: dict[str, dict[str, Any]] | None = None,
-                topics: dict[str, dict[str, Any]] | None = None) -> GraphSpec:
+                topics: dict[str, dict[str, Any]] | None = None, stages: dict[str, str] | None = None) -> GraphSpec:
     """Validate graph description data (already parsed YAML) from `source`."""
+    if stages and isinstance(data, dict) and isinstance(data.get("nodes"), dict):
+        data = copy.deepcopy(data)
+        for name, stage in stages.items():
+            if not isinstance(data["nodes"].get(name), dict):
+                raise GraphError(f"{source}: stage override for unknown node {name!r} (nodes: {', '.join(data['nodes'])})")
+            data["nodes"][name]["stage"] = stage
+            data["nodes"][name]["params"] = {}  # they were the other stage's: only `overrides` apply
     if topics and isinstance(data, dict) and isinstance(data.get("topics"), dict):
         data = copy.deepcopy(data)
         for name, extra in topics.items():

@@ -107,6 +107,12 @@ def _check_scalar(owner: str, name: str, value: Any, *, minimum: float | None = 
     return value
 
 
+def _check_bool(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise _fail(owner, name, f"expected a bool, got {value!r}")
+    return bool(value)
+
+
 def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
@@ -376,14 +382,92 @@ class EStop:
 
     def __post_init__(self) -> None:
         _set(self, "stamp_ns", _check_stamp("EStop", self.stamp_ns))
-        if not isinstance(self.engaged, (bool, np.bool_)):
-            raise _fail("EStop", "engaged", f"expected a bool, got {self.engaged!r}")
-        _set(self, "engaged", bool(self.engaged))
+        _set(self, "engaged", _check_bool("EStop", "engaged", self.engaged))
+
+
+@dataclass(frozen=True, eq=False)
+class HandPose:
+    """A tracked pose of a teleoperation device (a VR controller) in its tracking frame."""
+
+    stamp_ns: int
+    frame_id: str
+    position: np.ndarray
+    orientation: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check_header_and_pose(self, "HandPose")
+
+
+@dataclass(frozen=True, eq=False)
+class HandInputs:
+    """A VR controller's buttons and analogue inputs (Quest2ROS): the two face buttons, the
+    thumb stick (horizontal, vertical in [-1, 1]) and the index / middle (grip) triggers in [0, 1]."""
+
+    stamp_ns: int
+    button_upper: bool
+    button_lower: bool
+    thumb_stick: np.ndarray
+    index: float
+    middle: float
+
+    def __post_init__(self) -> None:
+        o = "HandInputs"
+        _set(self, "stamp_ns", _check_stamp(o, self.stamp_ns))
+        for name in ("button_upper", "button_lower"):
+            _set(self, name, _check_bool(o, name, getattr(self, name)))
+        _set(self, "thumb_stick", _check_array(o, "thumb_stick", self.thumb_stick, np.float64, (2,), finite=True))
+        for name in ("index", "middle"):
+            _set(self, name, _check_scalar(o, name, getattr(self, name)))
+
+
+@dataclass(frozen=True, eq=False)
+class Twist:
+    """A velocity command from a 6-DoF input device (SpaceMouse): linear and angular, each
+    (3,) and scaled by the device driver (spacenav: about [-1, 1] at full deflection)."""
+
+    stamp_ns: int
+    linear: np.ndarray
+    angular: np.ndarray
+
+    def __post_init__(self) -> None:
+        _set(self, "stamp_ns", _check_stamp("Twist", self.stamp_ns))
+        for name in ("linear", "angular"):
+            _set(self, name, _check_array("Twist", name, getattr(self, name), np.float64, (3,), finite=True))
+
+
+@dataclass(frozen=True, eq=False)
+class Buttons:
+    """The buttons of an input device (sensor_msgs/Joy), pressed or not, by index."""
+
+    stamp_ns: int
+    pressed: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        _set(self, "stamp_ns", _check_stamp("Buttons", self.stamp_ns))
+        _set(self, "pressed", tuple(_check_bool("Buttons", f"pressed[{i}]", b) for i, b in enumerate(self.pressed)))
+
+
+EPISODE_COMMANDS = ("start", "save", "discard")
+
+
+@dataclass(frozen=True)
+class EpisodeControl:
+    """An operator's recording command: start an episode, save it (the operator judged it a
+    success), or discard it."""
+
+    stamp_ns: int
+    command: str
+
+    def __post_init__(self) -> None:
+        _set(self, "stamp_ns", _check_stamp("EpisodeControl", self.stamp_ns))
+        if self.command not in EPISODE_COMMANDS:
+            raise _fail("EpisodeControl", "command", f"expected one of {', '.join(EPISODE_COMMANDS)}, got {self.command!r}")
 
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand, EStop)
+    for cls in (RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand, EStop,
+                HandPose, HandInputs, Twist, Buttons, EpisodeControl)
 }
 
 

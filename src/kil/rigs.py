@@ -83,6 +83,10 @@ def graph_topics(rig: RigConfig) -> dict[str, dict]:
         "/robot_state": {"roles": {"pose": rig.ee_pose_topic, "joints": rig.joint_states_topic},
                          "options": {"gripper_joints": list(g.joints), "gripper_scale": g.scale, "gripper_offset": g.offset}},
         "/kil/pose_target": {"roles": {"": rig.pose_target_topic}},
+        # A real gripper also gets each command as an action goal (kil.converters.gripper).
+        "/kil/gripper_command": {"options": {"interface": "topic" if g.interface == "sim" else g.interface,
+                                             "action": "" if g.interface == "sim" else g.action,
+                                             "scale": g.scale, "offset": g.offset}},
     }
 
 
@@ -94,6 +98,25 @@ def live_params(rig: RigConfig, task: str, policy: str) -> dict[str, dict]:
         "policy": {"policy": policy},
         "interpolator": {"max_speed": rig.safety.max_speed, "max_angular_speed": rig.safety.max_angular_speed},
         "safety": {"rig": rig.name},
+    }
+
+
+TELEOPS = ("quest", "spacemouse")  # record_demos.launch.py teleop:=, graphs config/graphs/teleop_<teleop>.yaml
+
+
+def record_params(rig: RigConfig, task: str, teleop: str, out: str, variation: str = "in") -> dict[str, dict]:
+    """Node parameters of a teleop recording graph for a rig: targets in its base frame,
+    its gripper's range, its limits, and `ros2 bag record` on its record_topics."""
+    if teleop not in TELEOPS:
+        raise ConfigError(f"teleop: unknown teleop {teleop!r} (choose one of: {', '.join(TELEOPS)})")
+    if not rig.record_topics:
+        raise ConfigError(f"config/rigs/{rig.name}.yaml: record_topics: empty; name the topics an episode records")
+    return {
+        "teleop": {"base_frame": rig.base_frame, "gripper_open": rig.gripper.max_opening},
+        "interpolator": {"max_speed": rig.safety.max_speed, "max_angular_speed": rig.safety.max_angular_speed},
+        "safety": {"rig": rig.name},
+        "recorder": {"out": out, "task": task, "rig": rig.name, "variation": variation, "operator": teleop,
+                     "topics": list(rig.record_topics)},
     }
 
 

@@ -45,7 +45,7 @@ def measure_throughput(robot: str = "panda", frames: int = 30, ticks: int = 1000
         world.close()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        result = record_episode("pick_place", robot, "in", episode_seed(0, 0), Path(tmp) / "episode", camera_rate_hz=10)
+        result = record_episode("pick_place", robot, "in", episode_seed(0, 0), Path(tmp), camera_rate_hz=10)
         wall = time.perf_counter() - t
     return Throughput(render_fps, control, result.duration_s / wall, result.duration_s, wall)
 

@@ -1,7 +1,6 @@
 """The `kil` command line: one subcommand per job, each in its own module.
 
-A subcommand module defines `add_arguments(parser)` and `main(args) -> int`; those not
-written yet say so in one line and exit 2. Modules import heavy dependencies (torch,
+A subcommand module defines `add_arguments(parser)` and `main(args) -> int`. Modules import heavy dependencies (torch,
 the simulator) inside `main`, so `kil --help` stays fast.
 """
 
@@ -14,10 +13,10 @@ import sys
 from kil import __version__
 from kil.errors import KilError
 
-# name -> (module implementing it, or None while it is not written; one-line help)
-COMMANDS: dict[str, tuple[str | None, str]] = {
+# name -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("kil.cli.run", "run a graph description in the local runtime"),
-    "record": (None, "record demonstration episodes through the local graph (teleop or scripted expert)"),
+    "record": ("kil.cli.record", "record demonstration episodes through the local graph (scripted expert or keyboard teleop)"),
     "sim": ("kil.cli.sim", "simulated rig: scripted demonstrations, renders, ground truth"),
     "annotate": ("kil.cli.annotate", "click reference keypoints on a recorded frame in a local web page"),
     "build-dataset": ("kil.cli.dataset", "turn recorded episodes into a training store with keypoints"),
@@ -37,21 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        if module is None:
-            command.set_defaults(handler=_not_implemented(name))
-            continue
         impl = importlib.import_module(module)
         impl.add_arguments(command)
         command.set_defaults(handler=impl.main)
     return parser
-
-
-def _not_implemented(name: str):
-    def handler(args: argparse.Namespace) -> int:
-        print(f"kil {name}: not implemented yet", file=sys.stderr)
-        return 2
-
-    return handler
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,14 +11,6 @@ import argparse
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 VARIATIONS = ("in", "obj", "scene", "rot")  # kil.sim.scene.VARIATIONS, without importing it here
 
@@ -45,28 +37,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _demos(args: argparse.Namespace) -> int:
-    from kil.sim.demos import demo_graph, episode_dirs, episode_seed, record_episode
+    from kil.cli.record import record_batch
 
-    out = Path(args.out)
-    paths = episode_dirs(out, args.episodes)
-    demo_graph(args.task, args.robot, args.variation, args.seed, paths[0])  # validate the arguments first
-    console = Console(stderr=True)
-    results = []
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(f"{args.task}/{args.robot}/{args.variation}", total=args.episodes, rate="")
-        for i, path in enumerate(paths):
-            result = record_episode(args.task, args.robot, args.variation, episode_seed(args.seed, i), path, args.camera_rate)
-            results.append(result)
-            done = sum(r.success for r in results)
-            progress.update(bar, advance=1, rate=f"success {done}/{len(results)}")
-    mean = sum(r.completion for r in results) / len(results)
-    successes = sum(r.success for r in results)
-    Console().print(f"{out}: {len(results)} episodes, expert success {successes}/{len(results)}, mean completion {mean:.2f}")
-    for r in results:
-        if not r.success:
-            Console().print(f"  {r.path.name}: completion {r.completion:.2f} (seed {r.seed}, {r.stop_reason}); kept, marked unsuccessful")
-    return 0
+    return record_batch(args, "expert", args.robot)
 
 
 def _render(args: argparse.Namespace) -> int:

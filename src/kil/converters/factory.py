@@ -111,10 +111,21 @@ class RclpyFactory:
 
     def message_class(self, typename: str) -> type:
         if typename not in self._classes:
-            from rosidl_runtime_py.utilities import get_message
+            from rosidl_runtime_py.utilities import get_action, get_message
 
-            self._classes[typename] = get_message(typename)
+            action, _, part = typename.rpartition("_")
+            if "/action/" in typename and part in ("Goal", "Result", "Feedback"):
+                # an action's parts are attributes of the action class (pkg/action/Name_Goal -> Name.Goal)
+                self._classes[typename] = getattr(get_action(action), part)
+            else:
+                self._classes[typename] = get_message(typename)
         return self._classes[typename]
+
+    def action_class(self, action_type: str) -> type:
+        """The rclpy action type ``pkg/action/Name``."""
+        from rosidl_runtime_py.utilities import get_action
+
+        return get_action(action_type)
 
     def new(self, typename: str, **fields: Any) -> Any:
         msg = self.message_class(typename)()

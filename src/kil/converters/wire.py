@@ -19,10 +19,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from kil.converters import image, keypoints, pose, trajectory
+from kil.converters import image, keypoints, pose, teleop, trajectory
 from kil.converters.factory import MessageFactory, time_ns
+from kil.converters.gripper import GripperCommandOptions
 from kil.errors import MessageError
-from kil.msgs import RGBD, ActionChunk, EStop, FeatureMap, GripperCommand, Image, Keypoints, PoseCommand, RobotState
+from kil.msgs import (
+    RGBD, ActionChunk, Buttons, EpisodeControl, EStop, FeatureMap, GripperCommand, HandInputs, HandPose, Image, Keypoints,
+    PoseCommand, RobotState, Twist,
+)
 from kil.sync import StampSynchronizer
 
 # (parent frame, child frame, stamp_ns) -> (4, 4) pose of child in parent
@@ -205,14 +209,18 @@ class PoseCommandWire(WireFormat):
 
 
 class GripperCommandWire(WireFormat):
+    """The topic; on a real rig the ROS 2 shell also sends each command as an action goal
+    (options.interface, see kil.converters.gripper)."""
+
     message_type = GripperCommand
+    options_class = GripperCommandOptions
     roles = (Role("", "control_msgs/msg/GripperCommand"),)
     stamped = False
 
-    def to_ros(self, msg: GripperCommand, factory: MessageFactory, options: NoOptions) -> Packet:
+    def to_ros(self, msg: GripperCommand, factory: MessageFactory, options: GripperCommandOptions) -> Packet:
         return Packet({"": pose.gripper_command_to_ros(factory, msg)})
 
-    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> GripperCommand:
+    def from_ros(self, messages: Mapping[str, Any], options: GripperCommandOptions, lookup: TransformLookup | None, receive_ns: int) -> GripperCommand:
         return pose.gripper_command_from_ros(messages[""], receive_ns)
 
 
@@ -228,6 +236,64 @@ class EStopWire(WireFormat):
         return EStop(stamp_ns=receive_ns, engaged=bool(messages[""].data))
 
 
+class HandPoseWire(WireFormat):
+    message_type = HandPose
+    roles = (Role("", "geometry_msgs/msg/PoseStamped"),)
+
+    def to_ros(self, msg: HandPose, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": teleop.hand_pose_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> HandPose:
+        return teleop.hand_pose_from_ros(messages[""])
+
+
+class HandInputsWire(WireFormat):
+    message_type = HandInputs
+    roles = (Role("", "quest2ros/msg/OVR2ROSInputs"),)
+    stamped = False
+
+    def to_ros(self, msg: HandInputs, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": teleop.hand_inputs_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> HandInputs:
+        return teleop.hand_inputs_from_ros(messages[""], receive_ns)
+
+
+class TwistWire(WireFormat):
+    message_type = Twist
+    roles = (Role("", "geometry_msgs/msg/Twist"),)
+    stamped = False
+
+    def to_ros(self, msg: Twist, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": teleop.twist_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> Twist:
+        return teleop.twist_from_ros(messages[""], receive_ns)
+
+
+class ButtonsWire(WireFormat):
+    message_type = Buttons
+    roles = (Role("", "sensor_msgs/msg/Joy"),)
+
+    def to_ros(self, msg: Buttons, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": teleop.buttons_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> Buttons:
+        return teleop.buttons_from_ros(messages[""])
+
+
+class EpisodeControlWire(WireFormat):
+    message_type = EpisodeControl
+    roles = (Role("", "std_msgs/msg/String"),)
+    stamped = False
+
+    def to_ros(self, msg: EpisodeControl, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": teleop.episode_control_to_ros(factory, msg)})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> EpisodeControl:
+        return teleop.episode_control_from_ros(messages[""], receive_ns)
+
+
 WIRE_FORMATS: dict[type, WireFormat] = {
     wire.message_type: wire
     for wire in (
@@ -240,6 +306,11 @@ WIRE_FORMATS: dict[type, WireFormat] = {
         PoseCommandWire(),
         GripperCommandWire(),
         EStopWire(),
+        HandPoseWire(),
+        HandInputsWire(),
+        TwistWire(),
+        ButtonsWire(),
+        EpisodeControlWire(),
     )
 }
 

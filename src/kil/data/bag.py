@@ -272,7 +272,8 @@ class EpisodeReader:
                     raise BagError(f"{self.path}: topic {ros_topic} has type {available[ros_topic][0]}, {spec.name} needs {role.ros_type}")
                 role_of[ros_topic] = (spec, role)
         tf = TransformBuffer()
-        for name, _, _, msg in self.ros_messages({"/tf_static", "/tf"} & set(available)):
+        tf_topics = {"/tf_static", "/tf"} & set(available)
+        for name, _, _, msg in self.ros_messages(tf_topics) if tf_topics else ():  # (no topics would read them all)
             for transform in msg.transforms:
                 stamp, parent, child, T = transform_from_ros(transform)
                 tf.set_transform(parent, child, T, stamp, static=name == "/tf_static")

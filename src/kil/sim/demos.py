@@ -1,8 +1,11 @@
-"""Scripted demonstrations: one rosbag2 episode per run of the `sim_demo` graph.
+"""Demonstrations on the simulated rig: one rosbag2 episode per run of the `sim_demo` graph.
 
-Episode i of a batch with seed s uses its own seed, derived from (s, i), and records it,
-so any episode can be regenerated alone. A failed expert episode is kept and marked
-unsuccessful; the task completion (0, 0.5, 1 for two objects) is in its metadata.
+The teleop node is the scripted expert (`kil sim demos`, `kil record --teleop expert`) or
+the keyboard (`kil record --teleop keyboard`, on the real-time clock); either starts and
+saves its episode through the recorder as a real rig's operator does. Episode i of a batch
+with seed s uses its own seed, derived from (s, i), and records it, so any episode can be
+regenerated alone. The sim judges every episode: success and task completion (0, 0.5, 1
+for two objects) go into its metadata; a failed episode is kept and marked unsuccessful.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from kil.graph import GraphSpec, load_graph
 from kil.paths import graph_path
 
 DEMO_GRAPH = "sim_demo"
+TELEOPS = {"expert": "sim_expert", "keyboard": "keyboard_teleop"}  # --teleop -> the teleop node's stage
 
 
 @dataclass(frozen=True)
 class EpisodeResult:
-    path: Path
+    path: Path | None  # the episode written (None: discarded, or not recorded)
     seed: int
     completion: float
     duration_s: float
@@ -39,75 +43,89 @@ def episode_seed(batch_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([batch_seed, index]).generate_state(1)[0])
 
 
-def demo_graph(task: str, robot: str, variation: str, seed: int, path: Path, camera_rate_hz: float | None = None,
-               graph: str = DEMO_GRAPH) -> GraphSpec:
-    """The demonstration graph with every node set to one episode."""
+def demo_graph(task: str, robot: str, variation: str, seed: int, out: Path, camera_rate_hz: float | None = None,
+               graph: str = DEMO_GRAPH, teleop: str = "expert") -> GraphSpec:
+    """The demonstration graph with every node set to one episode, recorded under `out`."""
     from kil.sim.objects import load_catalogue
     from kil.sim.scene import check_variation
     from kil.sim.tasks import task_config
     from kil.sim.world import JOINT_NAMES
 
-    task_config(task)  # unknown task, robot or variation: fail before building anything
+    task_config(task)  # unknown task, robot, variation or teleop: fail before building anything
     check_variation(variation)
     if robot not in JOINT_NAMES:
         raise ConfigError(f"unknown robot {robot!r} (choose one of: {', '.join(JOINT_NAMES)})")
+    if teleop not in TELEOPS:
+        raise ConfigError(f"--teleop: unknown teleop {teleop!r} for the simulated rig (choose one of: {', '.join(TELEOPS)})")
     load_catalogue()
     episode = {"task": task, "variation": variation, "seed": seed}
     rig = {**episode, "robot": robot}
     if camera_rate_hz is not None:
         rig["camera_rate_hz"] = camera_rate_hz
+    operator = "scripted_expert" if teleop == "expert" else teleop
     overrides = {
         "rig": rig,
-        "expert": dict(episode),
-        "recorder": {**episode, "path": str(path), "rig": "sim", "extra": {"robot": robot}},
+        "teleop": dict(episode) if teleop == "expert" else {},
+        "recorder": {**episode, "out": str(out), "rig": "sim", "operator": operator, "extra": {"robot": robot}},
     }
-    return load_graph(graph_path(graph), overrides)
+    return load_graph(graph_path(graph), overrides, stages={"teleop": TELEOPS[teleop]})
 
 
 def run_expert(task: str, robot: str, variation: str, seed: int) -> EpisodeResult:
     """One scripted episode through the same graph, without camera or recorder: the
     expert's success alone (for benchmarks)."""
     graph = demo_graph(task, robot, variation, seed, Path("unused"))
-    graph = replace(graph, nodes={k: v for k, v in graph.nodes.items() if k != "recorder"})
-    rig = graph.nodes["rig"]
-    graph.nodes["rig"] = replace(rig, config=replace(rig.config, render=False))
-    return _run(graph, task, seed, Path(""))
+    nodes = {k: v for k, v in graph.nodes.items() if k != "recorder"}
+    nodes["teleop"] = replace(nodes["teleop"], publish={"chunk": nodes["teleop"].publish["chunk"]})  # it stops the run itself
+    rig = nodes["rig"]
+    nodes["rig"] = replace(rig, config=replace(rig.config, render=False))
+    return _run(replace(graph, nodes=nodes), task, seed)
 
 
-def _run(graph: GraphSpec, task: str, seed: int, path: Path, time_limit_s: float | None = None) -> EpisodeResult:
+def _run(graph: GraphSpec, task: str, seed: int, clock: str = "stepped", time_limit_s: float | None = None) -> EpisodeResult:
     from kil.runtimes.local import LocalRuntime
+
+    runtime = LocalRuntime(graph, clock=clock, threads=clock == "realtime")
+    try:
+        stats = runtime.run(time_limit_s)
+    finally:
+        recorder = runtime.stages.get("recorder")
+        written = recorder.session.saved[-1:] if recorder is not None else []
+    rig = runtime.stages["rig"]
+    return EpisodeResult(written[0] if written else None, seed, float(rig.completion), (stats.end_ns - stats.start_ns) / 1e9,
+                         stats.stop_reason, rig.keypoint_names)
+
+
+def record_episode(task: str, robot: str, variation: str, seed: int, out: Path, camera_rate_hz: float | None = None,
+                   teleop: str = "expert") -> EpisodeResult:
+    """Run one demonstration into the next episode directory under `out` and add the sim's
+    verdict to its metadata. The expert runs on the stepped clock within the task's time
+    limit; a person at the keyboard on the real-time clock until they save or discard."""
+    from kil.sim.episode import episode_scene
     from kil.sim.tasks import task_config
 
-    runtime = LocalRuntime(graph, clock="stepped")
-    stats = runtime.run(time_limit_s or task_config(task).time_limit_s)
-    rig = runtime.stages["rig"]
-    return EpisodeResult(path, seed, float(rig.completion), (stats.end_ns - stats.start_ns) / 1e9, stats.stop_reason, rig.keypoint_names)
-
-
-def record_episode(task: str, robot: str, variation: str, seed: int, path: Path, camera_rate_hz: float | None = None) -> EpisodeResult:
-    """Run one scripted demonstration into the episode directory `path` (must not exist)."""
-    from kil.sim.episode import episode_scene
-
-    result = _run(demo_graph(task, robot, variation, seed, path, camera_rate_hz), task, seed, path)
-    completion, duration = result.completion, result.duration_s
-    metadata = read_metadata(path)
-    extra = {
-        **metadata.extra,
-        "object_ids": episode_scene(task, variation, seed).object_ids,
-        "completion": completion,
-        "duration_s": round(duration, 3),
-        "stop_reason": result.stop_reason,
-        "operator": "scripted_expert",
-        "ground_truth_keypoints": list(result.keypoint_names),  # names of /sim/keypoints indices
-    }
-    write_metadata(path, metadata.with_updates(success=result.success, extra=extra))
+    graph = demo_graph(task, robot, variation, seed, out, camera_rate_hz, teleop=teleop)
+    if teleop == "expert":
+        result = _run(graph, task, seed, "stepped", task_config(task).time_limit_s)
+    else:
+        result = _run(graph, task, seed, "realtime")
+    if result.path is not None:
+        metadata = read_metadata(result.path)
+        extra = {
+            **metadata.extra,
+            "object_ids": episode_scene(task, variation, seed).object_ids,
+            "completion": result.completion,
+            "operator_verdict": metadata.success,  # what the operator's save said; the sim's verdict wins
+            "ground_truth_keypoints": list(result.keypoint_names),  # names of /sim/keypoints indices
+        }
+        write_metadata(result.path, metadata.with_updates(success=result.success, extra=extra))
     return result
 
 
-def episode_dirs(out: Path, count: int) -> list[Path]:
-    """Episode directories out/episode_0000..; refuses to touch any that exist."""
-    paths = [out / f"episode_{i:04d}" for i in range(count)]
-    existing = [p.name for p in paths if p.exists()]
-    if existing:
-        raise ConfigError(f"{out}: episodes {existing[0]}.. exist already (episodes are never overwritten; choose another --out)")
-    return paths
+def require_new_batch(out: Path) -> None:
+    """A scripted batch numbers its episodes from 0 (episode i has seed (s, i)): `out` must
+    hold no episodes yet (episodes are never overwritten)."""
+    from kil.data.episodes import next_episode_dir
+
+    if next_episode_dir(out).name != "episode_0000":
+        raise ConfigError(f"--out: {out} holds episodes already (episodes are never overwritten; choose another --out)")

@@ -3,7 +3,9 @@
 It reads the true object poses from TF (``sim/obj<i>``, published by the sim rig like a
 motion-capture system would) and the robot state, and publishes chunks of absolute EE
 targets at 10 Hz, exactly like the policy node, so its motions go through the same
-10 → 100 Hz path. When its plan is played out it stops the graph.
+10 → 100 Hz path. Like an operator, it starts an episode on `episode` with its first chunk
+and saves it when its plan is played out (the recorder then ends the run); with `episode`
+unconnected it stops the graph itself.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from kil.config import require
 from kil.errors import TransformError
 from kil.geometry import matrix_to_quat, pose_to_matrix
-from kil.msgs import ActionChunk, RobotState
+from kil.msgs import ActionChunk, EpisodeControl, RobotState
 from kil.sim.expert import ExpertConfig, ScriptedExpert
 from kil.stage import Stage, every, subscribe
 
@@ -37,13 +39,14 @@ class SimExpertConfig:
 
 class SimExpert(Stage):
     Config = SimExpertConfig
-    outputs = {"chunk": ActionChunk}
+    outputs = {"chunk": ActionChunk, "episode": EpisodeControl}
 
     def __init__(self, config: SimExpertConfig, io) -> None:
         super().__init__(config, io)
         self.state: RobotState | None = None
         self.planner: ScriptedExpert | None = None
         self.t0_ns: int | None = None
+        self.done = False
 
     @subscribe(state=RobotState)
     def on_state(self, state: RobotState) -> None:
@@ -62,13 +65,14 @@ class SimExpert(Stage):
 
     @every(hz="rate_hz")
     def tick(self) -> None:
-        if self.state is None:
+        if self.state is None or self.done:
             return
         now = self.io.now_ns()
         try:
             if self.planner is None:
                 self.planner = self._make_planner(self.state.gripper)
                 self.t0_ns = now
+                self.io.publish("episode", EpisodeControl(now, "start"))
             objects = [self.io.lookup_transform(self.config.base_frame, f"sim/obj{i}") for i in range(len(self.planner.scene.objects))]
         except TransformError:
             return  # the rig has not published its first frame yet
@@ -76,7 +80,11 @@ class SimExpert(Stage):
         ee_now = pose_to_matrix(self.state.position, self.state.orientation)
         self.planner.update(t, ee_now, objects)
         if self.planner.finished(t):
-            self.io.shutdown("expert finished its plan")
+            self.done = True
+            if self.io.topic("episode") is None:
+                self.io.shutdown("expert finished its plan")
+            else:
+                self.io.publish("episode", EpisodeControl(now, "save"))
             return
         dt = 1.0 / self.config.rate_hz
         samples = [self.planner.sample(t + i * dt) for i in range(self.config.horizon)]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kil.converters.factory import RclpyFactory
+from kil.converters.gripper import GripperCommandOptions, GripperGoal, gripper_goal
 from kil.converters.pose import tf_message, transform_from_ros
 from kil.converters.wire import TransformRouter
 from kil.errors import ConfigError, KilError, MessageError, TransformError
@@ -172,6 +173,7 @@ class StageShell:
         self._warned: set[str] = set()
         self._router = TransformRouter()
         self._publishers: dict[str, dict[str, Any]] = {}
+        self._action_clients: dict[str, Any] = {}  # action name -> rclpy ActionClient (gripper goals)
         self._inputs: list[_Input] = []
         self._keep: list[Any] = []  # message_filters objects must outlive this method
         self._setup_tf()
@@ -258,6 +260,23 @@ class StageShell:
                 self.broadcast([transform], static=route == "static")
         for role, ros_msg in packet.messages.items():
             self._publishers[port][role].publish(ros_msg)
+        if isinstance(topic.options, GripperCommandOptions):
+            goal = gripper_goal(msg, topic.options, self.factory)
+            if goal is not None:
+                self._send_goal(goal)
+
+    def _send_goal(self, goal: GripperGoal) -> None:
+        """Send a gripper goal (a newer goal preempts the older one at the server)."""
+        from rclpy.action import ActionClient
+
+        client = self._action_clients.get(goal.action)
+        if client is None:
+            client = self._action_clients[goal.action] = ActionClient(self.node, self.factory.action_class(goal.action_type), goal.action)
+        if not client.server_is_ready():
+            self._warn_once(f"action:{goal.action}", f"gripper action server {goal.action} ({goal.action_type}) is not available: "
+                            "gripper commands are not executed (fake hardware has none)")
+            return
+        client.send_goal_async(goal.goal)
 
     # -- inputs -------------------------------------------------------------------------
     def _setup_inputs(self) -> None:

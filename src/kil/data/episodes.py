@@ -1,0 +1,180 @@
+"""Recording sessions: many episodes into one directory, each started, saved or discarded
+by the operator (teleop buttons, a service, or the scripted expert).
+
+An episode is ``<out>/episode_NNNN`` (the next free index: a session can resume a directory
+recorded yesterday and never overwrites one). Two ways to write it:
+
+* `InProcessBag`: kil writes the bag itself with rosbags (the local runtime);
+* `Ros2BagProcess`: ``ros2 bag record -s mcap`` records the rig's topics (a robot), started
+  and stopped with SIGINT like an operator's Ctrl-C, so it closes its bag properly.
+
+The metadata file is written inside the bag directory when the episode is saved (success
+as the operator judged it, how it ended, how long it took).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kil.data.bag import EpisodeWriter
+from kil.data.episode import EpisodeMetadata, write_metadata
+from kil.errors import BagError
+
+EPISODE_PATTERN = re.compile(r"^episode_(\d{4,})$")
+ROS2_BAG_RECORD = ("ros2", "bag", "record", "-s", "mcap")
+STOP_TIMEOUT_S = 10.0  # how long `ros2 bag record` may take to close its bag after SIGINT
+STARTUP_TIMEOUT_S = 5.0  # how long it may take to create its bag (a save right after a start waits)
+
+
+def next_episode_dir(out: str | Path) -> Path:
+    """``out/episode_NNNN`` with NNNN one past the highest index already there (0 if none)."""
+    out = Path(out)
+    indices = [int(m.group(1)) for p in out.iterdir() if (m := EPISODE_PATTERN.match(p.name))] if out.is_dir() else []
+    return out / f"episode_{max(indices, default=-1) + 1:04d}"
+
+
+class EpisodeSink(Protocol):
+    """One episode being written."""
+
+    path: Path
+
+    def write(self, topic: Any, msg: Any, log_time_ns: int) -> None:
+        """Record a project message on a graph topic (a no-op where another process records)."""
+
+    def finish(self, metadata: EpisodeMetadata) -> None:
+        """Close the bag and write the episode's metadata into it."""
+
+    def abort(self) -> None:
+        """Stop writing and delete everything of this episode."""
+
+
+class InProcessBag:
+    """The episode written by kil itself (rosbags), message by message."""
+
+    def __init__(self, path: Path, metadata: EpisodeMetadata, flush_interval_s: float = 0.5) -> None:
+        self.path = path
+        self.writer = EpisodeWriter(path, metadata, flush_interval_s).open()
+
+    def write(self, topic: Any, msg: Any, log_time_ns: int) -> None:
+        self.writer.write(topic, msg, log_time_ns)
+
+    def finish(self, metadata: EpisodeMetadata) -> None:
+        self.writer.metadata = metadata
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Ros2BagProcess:
+    """The episode recorded by ``ros2 bag record -s mcap -o <path> <topics>``."""
+
+    def __init__(self, path: Path, topics: Sequence[str], command: Sequence[str] = ROS2_BAG_RECORD) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = path.parent / f".{path.name}.record.log"  # the recorder's output, kept on failure
+        self._log = self.log_file.open("wb")
+        try:
+            # Its own process group: a Ctrl-C meant for the launch file reaches us, not it twice.
+            self.process = subprocess.Popen([*command, "-o", str(path), *topics], stdout=self._log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        except OSError as err:
+            self._log.close()
+            raise BagError(f"{path}: cannot start {command[0]!r} to record ({err})") from None
+
+    def write(self, topic: Any, msg: Any, log_time_ns: int) -> None:
+        pass  # ros2 bag record subscribes to the topics itself
+
+    def _stop(self) -> int:
+        # An episode saved right after its start: let the recorder create its bag first
+        # (interrupted while starting, it would leave nothing).
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while self.process.poll() is None and not self.path.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.terminate()
+                self.process.wait(STOP_TIMEOUT_S)
+        self._log.close()
+        return self.process.returncode
+
+    def finish(self, metadata: EpisodeMetadata) -> None:
+        code = self._stop()
+        if not self.path.is_dir():
+            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise BagError(f"{self.path}: the recorder wrote no bag (exit code {code}: {tail[0]}); its output is in {self.log_file}")
+        write_metadata(self.path, metadata.with_updates(status="complete"))
+        self.log_file.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._stop()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.log_file.unlink(missing_ok=True)
+
+
+@dataclass
+class EpisodeSession:
+    """Starts, saves and discards episodes under `out`; `saved` and `discarded` list what
+    happened, in order."""
+
+    out: Path
+    metadata: EpisodeMetadata  # the template: task, rig, variation, seed, extra
+    open_sink: Any  # (path, metadata) -> EpisodeSink
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("kil.episodes"))
+    current: Any = None
+    started_ns: int | None = None
+    saved: list[Path] = field(default_factory=list)
+    discarded: list[Path] = field(default_factory=list)
+
+    @property
+    def recording(self) -> bool:
+        return self.current is not None
+
+    def start(self, now_ns: int, path: Path | None = None) -> tuple[bool, str]:
+        """Open the next episode (or the episode directory `path`)."""
+        if self.current is not None:
+            return False, f"already recording {self.current.path.name}"
+        path = path or next_episode_dir(self.out)
+        self.current, self.started_ns = self.open_sink(path, self.metadata), now_ns
+        self.log.info("recording %s", path)
+        return True, f"recording {path}"
+
+    def save(self, now_ns: int, success: bool | None = True, reason: str = "saved") -> tuple[bool, str]:
+        if self.current is None:
+            return False, "not recording"
+        sink, self.current = self.current, None
+        duration = round((now_ns - self.started_ns) / 1e9, 3)
+        extra = {**self.metadata.extra, "duration_s": duration, "stop_reason": reason}
+        sink.finish(self.metadata.with_updates(success=success, extra=extra))
+        self.saved.append(sink.path)
+        self.log.info("saved %s (%.1f s, %s)", sink.path, duration, reason)
+        return True, f"saved {sink.path}"
+
+    def discard(self) -> tuple[bool, str]:
+        if self.current is None:
+            return False, "not recording"
+        sink, self.current = self.current, None
+        sink.abort()
+        self.discarded.append(sink.path)
+        self.log.info("discarded %s", sink.path)
+        return True, f"discarded {sink.path.name}"
+
+    def close(self, now_ns: int) -> None:
+        """At shutdown: an episode still open is kept (nothing recorded is lost) but marked
+        unsuccessful, so datasets leave it out unless someone re-marks it."""
+        if self.current is not None:
+            self.save(now_ns, success=False, reason="interrupted")
+
