@@ -341,12 +341,9 @@ class ActionChunk:
 
 
 @dataclass(frozen=True, eq=False)
-class PoseCommand:
-    """An absolute EE pose target for the robot's Cartesian controller.
-
-    position: (3,) float64 metres in `frame_id` (the robot base frame).
-    orientation: (4,) float64 unit quaternion (x, y, z, w).
-    """
+class _StampedPose:
+    """A pose in a frame at a time. position: (3,) float64 metres in `frame_id`;
+    orientation: (4,) float64 unit quaternion (x, y, z, w)."""
 
     stamp_ns: int
     frame_id: str
@@ -354,7 +351,11 @@ class PoseCommand:
     orientation: np.ndarray
 
     def __post_init__(self) -> None:
-        _check_header_and_pose(self, "PoseCommand")
+        _check_header_and_pose(self, type(self).__name__)
+
+
+class PoseCommand(_StampedPose):
+    """An absolute EE pose target for the robot's Cartesian controller, in the robot base frame."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -385,17 +386,8 @@ class EStop:
         _set(self, "engaged", _check_bool("EStop", "engaged", self.engaged))
 
 
-@dataclass(frozen=True, eq=False)
-class HandPose:
+class HandPose(_StampedPose):
     """A tracked pose of a teleoperation device (a VR controller) in its tracking frame."""
-
-    stamp_ns: int
-    frame_id: str
-    position: np.ndarray
-    orientation: np.ndarray
-
-    def __post_init__(self) -> None:
-        _check_header_and_pose(self, "HandPose")
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,14 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_episode_arguments(parser)
 
 
-def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared with `kil sim demos`."""
+def add_episode_arguments(parser: argparse.ArgumentParser, robot: str | None = None,
+                          out_help: str = "directory for the episodes (episode_NNNN inside)") -> None:
+    """Arguments shared with `kil sim`."""
     parser.add_argument("--task", default="pick_place", help="task under config/sim/tasks.yaml (pick_place, place_upright, pick_place_two)")
-    parser.add_argument("--robot", default=None, help="panda or ur5e (default: the rig's)")
+    parser.add_argument("--robot", default=robot, help="panda or ur5e" + ("" if robot else " (default: the rig's)"))
     parser.add_argument("--variation", default="in", help=f"one of {', '.join(VARIATIONS)}")
     parser.add_argument("--episodes", type=int, default=1, help="episodes to record (saved ones, with the keyboard)")
     parser.add_argument("--seed", type=int, default=0, help="batch seed (episode i uses a seed derived from it)")
-    parser.add_argument("--out", required=True, help="directory for the episodes (episode_NNNN inside)")
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--camera-rate", type=float, default=None, metavar="HZ", help="camera rate, 10-30 Hz (default from the graph: 15)")
 
 

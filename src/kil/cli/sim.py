@@ -12,21 +12,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-VARIATIONS = ("in", "obj", "scene", "rot")  # kil.sim.scene.VARIATIONS, without importing it here
-
+from kil.cli.record import add_episode_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("demos", "render", "reference"),
                         help="demos: record scripted demonstrations; render: PNG of an episode's first frame with its true "
                              "keypoints; reference: a keypoint spec (reference image + true points) written into --out")
-    parser.add_argument("--task", default="pick_place", help="task under config/sim/tasks.yaml (pick_place, place_upright, pick_place_two)")
-    parser.add_argument("--robot", default="panda", help="panda or ur5e")
-    parser.add_argument("--variation", default="in", help=f"one of {', '.join(VARIATIONS)}")
-    parser.add_argument("--episodes", type=int, default=1, help="demos: number of episodes")
-    parser.add_argument("--seed", type=int, default=0, help="batch seed (episode i uses a seed derived from it)")
-    parser.add_argument("--out", required=True, help="demos: directory for the episodes; render: PNG path")
-    parser.add_argument("--camera-rate", type=float, default=None, metavar="HZ", help="camera rate, 10-30 Hz (default from the graph: 15)")
-
+    add_episode_arguments(parser, robot="panda", out_help="demos: directory for the episodes; render: PNG path")
 
 def main(args: argparse.Namespace) -> int:
     from kil.errors import ConfigError
