@@ -15,7 +15,6 @@ std_srvs/srv/Trigger``. `kil build-dataset` reads these episodes like the sim's.
 
 import shlex
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
@@ -23,6 +22,7 @@ from launch_ros.actions import Node
 from kil.graph import merge_params, parse_overrides
 from kil.rigs import TELEOPS, load_rig, record_params
 from kil.runtimes.ros2.launch import declare_rig_arguments, graph_launch_actions, rig_actions
+from launch import LaunchDescription
 
 
 def teleop_actions(context) -> list:

@@ -46,11 +46,6 @@ def episode_messages(frames: int = 3):
     return out
 
 
-def recorded(graph):
-    """The graph topics these tests write (all_types_graph.yaml also holds teleop types)."""
-    return [graph.topics[t] for t in ALL_TYPES_TOPICS]
-
-
 def write_episode(path: Path, distro: str = "jazzy"):
     graph = load_graph(ALL_TYPES)
     messages = episode_messages()
@@ -94,7 +89,7 @@ def test_written_episode_reads_back_with_anyreader(tmp_path, distro):
     rgbd = [m for t, _, m in messages if t == "/camera"]
     assert [img.encoding for img in images] == ["bgra8"] * 3
     np.testing.assert_array_equal(np.asarray(images[1].data).reshape(12, 16, 4)[..., 2::-1], rgbd[1].rgb)
-    read = list(EpisodeReader(path).messages(recorded(graph)))
+    read = list(EpisodeReader(path).messages(graph.topics.values()))
     assert [(t, log) for t, log, _ in read] == [(t, log) for t, log, _ in messages]
     for (_, _, expected), (_, _, got) in zip(messages, read):
         assert_messages_equal(got, expected)
@@ -270,8 +265,8 @@ def test_ros2_recorded_bag_reads_the_same_as_ours(tmp_path, distro):
     graph, messages = write_episode(ours, distro)
     theirs = tmp_path / "recorded"
     _ros2_record_style_bag(theirs, messages, distro)
-    ours_read = list(EpisodeReader(ours).messages(recorded(graph)))
-    theirs_read = list(EpisodeReader(theirs).messages(recorded(graph)))
+    ours_read = list(EpisodeReader(ours).messages(graph.topics.values()))
+    theirs_read = list(EpisodeReader(theirs).messages(graph.topics.values()))
     assert EpisodeReader(theirs).metadata is None  # no kil metadata: a plain ROS recording
     assert len(ours_read) == len(theirs_read) == len(messages)
     for (t1, log1, m1), (t2, log2, m2) in zip(ours_read, theirs_read):
