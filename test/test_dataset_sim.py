@@ -146,3 +146,9 @@ def test_policy_trained_on_a_recorded_episode_drives_the_sim_rig(recorded, tmp_p
     assert stats.published["/kil/pose_target"] > 150
     states = list(policy.states)
     assert np.linalg.norm(states[-1].position - states[0].position) > 1e-3  # the arm moved
+    # What kil eval and kil run --policy call per episode: the same graph, with its video.
+    from kil.sim.rollouts import run_policy
+
+    result = run_policy(tmp_path / "run", "pick_place", "panda", "in", 5, time_limit_s=1.0, video=tmp_path / "rollout.mp4")
+    assert result.path == tmp_path / "rollout.mp4" and result.path.stat().st_size > 0
+    assert result.duration_s == pytest.approx(1.0) and result.stop_reason == "ran for 1 s" and 0.0 <= result.completion <= 1.0

@@ -26,7 +26,7 @@ TELEOPS = {"expert": "sim_expert", "keyboard": "keyboard_teleop"}  # --teleop ->
 
 @dataclass(frozen=True)
 class EpisodeResult:
-    path: Path | None  # the episode written (None: discarded, or not recorded)
+    path: Path | None  # the episode written (None: discarded, or not recorded), or a rollout's video
     seed: int
     completion: float
     duration_s: float
@@ -79,12 +79,17 @@ def run_expert(task: str, robot: str, variation: str, seed: int) -> EpisodeResul
     nodes["teleop"] = replace(nodes["teleop"], publish={"chunk": nodes["teleop"].publish["chunk"]})  # it stops the run itself
     rig = nodes["rig"]
     nodes["rig"] = replace(rig, config=replace(rig.config, render=False))
-    return _run(replace(graph, nodes=nodes), task, seed)
+    return run_episode(replace(graph, nodes=nodes), task, seed)
 
 
-def _run(graph: GraphSpec, task: str, seed: int, clock: str = "stepped", time_limit_s: float | None = None) -> EpisodeResult:
+def run_episode(graph: GraphSpec, task: str, seed: int, clock: str = "stepped", time_limit_s: float | None = None) -> EpisodeResult:
+    """Run one sim episode of `graph`: on the stepped clock within `time_limit_s` (default: the
+    task's), on the real-time clock (a person driving) until the graph stops itself."""
     from kil.runtimes.local import LocalRuntime
+    from kil.sim.tasks import task_config
 
+    if clock == "stepped" and time_limit_s is None:
+        time_limit_s = task_config(task).time_limit_s
     runtime = LocalRuntime(graph, clock=clock, threads=clock == "realtime")
     try:
         stats = runtime.run(time_limit_s)
@@ -102,13 +107,9 @@ def record_episode(task: str, robot: str, variation: str, seed: int, out: Path, 
     verdict to its metadata. The expert runs on the stepped clock within the task's time
     limit; a person at the keyboard on the real-time clock until they save or discard."""
     from kil.sim.episode import episode_scene
-    from kil.sim.tasks import task_config
 
     graph = demo_graph(task, robot, variation, seed, out, camera_rate_hz, teleop=teleop)
-    if teleop == "expert":
-        result = _run(graph, task, seed, "stepped", task_config(task).time_limit_s)
-    else:
-        result = _run(graph, task, seed, "realtime")
+    result = run_episode(graph, task, seed, "stepped" if teleop == "expert" else "realtime")
     if result.path is not None:
         metadata = read_metadata(result.path)
         extra = {

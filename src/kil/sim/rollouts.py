@@ -5,11 +5,12 @@ fast this machine is."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from kil.graph import GraphSpec, load_graph
 from kil.paths import graph_path
-from kil.sim.demos import EpisodeResult, _run
+from kil.sim.demos import EpisodeResult, run_episode
 
 POLICY_GRAPHS = {"keypoint": "sim_policy", "rgb": "sim_policy_rgb"}  # by the policy's kind
 
@@ -38,7 +39,8 @@ def run_policy(policy: str | Path, task: str, robot: str, variation: str, seed: 
     """One closed-loop episode (until the task is done and stays so for a second, or the
     task's time limit); `video`: an MP4 of the camera with keypoints and commanded path."""
     graph = policy_graph(policy, task, robot, variation, seed, video=video, **kwargs)
-    return _run(graph, task, seed, Path(video or ""), time_limit_s)
+    result = run_episode(graph, task, seed, "stepped", time_limit_s)
+    return replace(result, path=Path(video) if video else None)
 
 
 def evaluate(policy: str | Path, task: str, robot: str, variations: list[str], episodes: int, seed: int = 1000,
