@@ -97,7 +97,9 @@ def test_quest_clutch_moves_the_robot_relative_to_the_hand_and_records_an_episod
 
 def test_quest_discard_button_deletes_the_episode(tmp_path):
     runtime = LocalRuntime(sim_teleop_graph(tmp_path, "quest"), clock="stepped")
-    presses = {0.2: (True, False), 0.3: (False, False), 1.0: (False, True), 1.1: (False, False)}  # A, then B
+    # The app's A+B alignment chord (released one by one) records nothing; then A, then B.
+    presses = {0.1: (True, True), 0.15: (True, False), 0.18: (False, False),
+               0.2: (True, False), 0.3: (False, False), 1.0: (False, True), 1.1: (False, False)}
     for time_s, (lower, upper) in presses.items():
         runtime.at(time_s, lambda lo=lower, up=upper: runtime.inject(
             "/q2r_right_hand_inputs", HandInputs(runtime.clock.now_ns(), up, lo, [0, 0], 0.0, 0.0)))

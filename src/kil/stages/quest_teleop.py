@@ -5,8 +5,9 @@ relative to where both were when the grip closed (scaled, and rotated from the h
 tracking frame into the robot base frame); released, the target stays, so the operator can
 re-grip in a comfortable pose and go on (a clutch). The index trigger closes the gripper
 (with hysteresis), the lower face button (A) starts and saves an episode, the upper (B)
-discards it. Topics: ``/q2r_right_hand_pose`` (PoseStamped), ``/q2r_right_hand_inputs``
-(quest2ros/OVR2ROSInputs).
+discards it. A and B pressed together are the Quest2ROS app's frame alignment (hold the
+controller along the robot base axes and press them): they record nothing. Topics:
+``/q2r_right_hand_pose`` (PoseStamped), ``/q2r_right_hand_inputs`` (quest2ros/OVR2ROSInputs).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class QuestTeleopConfig(TeleopConfig):
     grasp_off: float = 0.4  # ... and opens below this
     scale: float = 1.0  # robot translation per controller translation
     follow_rotation: bool = True
-    # The tracking frame's orientation in the robot base frame (roll, pitch, yaw in rad):
-    # check once that pushing the controller away from you moves the robot the same way.
+    # The tracking frame's orientation in the robot base frame (roll, pitch, yaw in rad); zero
+    # after the app's A+B alignment with the controller held along the base axes. Check once
+    # that pushing the controller away from you moves the robot the same way.
     device_to_base_rpy: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
@@ -50,6 +52,7 @@ class QuestTeleop(TeleopStage):
         self.hand: tuple[np.ndarray, Rotation] | None = None  # latest controller pose, in base axes
         self.anchor: tuple[np.ndarray, Rotation, np.ndarray, Rotation] | None = None  # hand and target at engagement
         self.inputs: HandInputs | None = None
+        self.chord = False  # A+B held (the app's frame alignment) until both are released
 
     @property
     def clutched(self) -> bool:
@@ -77,10 +80,15 @@ class QuestTeleop(TeleopStage):
             self.gripper = c.gripper_closed
         elif inputs.index <= c.grasp_off:
             self.gripper = c.gripper_open
-        if inputs.button_lower and not (previous and previous.button_lower):
-            self.start_or_save()
-        if inputs.button_upper and not (previous and previous.button_upper):
-            self.discard()
+        if inputs.button_lower and inputs.button_upper:
+            self.chord = True
+        elif not (inputs.button_lower or inputs.button_upper):
+            self.chord = False
+        elif not self.chord:
+            if inputs.button_lower and not (previous and previous.button_lower):
+                self.start_or_save()
+            if inputs.button_upper and not (previous and previous.button_upper):
+                self.discard()
 
 
 STAGE = QuestTeleop
