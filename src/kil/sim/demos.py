@@ -91,11 +91,9 @@ def run_episode(graph: GraphSpec, task: str, seed: int, clock: str = "stepped", 
     if clock == "stepped" and time_limit_s is None:
         time_limit_s = task_config(task).time_limit_s
     runtime = LocalRuntime(graph, clock=clock, threads=clock == "realtime")
-    try:
-        stats = runtime.run(time_limit_s)
-    finally:
-        recorder = runtime.stages.get("recorder")
-        written = recorder.session.saved[-1:] if recorder is not None else []
+    stats = runtime.run(time_limit_s)
+    recorder = runtime.stages.get("recorder")
+    written = recorder.session.saved[-1:] if recorder is not None else []
     rig = runtime.stages["rig"]
     return EpisodeResult(written[0] if written else None, seed, float(rig.completion), (stats.end_ns - stats.start_ns) / 1e9,
                          stats.stop_reason, rig.keypoint_names)
