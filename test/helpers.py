@@ -9,7 +9,7 @@ import numpy as np
 from kil.geometry import matrix_to_quat
 from kil.msgs import (
     RGBD, ActionChunk, Buttons, EpisodeControl, EStop, FeatureMap, GripperCommand, HandInputs, HandPose, Image, Keypoints,
-    PoseCommand, RobotState, Twist,
+    PoseCommand, RobotState, TaskProgress, Twist,
 )
 
 STAMP = 1_700_000_123_456_789_012
@@ -142,4 +142,5 @@ def sample_of_every_type(rng: np.random.Generator) -> dict[str, object]:
         "Twist": Twist(STAMP, rng.normal(size=3), rng.normal(size=3)),
         "Buttons": Buttons(STAMP, (False, True)),
         "EpisodeControl": EpisodeControl(STAMP, "save"),
+        "TaskProgress": TaskProgress(STAMP, 0.5),
     }

@@ -27,21 +27,25 @@ from kil.errors import BagError
 from kil.graph import load_graph
 
 ALL_TYPES = Path(__file__).parent / "data" / "all_types_graph.yaml"
-# Topics of all_types_graph.yaml in the order of helpers.sample_of_every_type.
-ALL_TYPES_TOPICS = ("/camera", "/kil/features", "/kil/keypoints", "/kil/annotated", "/robot", "/kil/chunk", "/kil/pose_target", "/kil/gripper_command")
+# Topics of all_types_graph.yaml, in the order they are written.
+ALL_TYPES_TOPICS = ("/camera", "/kil/features", "/kil/keypoints", "/kil/annotated", "/robot", "/kil/chunk", "/kil/pose_target", "/kil/gripper_command",
+                    "/sim/progress")
+HEADERLESS = ("/kil/gripper_command", "/sim/progress")
 MS = 1_000_000
 
 
 def episode_messages(frames: int = 3):
     """[(graph topic, log time, message)] for a short episode of every type."""
     rng = np.random.default_rng(11)
+    types = {name: topic.type.__name__ for name, topic in load_graph(ALL_TYPES).topics.items()}
     out = []
     for k in range(frames):
         shift = k * 100 * MS
-        for topic, msg in zip(ALL_TYPES_TOPICS, sample_of_every_type(rng).values()):
+        samples = sample_of_every_type(rng)
+        for topic, msg in ((t, samples[types[t]]) for t in ALL_TYPES_TOPICS):
             log_time = STAMP + shift + 5 * MS
-            # control_msgs/GripperCommand has no header: its stamp is the time it is logged.
-            stamp = log_time if topic == "/kil/gripper_command" else STAMP + shift
+            # control_msgs/GripperCommand and Float32 have no header: their stamp is the time they are logged.
+            stamp = log_time if topic in HEADERLESS else STAMP + shift
             out.append((topic, log_time, dataclasses.replace(msg, stamp_ns=stamp)))
     return out
 
@@ -72,6 +76,7 @@ def test_written_episode_reads_back_with_anyreader(tmp_path, distro):
             "/kil/features": ("sensor_msgs/msg/Image", 3),
             "/kil/keypoints": ("sensor_msgs/msg/PointCloud2", 3),
             "/kil/keypoints/markers": ("visualization_msgs/msg/MarkerArray", 3),
+            "/kil/keypoints/names": ("std_msgs/msg/String", 1),  # latched: written once per change
             "/kil/annotated": ("sensor_msgs/msg/Image", 3),
             "/franka_robot_state_broadcaster/current_pose": ("geometry_msgs/msg/PoseStamped", 3),
             "/joint_states": ("sensor_msgs/msg/JointState", 3),
@@ -79,6 +84,7 @@ def test_written_episode_reads_back_with_anyreader(tmp_path, distro):
             "/kil/chunk/path": ("nav_msgs/msg/Path", 3),
             "/kil/pose_target": ("geometry_msgs/msg/PoseStamped", 3),
             "/kil/gripper_command": ("control_msgs/msg/GripperCommand", 3),
+            "/sim/progress": ("std_msgs/msg/Float32", 3),
         }
         images = [
             reader.deserialize(raw, c.msgtype)

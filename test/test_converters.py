@@ -177,17 +177,41 @@ def test_unregistered_depth_is_rejected(factory, rng):
 def test_keypoints_point_cloud_round_trip(factory, store, rng):
     kps = sample_keypoints(rng)
     msg = cdr(store, keypoints.keypoints_to_ros(factory, kps))
-    assert [f.name for f in msg.fields] == ["x", "y", "z", "u", "v", "score", "instance", "index", "visible"]
-    assert (msg.height, msg.width, msg.point_step, msg.is_dense) == (1, 5, 36, False)
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "u", "v", "score", "instance", "index", "visible", "layout"]
+    assert (msg.height, msg.width, msg.point_step, msg.is_dense) == (1, 5, 40, False)
     assert_messages_equal(keypoints.keypoints_from_ros(msg, kps.names), kps)
-    assert keypoints.keypoints_from_ros(msg).names == ("kp0", "kp1", "kp2", "kp3", "kp4")
+
+
+def test_keypoint_names_travel_latched_beside_the_cloud(factory, store, rng):
+    """The wire format's `names` role carries the names; the cloud's layout field ties each
+    cloud to them, so a cloud is never read without names or with another layout's."""
+    from kil.converters.wire import wire_format
+    from kil.msgs import Keypoints
+
+    kps = sample_keypoints(rng)
+    wire = wire_format(Keypoints)
+    assert [r.name for r in wire.latched_roles()] == ["names"] and "names" not in [r.name for r in wire.input_roles()]
+    packet = wire.to_ros(kps, factory, wire.options_class())
+    names = cdr(store, packet.messages["names"])
+    assert keypoints.names_from_text(names.data) == kps.names
+    cloud = cdr(store, packet.messages[""])
+    assert_messages_equal(wire.from_ros({"": cloud, "names": names}, wire.options_class(), None, STAMP), kps)
+    with pytest.raises(MessageError, match="keypoint names not received yet"):
+        wire.from_ros({"": cloud}, wire.options_class(), None, STAMP)
+    other = factory.new("std_msgs/msg/String", data=keypoints.names_text([n + "_x" for n in kps.names]))
+    with pytest.raises(MessageError, match="published with other keypoint names"):
+        wire.from_ros({"": cloud, "names": other}, wire.options_class(), None, STAMP)
+    with pytest.raises(MessageError, match="expected a JSON list of strings"):
+        keypoints.names_from_text("block/top")
+    # names named by the graph (a publisher that sends none) serve as well
+    assert wire.from_ros({"": cloud}, wire.options_class(names=kps.names), None, STAMP).names == kps.names
 
 
 def test_keypoint_similarity_vectors_travel_as_extra_fields(factory, store, rng):
     kps = sample_keypoints(rng, similarity=True)
     msg = cdr(store, keypoints.keypoints_to_ros(factory, kps))
-    assert [f.name for f in msg.fields][9:] == ["s0", "s1", "s2", "s3", "s4"]
-    assert msg.point_step == 36 + 4 * 5
+    assert [f.name for f in msg.fields][10:] == ["s0", "s1", "s2", "s3", "s4"]
+    assert msg.point_step == 40 + 4 * 5
     back = keypoints.keypoints_from_ros(msg, kps.names)
     assert_messages_equal(back, kps)
     assert back.similarity[1, 3] == kps.similarity[1, 3]
@@ -214,8 +238,10 @@ def test_keypoints_cloud_with_other_layout_reads_by_field_name(factory):
 
 def test_keypoint_cloud_missing_fields_and_bad_index(factory, rng):
     msg = keypoints.keypoints_to_ros(factory, sample_keypoints(rng))
+    msg.fields = [f for f in msg.fields if f.name != "layout"]  # another publisher's cloud
     with pytest.raises(MessageError, match="outside the 2 keypoint names"):
         keypoints.keypoints_from_ros(msg, ("a", "b"))
+    assert keypoints.keypoints_from_ros(msg).names == ("kp0", "kp1", "kp2", "kp3", "kp4")  # no names: by index
     msg.fields = [f for f in msg.fields if f.name != "score"]
     with pytest.raises(MessageError, match=r"^PointCloud2\.fields: keypoint cloud lacks \['score'\]"):
         keypoints.keypoints_from_ros(msg)

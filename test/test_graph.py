@@ -67,7 +67,7 @@ def test_unknown_topic_type(tmp_path):
         nodes: {}
         """,
         "topics./t.type: unknown message type 'Wrench' (known: RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, "
-        "GripperCommand, EStop, HandPose, HandInputs, Twist, Buttons, EpisodeControl)",
+        "GripperCommand, EStop, HandPose, HandInputs, Twist, Buttons, EpisodeControl, TaskProgress)",
     )
 
 

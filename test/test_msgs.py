@@ -28,7 +28,7 @@ def check(error_pattern, build):
 
 def test_all_types_are_registered():
     assert set(MESSAGE_TYPES) == {"RGBD", "FeatureMap", "Keypoints", "Image", "RobotState", "ActionChunk", "PoseCommand", "GripperCommand", "EStop",
-                                 "HandPose", "HandInputs", "Twist", "Buttons", "EpisodeControl"}
+                                 "HandPose", "HandInputs", "Twist", "Buttons", "EpisodeControl", "TaskProgress"}
 
 
 def test_teleop_messages_are_validated():

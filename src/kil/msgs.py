@@ -456,10 +456,29 @@ class EpisodeControl:
             raise _fail("EpisodeControl", "command", f"expected one of {', '.join(EPISODE_COMMANDS)}, got {self.command!r}")
 
 
+@dataclass(frozen=True, eq=False)
+class TaskProgress:
+    """A simulator's verdict on its task: completion in [0, 1] (1: success; 0.5: one of two
+    objects placed). A recorder saves the newest one into the episode's metadata."""
+
+    stamp_ns: int
+    completion: float
+
+    def __post_init__(self) -> None:
+        _set(self, "stamp_ns", _check_stamp("TaskProgress", self.stamp_ns))
+        _set(self, "completion", _check_scalar("TaskProgress", "completion", self.completion, minimum=0.0))
+        if self.completion > 1.0:
+            raise _fail("TaskProgress", "completion", f"must be in [0, 1], got {self.completion}")
+
+    @property
+    def success(self) -> bool:
+        return self.completion >= 1.0
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (RGBD, FeatureMap, Keypoints, Image, RobotState, ActionChunk, PoseCommand, GripperCommand, EStop,
-                HandPose, HandInputs, Twist, Buttons, EpisodeControl)
+                HandPose, HandInputs, Twist, Buttons, EpisodeControl, TaskProgress)
 }
 
 

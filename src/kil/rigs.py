@@ -101,22 +101,35 @@ def live_params(rig: RigConfig, task: str, policy: str) -> dict[str, dict]:
     }
 
 
-TELEOPS = ("quest", "spacemouse")  # record_demos.launch.py teleop:=, graphs config/graphs/teleop_<teleop>.yaml
+# record_demos.launch.py teleop:=, graphs config/graphs/teleop_<teleop>.yaml; `expert` is the
+# simulated rig's scripted expert (unattended demonstrations).
+TELEOPS = ("quest", "spacemouse", "expert")
 
 
-def record_params(rig: RigConfig, task: str, teleop: str, out: str, variation: str = "in") -> dict[str, dict]:
+def record_params(rig: RigConfig, task: str, teleop: str, out: str, variation: str = "in", seed: int = 0,
+                  use_sim_time: bool = False) -> dict[str, dict]:
     """Node parameters of a teleop recording graph for a rig: targets in its base frame,
-    its gripper's range, its limits, and `ros2 bag record` on its record_topics."""
+    its gripper's range, its limits, and `ros2 bag record` on its record_topics (stamping
+    what it records with /clock where the graph runs on simulated time)."""
+    from kil.data.episodes import ROS2_BAG_RECORD
+
     if teleop not in TELEOPS:
         raise ConfigError(f"teleop: unknown teleop {teleop!r} (choose one of: {', '.join(TELEOPS)})")
+    if teleop == "expert" and rig.camera.driver != "sim":
+        raise ConfigError(f"teleop: the scripted expert drives the simulated rig only, not rig {rig.name!r}")
     if not rig.record_topics:
         raise ConfigError(f"config/rigs/{rig.name}.yaml: record_topics: empty; name the topics an episode records")
+    if teleop == "expert":
+        teleop_params = {"base_frame": rig.base_frame, "task": task, "variation": variation, "seed": seed}
+    else:
+        teleop_params = {"base_frame": rig.base_frame, "gripper_open": rig.gripper.max_opening}
     return {
-        "teleop": {"base_frame": rig.base_frame, "gripper_open": rig.gripper.max_opening},
+        "teleop": teleop_params,
         "interpolator": {"max_speed": rig.safety.max_speed, "max_angular_speed": rig.safety.max_angular_speed},
         "safety": {"rig": rig.name},
-        "recorder": {"out": out, "task": task, "rig": rig.name, "variation": variation, "operator": teleop,
-                     "topics": list(rig.record_topics)},
+        "recorder": {"out": out, "task": task, "rig": rig.name, "variation": variation, "operator": "scripted_expert" if teleop == "expert" else teleop,
+                     "topics": list(rig.record_topics), "seed": seed if teleop == "expert" else None,
+                     "record_command": [*ROS2_BAG_RECORD, *(["--use-sim-time"] if use_sim_time else [])]},
     }
 
 

@@ -8,7 +8,16 @@ A stage is a plain class with a config dataclass. It declares
   the graph description connects (a recorder);
 * outputs, in ``outputs = {"port": MessageClass}``, published with ``self.io.publish``;
 * timers, with ``@every(hz="rate_hz")`` (a config field) or ``@every(period_s=0.01)``;
-* services, with ``@service("clear_estop")`` on a method returning ``(success, message)``.
+* services, with ``@service("clear_estop")`` on a method returning ``(success, message)``;
+* which config fields may change while it runs (``live_params``; ``ros2 param set`` on any
+  other is refused), applied through `reconfigure`;
+* whether it is a simulator that drives the clock (``drives_clock``): under ROS 2 with
+  ``use_sim_time`` its node publishes /clock and runs its timers on the simulated time it
+  advances itself, at most `real_time_factor` times as fast as the wall clock.
+
+An input marked ``latest`` only ever needs its newest message (a camera frame, a feature
+map): a node still busy with the previous one skips those that came in between instead of
+working through a queue of old frames.
 
 It receives a `StageIO` from the runtime for publishing, the clock, TF and logging, and
 never learns whether it runs in one process or as a ROS 2 node. Stages never import ROS.
@@ -41,6 +50,7 @@ class Subscription:
     slop_s: float = 0.0
     any_port: bool = False
     optional: bool = False  # a single-port input the graph may leave unconnected
+    latest: tuple[str, ...] = ()  # ports of which only the newest unprocessed message matters
 
 
 @dataclass(frozen=True)
@@ -61,16 +71,21 @@ class TimerSpec:
         return int(round(1e9 / value if self.hz is not None else value * 1e9))
 
 
-def subscribe(slop_s: float = 0.0, optional: bool = False, **ports: type) -> Callable:
+def subscribe(slop_s: float = 0.0, optional: bool = False, latest: bool | tuple[str, ...] = False, **ports: type) -> Callable:
     """Decorate a method taking one message per port (in keyword order), matched by stamp.
-    An `optional` (single) port may be left unconnected by the graph."""
+    An `optional` (single) port may be left unconnected by the graph. `latest` (True: every
+    port, or the names of some) marks ports of which a busy node only wants the newest
+    message: older ones that arrived meanwhile are skipped, not queued."""
     if not ports:
         raise TypeError("subscribe() needs at least one port=MessageClass")
     if optional and len(ports) != 1:
         raise TypeError("subscribe(optional=True) takes exactly one port")
+    newest = tuple(ports) if latest is True else tuple(latest or ())
+    if set(newest) - set(ports):
+        raise TypeError(f"subscribe(latest=...) names ports it does not declare: {sorted(set(newest) - set(ports))}")
 
     def mark(fn: Callable) -> Callable:
-        setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, dict(ports), slop_s, optional=optional))
+        setattr(fn, _SUBSCRIPTION_ATTR, Subscription(fn.__name__, dict(ports), slop_s, optional=optional, latest=newest))
         return fn
 
     return mark
@@ -148,10 +163,25 @@ class Stage:
 
     Config: ClassVar[type] = EmptyConfig
     outputs: ClassVar[Mapping[str, type]] = {}
+    # Config fields (dotted names of nested ones) that may change while the node runs; a
+    # change is validated through Config and handed to `reconfigure`. All others are fixed.
+    live_params: ClassVar[frozenset[str]] = frozenset()
+    # A simulator: it advances simulated time itself (see the module docstring).
+    drives_clock: ClassVar[bool] = False
 
     def __init__(self, config: Any, io: StageIO) -> None:
         self.config = config
         self.io = io
+
+    def reconfigure(self, config: Any) -> None:
+        """Take a new, validated config that differs only in `live_params` fields. Stages
+        that derive state from those fields at construction override this."""
+        self.config = config
+
+    @property
+    def real_time_factor(self) -> float:
+        """A clock-driving stage's pace: simulated seconds per wall-clock second, at most."""
+        return 1.0
 
     def start(self) -> None:
         """Called once every stage of the graph exists, before the clock starts."""
@@ -213,4 +243,21 @@ def load_stage_class(name: str, where: str) -> type[Stage]:
         raise ConfigError(f"{where}: module {module_name} has no STAGE class deriving from kil.stage.Stage")
     if not dataclasses.is_dataclass(stage.Config):
         raise ConfigError(f"{where}: {stage.__name__}.Config is not a dataclass")
+    unknown = sorted(stage.live_params - set(config_fields(stage.Config)))
+    if unknown:
+        raise ConfigError(f"{where}: {stage.__name__}.live_params names no field of its Config: {', '.join(unknown)}")
     return stage
+
+
+def config_fields(config_class: type, prefix: str = "") -> list[str]:
+    """Dotted names of a config dataclass's leaf fields (nested dataclasses expanded)."""
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    names: list[str] = []
+    for f in dataclasses.fields(config_class):
+        if dataclasses.is_dataclass(hints[f.name]):
+            names.extend(config_fields(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            names.append(f"{prefix}{f.name}")
+    return names

@@ -11,6 +11,8 @@ Arrays of primitives may be passed as numpy arrays or lists in either case.
 from __future__ import annotations
 
 import array
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -103,6 +105,17 @@ class TypestoreFactory:
         return [self._default(item) for _ in range(length if kind == "ARRAY" else 0)]
 
 
+@contextlib.contextmanager
+def _installed(typename: str) -> Iterator[None]:
+    """A missing interface package is a one-line MessageError naming it."""
+    try:
+        yield
+    except (ModuleNotFoundError, AttributeError, ValueError) as err:
+        package = typename.split("/")[0]
+        raise MessageError(f"ROS 2 type {typename} is not available ({err}): build or install the {package} package "
+                           "in the workspace this node runs in") from None
+
+
 class RclpyFactory:
     """Builds rclpy messages (imports ROS 2 Python packages on first use only)."""
 
@@ -114,18 +127,20 @@ class RclpyFactory:
             from rosidl_runtime_py.utilities import get_action, get_message
 
             action, _, part = typename.rpartition("_")
-            if "/action/" in typename and part in ("Goal", "Result", "Feedback"):
-                # an action's parts are attributes of the action class (pkg/action/Name_Goal -> Name.Goal)
-                self._classes[typename] = getattr(get_action(action), part)
-            else:
-                self._classes[typename] = get_message(typename)
+            with _installed(typename):
+                if "/action/" in typename and part in ("Goal", "Result", "Feedback"):
+                    # an action's parts are attributes of the action class (pkg/action/Name_Goal -> Name.Goal)
+                    self._classes[typename] = getattr(get_action(action), part)
+                else:
+                    self._classes[typename] = get_message(typename)
         return self._classes[typename]
 
     def action_class(self, action_type: str) -> type:
         """The rclpy action type ``pkg/action/Name``."""
         from rosidl_runtime_py.utilities import get_action
 
-        return get_action(action_type)
+        with _installed(action_type):
+            return get_action(action_type)
 
     def new(self, typename: str, **fields: Any) -> Any:
         msg = self.message_class(typename)()

@@ -2,13 +2,16 @@
 
 The cloud has one point per keypoint with fields x, y, z (metres, base frame; NaN where not
 visible, so RViz skips them), u, v (pixels), score, instance, index (into the keypoint
-names, which the reference spec defines), visible, and with similarity vectors s0..s<N-1>.
-Readers look fields up by name, so
-a cloud laid out differently by another publisher still reads.
+names, which the reference spec defines), visible, layout (CRC-32 of the names, the same in
+every point), and with similarity vectors s0..s<N-1>. The names themselves travel beside the
+cloud (`names_text`, a latched std_msgs/String). Readers look fields up by name, so a cloud
+laid out differently by another publisher still reads.
 """
 
 from __future__ import annotations
 
+import json
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,8 +34,9 @@ _CLOUD_FIELDS = (  # name, offset, datatype
     ("instance", 24, 5),
     ("index", 28, 6),
     ("visible", 32, 2),
+    ("layout", 36, 6),
 )
-_POINT_STEP = 36  # 33 bytes of fields, padded to 4-byte alignment
+_POINT_STEP = 40
 _REQUIRED = ("x", "y", "z", "u", "v", "score", "visible", "index")
 
 # Marker constants (visualization_msgs/Marker)
@@ -47,6 +51,26 @@ def _cloud_dtype(fields: Sequence[tuple[str, int, int]], itemsize: int, bigendia
             "itemsize": itemsize,
         }
     )
+
+
+def names_text(names: Sequence[str]) -> str:
+    """The keypoint names as the text of their latched message (a JSON list)."""
+    return json.dumps(list(names), separators=(",", ":"))
+
+
+def names_from_text(text: str) -> tuple[str, ...]:
+    try:
+        names = json.loads(text)
+    except json.JSONDecodeError:
+        names = None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise MessageError(f"keypoint names: expected a JSON list of strings, got {text[:80]!r}")
+    return tuple(names)
+
+
+def layout_id(names: Sequence[str]) -> int:
+    """CRC-32 of the names' text: ties a cloud to the names its `index` field refers to."""
+    return zlib.crc32(names_text(names).encode())
 
 
 def _similarity_fields(n: int) -> list[tuple[str, int, int]]:
@@ -70,6 +94,7 @@ def keypoints_to_ros(factory: MessageFactory, keypoints: Keypoints) -> Any:
     points["instance"] = keypoints.instance
     points["index"] = np.arange(n)
     points["visible"] = keypoints.visible
+    points["layout"] = layout_id(keypoints.names)
     if keypoints.similarity is not None:
         for j in range(n):
             points[f"s{j}"] = keypoints.similarity[:, j]
@@ -92,8 +117,9 @@ def keypoints_to_ros(factory: MessageFactory, keypoints: Keypoints) -> Any:
 
 
 def keypoints_from_ros(msg: Any, names: Sequence[str] = ()) -> Keypoints:
-    """Keypoints from a PointCloud2; `names` are indexed by the cloud's `index` field
-    (without names, keypoint k is called "kp<k>")."""
+    """Keypoints from a PointCloud2; `names` are indexed by the cloud's `index` field. A
+    cloud with a `layout` field needs the names it was published with; one without (another
+    publisher's) may go without names, keypoint k then being called "kp<k>"."""
     fields = {str(f.name): (str(f.name), int(f.offset), int(f.datatype)) for f in msg.fields}
     missing = [f for f in _REQUIRED if f not in fields]
     if missing:
@@ -107,6 +133,11 @@ def keypoints_from_ros(msg: Any, names: Sequence[str] = ()) -> Keypoints:
         raise MessageError(f"PointCloud2.data: {data.size} bytes for {n} points of {step} bytes")
     points = data[: n * step].view(_cloud_dtype(list(fields.values()), step, bool(msg.is_bigendian)))
     index = points["index"].astype(np.int64)
+    if "layout" in fields and n:
+        if not names:
+            raise MessageError("PointCloud2: keypoint names not received yet (they are latched on the topic's /names companion)")
+        if int(points["layout"][0]) != layout_id(names):
+            raise MessageError(f"PointCloud2 layout field: the cloud was published with other keypoint names than {list(names)[:4]}...")
     if names:
         if np.any(index < 0) or np.any(index >= len(names)):
             raise MessageError(f"PointCloud2 index field: values {index.tolist()} outside the {len(names)} keypoint names")

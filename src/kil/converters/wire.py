@@ -25,7 +25,7 @@ from kil.converters.gripper import GripperCommandOptions
 from kil.errors import MessageError
 from kil.msgs import (
     RGBD, ActionChunk, Buttons, EpisodeControl, EStop, FeatureMap, GripperCommand, HandInputs, HandPose, Image, Keypoints,
-    PoseCommand, RobotState, Twist,
+    PoseCommand, RobotState, TaskProgress, Twist,
 )
 from kil.sync import StampSynchronizer
 
@@ -35,11 +35,15 @@ TransformLookup = Callable[[str, str, int], np.ndarray]
 
 @dataclass(frozen=True)
 class Role:
-    """One ROS 2 topic of a wire format. Publish-only roles are companions for RViz."""
+    """One ROS 2 topic of a wire format. Publish-only roles are companions for RViz. A
+    latched role carries what a message needs but rarely changes (the keypoint names): it is
+    published transient-local, once per change, and a subscriber hands its newest one to
+    `from_ros` with every message of the topic instead of matching it by stamp."""
 
     name: str
     ros_type: str
     publish_only: bool = False
+    latched: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,12 @@ class WireFormat:
 
     @classmethod
     def input_roles(cls) -> tuple[Role, ...]:
-        """Roles a subscriber needs (publish-only companions excluded)."""
-        return tuple(r for r in cls.roles if not r.publish_only)
+        """Roles a subscriber matches by stamp (publish-only and latched companions excluded)."""
+        return tuple(r for r in cls.roles if not (r.publish_only or r.latched))
+
+    @classmethod
+    def latched_roles(cls) -> tuple[Role, ...]:
+        return tuple(r for r in cls.roles if r.latched)
 
     @classmethod
     def role_topics(cls, topic: str, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -137,25 +145,39 @@ class ImageWire(WireFormat):
 
 @dataclass(frozen=True)
 class KeypointsOptions:
-    names: tuple[str, ...] = ()  # keypoint names by index (the reference spec's order)
+    # Keypoint names by index, for clouds from a publisher that sends no names of its own
+    # (kil's publishers send them on the latched `names` role).
+    names: tuple[str, ...] = ()
     marker_diameter: float = 0.02  # metres, RViz spheres
 
 
 class KeypointsWire(WireFormat):
+    """The cloud, RViz markers, and the names its `index` field refers to (latched
+    ``<topic>/names``, std_msgs/String holding a JSON list; the cloud's `layout` field is
+    the names' CRC, so a cloud is never read with another layout's names)."""
+
     message_type = Keypoints
     options_class = KeypointsOptions
-    roles = (Role("", "sensor_msgs/msg/PointCloud2"), Role("markers", "visualization_msgs/msg/MarkerArray", True))
+    roles = (
+        Role("", "sensor_msgs/msg/PointCloud2"),
+        Role("markers", "visualization_msgs/msg/MarkerArray", publish_only=True),
+        Role("names", "std_msgs/msg/String", latched=True),
+    )
 
     def to_ros(self, msg: Keypoints, factory: MessageFactory, options: KeypointsOptions) -> Packet:
         return Packet(
             {
                 "": keypoints.keypoints_to_ros(factory, msg),
                 "markers": keypoints.keypoints_to_markers(factory, msg, diameter=options.marker_diameter),
+                "names": factory.new("std_msgs/msg/String", data=keypoints.names_text(msg.names)),
             }
         )
 
     def from_ros(self, messages: Mapping[str, Any], options: KeypointsOptions, lookup: TransformLookup | None, receive_ns: int) -> Keypoints:
-        return keypoints.keypoints_from_ros(messages[""], options.names)
+        names = options.names
+        if not names and "names" in messages:
+            names = keypoints.names_from_text(str(messages["names"].data))
+        return keypoints.keypoints_from_ros(messages[""], names)
 
 
 @dataclass(frozen=True)
@@ -294,6 +316,21 @@ class EpisodeControlWire(WireFormat):
         return teleop.episode_control_from_ros(messages[""], receive_ns)
 
 
+class TaskProgressWire(WireFormat):
+    message_type = TaskProgress
+    roles = (Role("", "std_msgs/msg/Float32"),)
+    stamped = False
+
+    def to_ros(self, msg: TaskProgress, factory: MessageFactory, options: NoOptions) -> Packet:
+        return Packet({"": factory.new("std_msgs/msg/Float32", data=float(msg.completion))})
+
+    def from_ros(self, messages: Mapping[str, Any], options: NoOptions, lookup: TransformLookup | None, receive_ns: int) -> TaskProgress:
+        value = float(messages[""].data)
+        if not 0.0 <= value <= 1.0:
+            raise MessageError(f"Float32.data: task completion must be in [0, 1], got {value}")
+        return TaskProgress(stamp_ns=receive_ns, completion=value)
+
+
 WIRE_FORMATS: dict[type, WireFormat] = {
     wire.message_type: wire
     for wire in (
@@ -311,6 +348,7 @@ WIRE_FORMATS: dict[type, WireFormat] = {
         TwistWire(),
         ButtonsWire(),
         EpisodeControlWire(),
+        TaskProgressWire(),
     )
 }
 

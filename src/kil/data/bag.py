@@ -89,6 +89,7 @@ class EpisodeWriter:
         self._writer = _Rosbag2Writer(self.path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._connections: dict[str, Any] = {}
         self._router = TransformRouter()
+        self._latched: dict[str, Any] = {}  # ROS topic -> the latched role message last written
         self._last_flush_ns: int | None = None  # log time of the last flush
         self._open = False
 
@@ -119,9 +120,14 @@ class EpisodeWriter:
                     log_time_ns,
                     TF_STATIC_QOS if static else TF_QOS,
                 )
-        ros_types = {role.name: role.ros_type for role in topic.wire.roles}
-        for role, ros_msg in packet.messages.items():
-            self.write_ros(topic.ros_topics[role], ros_types[role], ros_msg, log_time_ns, topic.qos)
+        roles = {role.name: role for role in topic.wire.roles}
+        for name, ros_msg in packet.messages.items():
+            ros_topic, role = topic.ros_topics[name], roles[name]
+            if role.latched:  # once per change, as a latched publisher sends it
+                if self._latched.get(ros_topic) == ros_msg:
+                    continue
+                self._latched[ros_topic] = ros_msg
+            self.write_ros(ros_topic, role.ros_type, ros_msg, log_time_ns, TF_STATIC_QOS if role.latched else topic.qos)
 
     def write_ros(self, topic: str, typename: str, msg: Any, log_time_ns: int, qos: QoSSpec = QoSSpec()) -> None:
         """Record a ROS 2 message (a typestore message of `typename`)."""
@@ -222,6 +228,17 @@ def recover_episode(path: str | Path) -> int:
     return count
 
 
+def _newest_before(history: list[tuple[int, Any]], log_time: int) -> Any:
+    """The newest latched message received by `log_time`; the first one for messages before
+    it (a recorder gets the latched message when it subscribes, possibly just after)."""
+    chosen = history[0][1]
+    for t, msg in history:
+        if t > log_time:
+            break
+        chosen = msg
+    return chosen
+
+
 class EpisodeReader:
     """Reads an episode (written here or by ``ros2 bag record -s mcap``) with rosbags' AnyReader.
 
@@ -277,13 +294,26 @@ class EpisodeReader:
             for transform in msg.transforms:
                 stamp, parent, child, T = transform_from_ros(transform)
                 tf.set_transform(parent, child, T, stamp, static=name == "/tf_static")
+        latched = self._latched_messages(specs, available)
         assemblers = {spec.name: RoleAssembler(spec.wire) for spec in specs}
         for ros_topic, _, log_time, msg in self.ros_messages(role_of):
             spec, role = role_of[ros_topic]
             group = assemblers[spec.name].add(role.name, msg)
             if group is None:
                 continue
+            for name, history in latched.get(spec.name, {}).items():
+                group[name] = _newest_before(history, log_time)
             try:
                 yield spec.name, log_time, spec.wire.from_ros(group, spec.options, tf.lookup, log_time)
             except (MessageError, TransformError) as err:
                 raise BagError(f"{self.path}: {ros_topic}: {err}") from err
+
+    def _latched_messages(self, specs: list[TopicSpec], available: dict[str, tuple[str, int]]) -> dict[str, dict[str, list]]:
+        """graph topic -> latched role -> [(log time, message)] of those in the bag."""
+        wanted = {spec.ros_topics[r.name]: (spec.name, r.name) for spec in specs for r in spec.wire.latched_roles()}
+        wanted = {t: v for t, v in wanted.items() if t in available}
+        found: dict[str, dict[str, list]] = {}
+        for ros_topic, _, log_time, msg in self.ros_messages(wanted) if wanted else ():
+            topic, role = wanted[ros_topic]
+            found.setdefault(topic, {}).setdefault(role, []).append((log_time, msg))
+        return found

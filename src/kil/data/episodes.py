@@ -152,12 +152,14 @@ class EpisodeSession:
         self.log.info("recording %s", path)
         return True, f"recording {path}"
 
-    def save(self, now_ns: int, success: bool | None = True, reason: str = "saved") -> tuple[bool, str]:
+    def save(self, now_ns: int, success: bool | None = True, reason: str = "saved", extra: dict[str, Any] | None = None) -> tuple[bool, str]:
+        """Close the episode and write its metadata: `success` as judged (the operator's save,
+        or a simulator's verdict), `extra` added to the template's."""
         if self.current is None:
             return False, "not recording"
         sink, self.current = self.current, None
         duration = round((now_ns - self.started_ns) / 1e9, 3)
-        extra = {**self.metadata.extra, "duration_s": duration, "stop_reason": reason}
+        extra = {**self.metadata.extra, **(extra or {}), "duration_s": duration, "stop_reason": reason}
         sink.finish(self.metadata.with_updates(success=success, extra=extra))
         self.saved.append(sink.path)
         self.log.info("saved %s (%.1f s, %s)", sink.path, duration, reason)

@@ -9,7 +9,9 @@ than real time; with the real-time clock it paces itself against the wall clock 
 With `threads=True` (real-time clock only) every node runs on its own thread, as each is its
 own process under ROS 2: the node is built, started, called and stopped on that thread, one
 callback at a time, so a 50 ms render or a policy prediction never delays the 100 Hz
-interpolator on another (torch and MuJoCo release the GIL while they compute).
+interpolator on another (torch and MuJoCo release the GIL while they compute). A port the
+stage marks `latest` keeps one pending message per node, as under ROS 2: a node still busy
+with the last frame gets the newest one next, not a queue of old ones.
 """
 
 from __future__ import annotations
@@ -109,11 +111,28 @@ class _Worker:
     def __init__(self, name: str, on_error: Callable[[BaseException], None]) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._on_error = on_error
+        self._pending: dict[Any, Callable[[], Any]] = {}  # key -> the newest call posted under it
+        self._pending_lock = threading.Lock()
+        self.replaced = 0  # calls dropped for a newer one under the same key
         self.thread = threading.Thread(target=self._loop, name=f"kil.{name}", daemon=True)
         self.thread.start()
 
-    def post(self, fn: Callable[[], Any]) -> None:
-        self._queue.put(fn)
+    def post(self, fn: Callable[[], Any], key: Any = None) -> None:
+        """Queue `fn`; with a `key`, a call still waiting under that key is replaced by it."""
+        if key is None:
+            self._queue.put(fn)
+            return
+        with self._pending_lock:
+            queued = key in self._pending
+            self.replaced += queued
+            self._pending[key] = fn
+        if not queued:
+            self._queue.put(lambda: self._run_pending(key))
+
+    def _run_pending(self, key: Any) -> None:
+        with self._pending_lock:
+            fn = self._pending.pop(key)
+        fn()
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on this thread and wait for its result (or exception)."""
@@ -157,7 +176,8 @@ class LocalRuntime:
         self._events: list[tuple[int, int, str | None, Callable[[], None]]] = []
         self._sequence = itertools.count()
         self._deliveries: deque[tuple[Callable[[Any], None], Any]] = deque()
-        self._subscribers: dict[str, list[tuple[str, Callable[[Any], None]]]] = {t: [] for t in graph.topics}
+        # topic -> (node, callback, key): a key marks a `latest` port (one pending message per key)
+        self._subscribers: dict[str, list[tuple[str, Callable[[Any], None], Any]]] = {t: [] for t in graph.topics}
         self._wake = threading.Condition()  # guards _events in threaded runs
         self._lock = threading.RLock()  # TF and stats, shared by the node threads
         self._error: BaseException | None = None
@@ -205,17 +225,19 @@ class LocalRuntime:
             if sub.any_port:
                 for port, topic in node.subscribe.items():
                     if port not in sub.ports and port not in node.stage_class.input_ports():
-                        self._subscribers[topic].append((node.name, lambda msg, p=port, cb=callback: cb(p, msg)))
+                        self._subscribers[topic].append((node.name, lambda msg, p=port, cb=callback: cb(p, msg), None))
             elif len(sub.ports) == 1:
                 (port,) = sub.ports
                 if port in node.subscribe:  # an optional port may be unconnected
-                    self._subscribers[node.subscribe[port]].append((node.name, callback))
+                    key = (sub.method, port) if port in sub.latest else None
+                    self._subscribers[node.subscribe[port]].append((node.name, callback, key))
             else:
                 topics = [node.subscribe[p] for p in sub.ports]
                 depth = max(self.graph.topics[t].qos.depth for t in topics)
                 sync = StampSynchronizer(list(sub.ports), int(round(sub.slop_s * 1e9)), depth)
                 for port, topic in zip(sub.ports, topics):
-                    self._subscribers[topic].append((node.name, lambda msg, p=port, s=sync, cb=callback: _call_if_matched(cb, s.add(p, msg))))
+                    key = (sub.method, port) if port in sub.latest else None
+                    self._subscribers[topic].append((node.name, lambda msg, p=port, s=sync, cb=callback: _call_if_matched(cb, s.add(p, msg)), key))
         for timer in node.stage_class.timers():
             label = f"{node.name}.{timer.method}"
             self._timers.append((node.name, label, self._timed(node.name, getattr(stage, timer.method)), timer.period_ns(node.config)))
@@ -257,9 +279,9 @@ class LocalRuntime:
             self.stats.published[topic] += 1
             if self.profile is not None:
                 self.profile.publish.setdefault(topic, []).append((self.clock.now_ns(), getattr(msg, "stamp_ns", 0)))
-        for node, subscriber in self._subscribers[topic]:
+        for node, subscriber, key in self._subscribers[topic]:
             if self.workers:
-                self.workers[node].post(lambda cb=subscriber: cb(msg))
+                self.workers[node].post(lambda cb=subscriber: cb(msg), key)
             else:
                 self._deliveries.append((subscriber, msg))
 

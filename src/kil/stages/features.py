@@ -15,6 +15,7 @@ from kil.config import require
 from kil.msgs import RGBD, FeatureMap
 from kil.perception.features.base import load_extractor
 from kil.stage import Stage, subscribe
+from kil.threads import limit_torch_threads
 
 
 @dataclass(frozen=True)
@@ -22,24 +23,32 @@ class FeaturesConfig:
     model: str = "descriptor_net"  # a config under config/features/ or a YAML path
     rate_hz: float = 10.0
     device: str = "auto"  # overrides the backend config's device: auto, cpu, cuda
+    threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
     def __post_init__(self) -> None:
         require(self.rate_hz > 0, "rate_hz", f"must be > 0, got {self.rate_hz}")
+        require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         require(self.device in ("auto", "cpu", "cuda"), "device", f"expected auto, cpu or cuda, got {self.device!r}")
 
 
 class Features(Stage):
     Config = FeaturesConfig
     outputs = {"features": FeatureMap}
+    live_params = frozenset({"rate_hz"})
 
     def __init__(self, config: FeaturesConfig, io) -> None:
         super().__init__(config, io)
+        limit_torch_threads(config.threads)
         self.extractor = load_extractor(config.model, {"device": config.device})
         self._last_ns: int | None = None
         self._period_ns = int(1e9 / config.rate_hz)
         self._bad_frames = 0
 
-    @subscribe(rgbd=RGBD)
+    def reconfigure(self, config: FeaturesConfig) -> None:
+        super().reconfigure(config)
+        self._period_ns = int(1e9 / config.rate_hz)
+
+    @subscribe(rgbd=RGBD, latest=True)
     def on_frame(self, frame: RGBD) -> None:
         if self._last_ns is not None and frame.stamp_ns < self._last_ns:
             self.io.log.warning("features: frame stamps went back %.3f s (a replayed bag or a clock reset); restarting the rate limit",

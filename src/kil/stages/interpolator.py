@@ -25,6 +25,10 @@ from kil.msgs import ActionChunk, GripperCommand, PoseCommand, RobotState
 from kil.stage import Stage, every, subscribe
 
 
+MAX_SANE_SPEED = 3.0  # m/s
+MAX_SANE_ANGULAR_SPEED = 10.0  # rad/s
+
+
 @dataclass(frozen=True)
 class InterpolatorConfig:
     rate_hz: float = 100.0
@@ -36,6 +40,10 @@ class InterpolatorConfig:
     def __post_init__(self) -> None:
         for name in ("rate_hz", "max_speed", "max_angular_speed"):
             require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        # Beyond what any arm's Cartesian controller takes: a typo, not a speed.
+        require(self.max_speed <= MAX_SANE_SPEED, "max_speed", f"must be <= {MAX_SANE_SPEED} m/s, got {self.max_speed}")
+        require(self.max_angular_speed <= MAX_SANE_ANGULAR_SPEED, "max_angular_speed",
+                f"must be <= {MAX_SANE_ANGULAR_SPEED} rad/s, got {self.max_angular_speed}")
         require(self.gripper_hysteresis >= 0, "gripper_hysteresis", f"must be >= 0, got {self.gripper_hysteresis}")
 
 
@@ -90,6 +98,9 @@ def plan(chunk: ActionChunk, now_ns: int, position: np.ndarray, rotation: Rotati
 class Interpolator(Stage):
     Config = InterpolatorConfig
     outputs = {"target": PoseCommand, "gripper": GripperCommand}
+    # Read at every chunk / tick, so a change applies from the next one (the safety node's
+    # caps hold regardless).
+    live_params = frozenset({"max_speed", "max_angular_speed", "gripper_hysteresis", "gripper_max_effort"})
 
     def __init__(self, config: InterpolatorConfig, io) -> None:
         super().__init__(config, io)

@@ -18,6 +18,7 @@ from kil.perception.features.base import load_extractor
 from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
 from kil.perception.spec import load_spec
 from kil.stage import Stage, subscribe
+from kil.threads import limit_torch_threads
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class KeypointsConfig:
     min_score: float = -1.0
     similarity_vectors: bool = False
     annotate: bool = True  # publish the frame with keypoints drawn
+    threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
     def __post_init__(self) -> None:
+        require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         require(self.depth_radius >= 0, "depth_radius", f"must be >= 0, got {self.depth_radius}")
         require(-1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
 
@@ -41,6 +44,7 @@ class KeypointsNode(Stage):
 
     def __init__(self, config: KeypointsConfig, io) -> None:
         super().__init__(config, io)
+        limit_torch_threads(config.threads)
         spec = load_spec(config.spec)
         extractor = load_extractor(config.model, {"device": config.device})
         references = reference_set(spec, extractor)
@@ -53,7 +57,8 @@ class KeypointsNode(Stage):
             self._reported.add(reason)
             self.io.log.error(message, *args)
 
-    @subscribe(rgbd=RGBD, features=FeatureMap)
+    # Frames wait here for their features (which come later); of the features only the newest counts.
+    @subscribe(rgbd=RGBD, features=FeatureMap, latest=("features",))
     def on_frame(self, frame: RGBD, features: FeatureMap) -> None:
         if features.features.shape[0] != self.detector.channels:
             self._report_once("channels", "keypoints: feature map has %d channels but the references have %d: "

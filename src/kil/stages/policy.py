@@ -17,6 +17,7 @@ from kil.config import require
 from kil.errors import ConfigError
 from kil.msgs import ActionChunk, Keypoints, RobotState
 from kil.stage import Stage, subscribe
+from kil.threads import limit_torch_threads
 
 MAX_STATE_AGE_S = 0.2  # a state older than this at an observation is not used
 
@@ -27,8 +28,10 @@ class PolicyNodeConfig:
     execute_steps: int = 0  # observations between predictions; 0: the policy's n_action_steps
     seed: int = 0  # prediction k uses seed + k
     device: str = "cpu"
+    threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
     def __post_init__(self) -> None:
+        require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         require(bool(self.policy), "policy", "needs the run directory of a trained policy")
         require(self.execute_steps >= 0, "execute_steps", f"must be >= 0, got {self.execute_steps}")
 
@@ -44,6 +47,7 @@ class PolicyBase(Stage):
         super().__init__(config, io)
         from kil.policy.inference import Policy
 
+        limit_torch_threads(config.threads)
         self.policy = Policy.load(config.policy, config.device)
         self.execute_steps = config.execute_steps or self.policy.config.n_action_steps
         self.states: deque[RobotState] = deque(maxlen=64)
@@ -86,7 +90,7 @@ class PolicyNode(PolicyBase):
         if self.policy.config.kind != "keypoint":
             raise ConfigError(f"policy: {config.policy} is an {self.policy.config.kind} policy; run it with the policy_rgb stage")
 
-    @subscribe(keypoints=Keypoints)
+    @subscribe(keypoints=Keypoints, latest=True)
     def on_keypoints(self, keypoints: Keypoints) -> None:
         from kil.policy.inference import Observation
 

@@ -18,7 +18,7 @@ class RgbPolicyNode(PolicyBase):
         self.period_ns = int(1e9 / self.policy.trained_on.rate_hz)
         self.last_ns: int | None = None
 
-    @subscribe(rgbd=RGBD)
+    @subscribe(rgbd=RGBD, latest=True)
     def on_frame(self, frame: RGBD) -> None:
         from kil.policy.inference import Observation
 

@@ -7,6 +7,10 @@ Two modes:
   `EpisodeControl` commands (the teleop's buttons, the scripted expert) or through the
   services ``start_episode`` / ``save_episode`` / ``discard_episode``.
 
+A simulator's verdict (`progress`, optional) decides an episode's success where there is one:
+the newest completion at the save goes into the metadata, beside what the operator's save
+said (`operator_verdict`).
+
 Backends: `rosbags` writes every connected topic from inside the graph through the topics'
 wire formats, stamped with the runtime clock like the receive times ros2 bag records (the
 local runtime); `ros2bag` runs ``ros2 bag record -s mcap`` on the rig's topics (a robot).
@@ -21,7 +25,7 @@ from typing import Any, Literal
 from kil.config import require
 from kil.data.episode import EpisodeMetadata
 from kil.data.episodes import ROS2_BAG_RECORD, EpisodeSession, InProcessBag, Ros2BagProcess
-from kil.msgs import EpisodeControl
+from kil.msgs import EpisodeControl, TaskProgress
 from kil.stage import Stage, service, subscribe, subscribe_any
 
 
@@ -63,6 +67,7 @@ class Recorder(Stage):
                                    extra=extra, distro=config.distro)
         out = Path(config.out) if config.out else Path(config.path).parent
         self.session = EpisodeSession(out, metadata, self._open_sink, io.log)
+        self.progress: TaskProgress | None = None  # the simulator's newest verdict
 
     def _open_sink(self, path: Path, metadata: EpisodeMetadata) -> Any:
         c = self.config
@@ -84,9 +89,16 @@ class Recorder(Stage):
     def start_episode(self) -> tuple[bool, str]:
         return self.session.start(self.io.now_ns())
 
+    @subscribe(progress=TaskProgress, optional=True)
+    def on_progress(self, progress: TaskProgress) -> None:
+        self.progress = progress
+
     @service("save_episode")
     def save_episode(self) -> tuple[bool, str]:
-        return self._finished(self.session.save(self.io.now_ns()))
+        if self.progress is None:
+            return self._finished(self.session.save(self.io.now_ns()))
+        verdict = {"completion": self.progress.completion, "operator_verdict": True}
+        return self._finished(self.session.save(self.io.now_ns(), success=self.progress.success, extra=verdict))
 
     @service("discard_episode")
     def discard_episode(self) -> tuple[bool, str]:

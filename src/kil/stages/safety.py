@@ -174,6 +174,9 @@ class Safety(Stage):
 
     Config = SafetyConfig
     outputs = {"command": PoseCommand, "gripper": GripperCommand}
+    # Watchdog limits may be tuned on a running robot (validated like the YAML); the rig and
+    # with it the workspace and caps may not.
+    live_params = frozenset({"keypoint_max_age_s", "chunk_max_age_s", "silence_ticks"})
 
     def __init__(self, config: SafetyConfig, io) -> None:
         super().__init__(config, io)

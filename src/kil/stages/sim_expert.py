@@ -30,10 +30,15 @@ class SimExpertConfig:
     rate_hz: float = 10.0
     horizon: int = 16  # waypoints per chunk
     base_frame: str = "base_link"
+    # Held still after starting the episode before moving: a recorder in another process
+    # (ros2 bag record) needs a moment to subscribe, and the demonstration must not start
+    # before the recording does.
+    start_delay_s: float = 0.0
     motion: ExpertConfig = field(default_factory=ExpertConfig)
 
     def __post_init__(self) -> None:
         require(self.rate_hz > 0, "rate_hz", "must be > 0")
+        require(self.start_delay_s >= 0, "start_delay_s", f"must be >= 0, got {self.start_delay_s}")
         require(self.horizon >= 2, "horizon", f"needs at least 2 waypoints, got {self.horizon}")
 
 
@@ -71,8 +76,10 @@ class SimExpert(Stage):
         try:
             if self.planner is None:
                 self.planner = self._make_planner(self.state.gripper)
-                self.t0_ns = now
+                self.t0_ns = now + int(round(self.config.start_delay_s * 1e9))
                 self.io.publish("episode", EpisodeControl(now, "start"))
+            if now < self.t0_ns:
+                return
             objects = [self.io.lookup_transform(self.config.base_frame, f"sim/obj{i}") for i in range(len(self.planner.scene.objects))]
         except TransformError:
             return  # the rig has not published its first frame yet

@@ -16,7 +16,7 @@ import numpy as np
 
 from kil.config import require
 from kil.geometry import matrix_to_quat, quat_to_matrix
-from kil.msgs import RGBD, GripperCommand, Keypoints, PoseCommand, RobotState
+from kil.msgs import RGBD, GripperCommand, Keypoints, PoseCommand, RobotState, TaskProgress
 from kil.sim.world import CameraConfig
 from kil.stage import Stage, every, service, subscribe
 
@@ -40,11 +40,15 @@ class SimRigConfig:
     visibility_tolerance: float = 0.01  # m: a keypoint is visible when the depth image agrees
     render: bool = True  # false: no camera frames (benchmarks of the expert's success only)
     stop_when_done_s: float = 0.0  # > 0: stop the graph once the task has been complete this long (evaluation)
+    # Under ROS 2 with use_sim_time: simulated seconds per wall-clock second, at most (the
+    # rig publishes /clock; below 1 a slow machine still closes the loop as a fast one would).
+    real_time_factor: float = 1.0
 
     def __post_init__(self) -> None:
         require(10 <= self.camera_rate_hz <= 30, "camera_rate_hz", f"a camera runs at 10-30 Hz, got {self.camera_rate_hz}")
         require(self.control_hz >= 50, "control_hz", f"must be >= 50, got {self.control_hz}")
         require(self.state_rate_hz > 0, "state_rate_hz", "must be > 0")
+        require(0 < self.real_time_factor <= 10, "real_time_factor", f"must be in (0, 10], got {self.real_time_factor}")
 
 
 def build_world(config: SimRigConfig):
@@ -56,7 +60,9 @@ def build_world(config: SimRigConfig):
 
 class SimRig(Stage):
     Config = SimRigConfig
-    outputs = {"rgbd": RGBD, "state": RobotState, "ground_truth": Keypoints}
+    outputs = {"rgbd": RGBD, "state": RobotState, "ground_truth": Keypoints, "progress": TaskProgress}
+    drives_clock = True
+    live_params = frozenset({"real_time_factor"})
 
     def __init__(self, config: SimRigConfig, io) -> None:
         super().__init__(config, io)
@@ -80,6 +86,10 @@ class SimRig(Stage):
     def start_camera(self) -> tuple[bool, str]:
         self.camera_on = True
         return True, "camera started"
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.config.real_time_factor
 
     def start(self) -> None:
         self.io.send_transform(self.config.base_frame, "sim/table", _translation(0, 0, self.world.table_z), self.io.now_ns(), static=True)
@@ -133,11 +143,13 @@ class SimRig(Stage):
         )
         self.io.publish("rgbd", frame)
         self.io.publish("ground_truth", self.true_keypoints(frame))
+        completion = float(self.world.completion())
+        self.io.publish("progress", TaskProgress(stamp_ns=now, completion=completion))
         if self.config.stop_when_done_s > 0:
-            self._check_done(now)
+            self._check_done(now, completion)
 
-    def _check_done(self, now: int) -> None:
-        if self.world.completion() < 1.0:
+    def _check_done(self, now: int, completion: float) -> None:
+        if completion < 1.0:
             self._done_since_ns = None
         elif self._done_since_ns is None:
             self._done_since_ns = now

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from kil.errors import ConfigError
-from kil.graph import load_graph, parse_overrides
+from kil.graph import load_graph, merge_params, parse_overrides
 from kil.paths import graph_path
 from kil.rigs import RIGS, CameraCalibration, DriverLaunch, RigConfig, graph_topics, load_calibration, load_rig
 from kil.runtimes.ros2.params import flatten_config
+
+# The shell's own parameters (kil.runtimes.ros2.node; kept in step by a test).
+GRAPH_PARAM, NODE_PARAM, RIG_PARAM = "kil.graph", "kil.node", "kil.rig"
 
 PACKAGE = "kil"
 EXECUTABLE = "kil_node"
@@ -41,10 +44,12 @@ def graph_nodes(
     overrides: dict[str, dict[str, Any]] | None = None,
     only: list[str] | None = None,
     rig: str = "",
+    use_sim_time: bool = False,
 ) -> list[NodeLaunch]:
     """One NodeLaunch per node of the graph (or of `only`), parameters validated now so a
     bad launch argument fails before any process starts; with `rig`, the graph's topics
-    carry that rig's ROS topic names (each node applies the same, from its `rig` parameter)."""
+    carry that rig's ROS topic names (each node applies the same, from its `kil.rig`
+    parameter); `use_sim_time`: every node follows /clock (the simulated rig drives it)."""
     path = graph_path(graph).resolve()
     spec = load_graph(path, overrides, graph_topics(load_rig(rig)) if rig else None)
     names = list(spec.nodes) if only is None else only
@@ -52,7 +57,8 @@ def graph_nodes(
     if unknown:
         raise KeyError(f"{path}: no node(s) {unknown} (nodes: {', '.join(spec.nodes)})")
     return [
-        NodeLaunch(name, {"graph": str(path), "graph_node": name, "rig": rig, **flatten_config(spec.nodes[name].config)})
+        NodeLaunch(name, {GRAPH_PARAM: str(path), NODE_PARAM: name, RIG_PARAM: rig, "use_sim_time": use_sim_time,
+                          **flatten_config(spec.nodes[name].config)})
         for name in names
     ]
 
@@ -63,6 +69,7 @@ def graph_launch_actions(
     only: list[str] | None = None,
     namespace: str = "",
     rig: str = "",
+    use_sim_time: bool = False,
 ) -> list[Any]:
     """launch_ros Node actions for `graph_nodes` (imports launch_ros)."""
     from launch_ros.actions import Node
@@ -77,7 +84,7 @@ def graph_launch_actions(
             output="screen",
             emulate_tty=True,
         )
-        for launch in graph_nodes(graph, overrides, only, rig)
+        for launch in graph_nodes(graph, overrides, only, rig, use_sim_time)
     ]
 
 
@@ -91,7 +98,15 @@ def declare_rig_arguments() -> list[Any]:
         DeclareLaunchArgument("robot_ip", default_value="", description="robot controller address (real rigs)"),
         DeclareLaunchArgument("fake_hardware", default_value="false", choices=["true", "false"], description="drivers with fake/mock hardware"),
         DeclareLaunchArgument("rig_set", default_value="", description="parameters of a kil driver graph (rig:=sim): 'rig.task=place_upright rig.robot=ur5e ...'"),
+        DeclareLaunchArgument("use_sim_time", default_value="auto", choices=["auto", "true", "false"],
+                              description="every node follows /clock (auto: for the simulated rig, whose node drives it)"),
     ]
+
+
+def use_sim_time(rig: RigConfig, value: str) -> bool:
+    """The use_sim_time launch argument for a rig: `auto` means the simulated rig's clock."""
+    return rig.camera.driver == "sim" if value == "auto" else value == "true"
+
 
 
 def driver_arguments(rig: RigConfig, robot_ip: str, fake_hardware: bool) -> list[tuple[DriverLaunch, dict[str, str]]]:
@@ -114,8 +129,16 @@ def static_transform_arguments(calibration: CameraCalibration) -> list[str]:
     return [*pairs, "--frame-id", calibration.parent, "--child-frame-id", calibration.child]
 
 
-def rig_actions(context: Any) -> list[Any]:
-    """Driver includes and the calibration's static TF for the chosen rig (an OpaqueFunction)."""
+def merge_overrides(base: dict[str, dict[str, Any]], given: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Node parameter overrides `given` (a launch argument) merged over `base` (what the
+    launch file derives from the rig, task and policy)."""
+    return {node: merge_params(base.get(node, {}), given.get(node, {})) for node in {*base, *given}}
+
+
+def rig_actions(context: Any, driver_params: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """Driver includes and the calibration's static TF for the chosen rig (an OpaqueFunction);
+    `driver_params`: node parameters of a kil driver graph under those of `rig_set` (the
+    scene record_demos asks the simulated rig for)."""
     from ament_index_python.packages import get_package_share_directory
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -132,7 +155,8 @@ def rig_actions(context: Any) -> list[Any]:
             source = f"{get_package_share_directory(driver.package)}/launch/{driver.launch_file}"
             actions.append(IncludeLaunchDescription(PythonLaunchDescriptionSource(source), launch_arguments=arguments.items()))
         if rig.driver_graph:
-            actions.extend(graph_launch_actions(rig.driver_graph, parse_overrides(shlex.split(arg("rig_set")))))
+            overrides = merge_overrides(driver_params or {}, parse_overrides(shlex.split(arg("rig_set"))))
+            actions.extend(graph_launch_actions(rig.driver_graph, overrides, use_sim_time=use_sim_time(rig, arg("use_sim_time"))))
     if rig.camera.driver != "sim":  # the sim publishes its own camera pose
         arguments = static_transform_arguments(load_calibration(rig))
         actions.append(Node(package="tf2_ros", executable="static_transform_publisher", name="camera_calibration", arguments=arguments))

@@ -1,24 +1,38 @@
 """The generic ROS 2 shell: runs any stage of a graph description as one rclpy node.
 
-``ros2 run kil kil_node --ros-args -r __node:=<graph node> -p graph:=<graph.yaml>`` (what
+``ros2 run kil kil_node --ros-args -r __node:=<graph node> -p kil.graph:=<graph.yaml>`` (what
 the launch helper generates) loads the graph, declares the stage's config fields as
 parameters (defaults from the graph file), validates them into the config dataclass, and
 wires the stage to ROS:
 
-* outputs: one publisher per wire role, QoS from the graph; TF the message implies (the
-  camera pose of an RGBD) goes to /tf_static, or /tf once it moves;
+* parameters: the shell's own live under ``kil.`` (``kil.graph``, ``kil.node``, ``kil.rig``,
+  ``kil.input_timeout_s``), apart from any stage field. A stage field is read-only unless
+  the stage lists it in ``live_params``; a change to one of those is validated through the
+  config dataclass and applied (``stage.reconfigure``) or refused with the reason;
+* outputs: one publisher per wire role, QoS from the graph; a latched role (the keypoint
+  names) goes out transient-local, once per change; TF the message implies (the camera pose
+  of an RGBD) goes to /tf_static, or /tf once it moves;
 * inputs: one subscriber per role of every port of a subscription; several are matched by
-  header stamp with message_filters, then converted back to project messages;
+  header stamp with message_filters, then converted back to project messages. Ports the
+  stage marks ``latest`` keep one message (a busy node takes the newest frame, not a queue
+  of old ones);
 * a watchdog warns when a subscription has received nothing, naming the silent topics,
   their publisher counts and any QoS incompatibility (a silent message_filters otherwise);
-* timers, one-shot calls, TF lookups through tf2.
+* time: the node's ROS clock (``use_sim_time`` follows /clock); a clock-driving stage (the
+  simulator) with ``use_sim_time`` advances simulated time itself and publishes /clock
+  (`kil.runtimes.ros2.sim_clock`);
+* shutdown: SIGINT and SIGTERM stop the spin loop; the stage is stopped (files closed)
+  while the ROS context is still valid, and the process exits 0.
 
 rclpy is imported only when `main` runs, never at ``import kil``.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,19 +49,28 @@ from kil.graph import GraphSpec, NodeSpec, QoSSpec, TopicSpec, load_graph
 from kil.paths import graph_path
 from kil.rigs import graph_topics, load_rig
 from kil.runtimes.ros2.params import config_from_parameters, flatten_config
+from kil.runtimes.ros2.sim_clock import SimClock
 from kil.stage import Stage, Subscription
 
-WATCHDOG_PARAM = "input_timeout_s"
-TF_WAIT_S = 0.05  # how long a stamped TF lookup may wait for its transform (the listener has its own thread)
+GRAPH_PARAM = "kil.graph"
+NODE_PARAM = "kil.node"
+RIG_PARAM = "kil.rig"
+WATCHDOG_PARAM = "kil.input_timeout_s"
+# Top-level names a stage config field may not take: the shell's namespace and the
+# parameters rclpy declares itself.
+RESERVED_FIELDS = frozenset({"kil", "use_sim_time", "qos_overrides", "start_type_description_service"})
+LATCHED_QOS = QoSSpec(durability="transient_local", depth=1)
+SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
+WATCHDOG_PERIOD_NS = 1_000_000_000
 
 
-def qos_profile(spec: QoSSpec) -> Any:
-    """rclpy QoSProfile for a graph QoS spec."""
+def qos_profile(spec: QoSSpec, depth: int | None = None) -> Any:
+    """rclpy QoSProfile for a graph QoS spec (`depth` overrides the history depth)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST if spec.history == "keep_last" else HistoryPolicy.KEEP_ALL,
-        depth=spec.depth,
+        depth=spec.depth if depth is None else depth,
         reliability=ReliabilityPolicy.RELIABLE if spec.reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT,
         durability=DurabilityPolicy.VOLATILE if spec.durability == "volatile" else DurabilityPolicy.TRANSIENT_LOCAL,
     )
@@ -62,6 +85,15 @@ def qos_incompatibility(offered: Any, requested: QoSSpec) -> str | None:
     if offered.durability == DurabilityPolicy.VOLATILE and requested.durability == "transient_local":
         return "publisher is volatile, subscriber wants transient_local"
     return None
+
+
+def check_reserved_fields(config_class: type, where: str) -> None:
+    """A stage config may not have a top-level field the shell or rclpy declares itself."""
+    import dataclasses
+
+    clash = sorted(f.name for f in dataclasses.fields(config_class) if f.name in RESERVED_FIELDS)
+    if clash:
+        raise ConfigError(f"{where}: config field(s) {', '.join(clash)} clash with the ROS 2 shell's parameters; rename them")
 
 
 class _RosLog:
@@ -92,6 +124,7 @@ class _Channel:
     ros_topic: str
     ros_type: str
     topic: TopicSpec
+    depth: int  # 1 for a port the stage marks `latest`
 
 
 @dataclass
@@ -116,7 +149,7 @@ class _RosIO:
         self._shell.publish(port, msg)
 
     def now_ns(self) -> int:
-        return self._shell.node.get_clock().now().nanoseconds
+        return self._shell.now_ns()
 
     def topic(self, port: str) -> TopicSpec | None:
         spec = self._shell.spec
@@ -132,74 +165,183 @@ class _RosIO:
         self._shell.broadcast([transform_to_ros(self._shell.factory, stamp_ns, parent, child, T)], static)
 
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
-        holder: list[Any] = []
-
-        def once() -> None:
-            self._shell.node.destroy_timer(holder[0])
-            callback()
-
-        holder.append(self._shell.node.create_timer(max(delay_s, 1e-9), once))
+        self._shell.call_later(delay_s, callback)
 
     def shutdown(self, reason: str) -> None:
-        import rclpy
-
-        self._shell.node.get_logger().info(f"stopping: {reason}")
-        rclpy.try_shutdown()
+        self._shell.request_stop(reason)
 
 
 class StageShell:
     """Wires one stage of a graph into an rclpy node."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, stop: threading.Event | None = None) -> None:
         from rcl_interfaces.msg import ParameterDescriptor
 
         self.node = node
-        node.declare_parameter("graph", "", ParameterDescriptor(description="graph description (path or name under config/graphs/)"))
-        node.declare_parameter("graph_node", "", ParameterDescriptor(description="node of the graph to run (default: this node's name)"))
-        node.declare_parameter(
-            WATCHDOG_PARAM, 5.0, ParameterDescriptor(description="warn when an input has been silent this long (s)", dynamic_typing=True)
-        )
-        node.declare_parameter("rig", "", ParameterDescriptor(description="rig whose ROS topic names the graph's topics take (config/rigs/)"))
-        graph_file = node.get_parameter("graph").value
+        self.stop_event = stop or threading.Event()
+        self.stop_reason = ""
+        fixed = {"read_only": True}
+        node.declare_parameter(GRAPH_PARAM, "", ParameterDescriptor(description="graph description (path or name under config/graphs/)", **fixed))
+        node.declare_parameter(NODE_PARAM, "", ParameterDescriptor(description="node of the graph to run (default: this node's name)", **fixed))
+        node.declare_parameter(RIG_PARAM, "", ParameterDescriptor(description="rig whose ROS topic names the graph's topics take (config/rigs/)", **fixed))
+        node.declare_parameter(WATCHDOG_PARAM, 5.0, ParameterDescriptor(description="warn when an input has been silent this long (s)", **fixed))
+        graph_file = node.get_parameter(GRAPH_PARAM).value
         if not graph_file:
-            raise ConfigError(f"node {node.get_name()}: parameter 'graph' (a graph description) is required")
-        rig = node.get_parameter("rig").value
+            raise ConfigError(f"node {node.get_name()}: parameter '{GRAPH_PARAM}' (a graph description) is required")
+        rig = node.get_parameter(RIG_PARAM).value
         self.graph: GraphSpec = load_graph(graph_path(graph_file), topics=graph_topics(load_rig(rig)) if rig else None)
-        node_name = node.get_parameter("graph_node").value or node.get_name()
+        node_name = node.get_parameter(NODE_PARAM).value or node.get_name()
         if node_name not in self.graph.nodes:
             raise ConfigError(f"{self.graph.source}: no node {node_name!r} (nodes: {', '.join(self.graph.nodes)})")
         self.spec: NodeSpec = self.graph.nodes[node_name]
+        check_reserved_fields(self.spec.stage_class.Config, f"{self.graph.source}: nodes.{node_name}.stage")
         self.factory = RclpyFactory()
+        self.handled = 0  # stage-bound callbacks run so far (the simulated clock drains inputs by it)
         self._warned: set[str] = set()
         self._router = TransformRouter()
         self._publishers: dict[str, dict[str, Any]] = {}
+        self._latched_sent: dict[tuple[str, str], Any] = {}  # (port, role) -> the latched message last published
+        self._latched_in: dict[tuple[str, str], Any] = {}  # (topic, role) -> the latched message last received
         self._action_clients: dict[str, Any] = {}  # action name -> rclpy ActionClient (gripper goals)
         self._inputs: list[_Input] = []
         self._keep: list[Any] = []  # message_filters objects must outlive this method
+        self.sim_clock: SimClock | None = None
+        if self.spec.stage_class.drives_clock and node.get_parameter("use_sim_time").value:
+            self._setup_sim_clock()
         self._setup_tf()
+        self._params: dict[str, Any] = {}
         config = self._declare_config()
         self.stage: Stage = self.spec.stage_class(config, _RosIO(self))
         self._setup_outputs()
         self._setup_inputs()
         for timer in self.spec.stage_class.timers():
-            node.create_timer(timer.period_ns(config) / 1e9, getattr(self.stage, timer.method))
+            self._every(timer.period_ns(config), self._counted(getattr(self.stage, timer.method)))
         for service, method in self.spec.stage_class.services().items():
             self._add_service(service, getattr(self.stage, method))
-        timeout = float(node.get_parameter(WATCHDOG_PARAM).value)
-        if self._inputs and timeout > 0:
-            node.create_timer(timeout, self._check_inputs)
+        self._input_timeout_s = float(node.get_parameter(WATCHDOG_PARAM).value)
+        self._watch_since_ns: int | None = None
+        if self._inputs and self._input_timeout_s > 0:
+            self._every(WATCHDOG_PERIOD_NS, self._check_inputs)
+        node.add_on_set_parameters_callback(self._on_set_parameters)
         self.stage.start()
-        node.get_logger().info(f"running {self.spec.stage_class.__name__} from {self.graph.source}")
+        clock = "drives /clock" if self.sim_clock else ("simulated time" if node.get_parameter("use_sim_time").value else "wall-clock time")
+        node.get_logger().info(f"running {self.spec.stage_class.__name__} from {self.graph.source} ({clock})")
+
+    # -- time ---------------------------------------------------------------------------
+    def _setup_sim_clock(self) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        clock_class = self.factory.message_class("rosgraph_msgs/msg/Clock")
+        publisher = self.node.create_publisher(clock_class, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+
+        def publish_clock(t_ns: int) -> None:
+            msg = clock_class()
+            msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
+            publisher.publish(msg)
+
+        # Simulated time starts at a whole second of wall time: stamps look like a robot's,
+        # and periods that divide a second keep their phase across nodes.
+        start = time.time_ns() // 1_000_000_000 * 1_000_000_000
+        self.sim_clock = SimClock(start, lambda: self.stage.real_time_factor, publish_clock)
+
+    def now_ns(self) -> int:
+        if self.sim_clock is not None:
+            return self.sim_clock.now_ns()
+        return self.node.get_clock().now().nanoseconds
+
+    def _every(self, period_ns: int, callback: Callable[[], None]) -> None:
+        if self.sim_clock is not None:
+            self.sim_clock.every(period_ns, callback)
+        else:
+            self.node.create_timer(period_ns / 1e9, callback)
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        callback = self._counted(callback)
+        if self.sim_clock is not None:
+            self.sim_clock.call_later(delay_s, callback)
+            return
+        holder: list[Any] = []
+
+        def once() -> None:
+            self.node.destroy_timer(holder[0])
+            callback()
+
+        holder.append(self.node.create_timer(max(delay_s, 1e-9), once))
+
+    def _counted(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def run(*args: Any) -> None:
+            self.handled += 1
+            callback(*args)
+
+        return run
+
+    # -- running ------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            self.node.get_logger().info(f"stopping: {reason}")
+        self.stop_event.set()
+
+    def spin(self) -> None:
+        """Handle callbacks (and advance simulated time, for the simulator) until stopped."""
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        executor = SingleThreadedExecutor(context=self.node.context)
+        executor.add_node(self.node)
+
+        def spin_once(timeout_s: float) -> bool:
+            before = self.handled
+            executor.spin_once(timeout_sec=timeout_s)
+            return self.handled != before
+
+        try:
+            if self.sim_clock is not None:
+                self.sim_clock.run(self.stop_event, spin_once)
+            else:
+                while not self.stop_event.is_set() and rclpy.ok(context=self.node.context):
+                    executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
+        finally:
+            executor.remove_node(self.node)
+            executor.shutdown(timeout_sec=0)
+
+    def close(self) -> None:
+        self.stage.stop()
 
     # -- parameters ---------------------------------------------------------------------
     def _declare_config(self) -> Any:
         from rcl_interfaces.msg import ParameterDescriptor
 
-        values = {}
-        for name, default in flatten_config(self.spec.config).items():
-            descriptor = ParameterDescriptor(description=f"{self.spec.stage_class.__name__} config", dynamic_typing=True)
-            values[name] = self.node.declare_parameter(name, default, descriptor).value
-        return config_from_parameters(self.spec.stage_class.Config, values, f"node {self.node.get_name()}: parameters:")
+        live = self.spec.stage_class.live_params
+        name = self.spec.stage_class.__name__
+        for key, default in flatten_config(self.spec.config).items():
+            descriptor = ParameterDescriptor(
+                description=f"{name} config" + (" (may change while running)" if key in live else " (fixed while running)"),
+                dynamic_typing=True, read_only=key not in live,
+            )
+            self._params[key] = self.node.declare_parameter(key, default, descriptor).value
+        return config_from_parameters(self.spec.stage_class.Config, self._params, f"node {self.node.get_name()}: parameters:")
+
+    def _on_set_parameters(self, parameters: list[Any]) -> Any:
+        """Validate a change of stage fields through the config dataclass; apply or refuse it."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        changes = {p.name: p.value for p in parameters if p.name in self._params}
+        if not changes:
+            return SetParametersResult(successful=True)
+        fixed = sorted(set(changes) - self.spec.stage_class.live_params)
+        if fixed:  # declared read-only too; this guards overrides that bypass the descriptor
+            return SetParametersResult(successful=False, reason=f"{', '.join(fixed)}: fixed while the node runs (restart it with the new value)")
+        values = {**self._params, **changes}
+        try:
+            config = config_from_parameters(self.spec.stage_class.Config, values, f"node {self.node.get_name()}:")
+            self.stage.reconfigure(config)
+        except (ConfigError, ValueError, TypeError) as err:
+            self.node.get_logger().warning(f"parameter change refused: {err}")
+            return SetParametersResult(successful=False, reason=str(err))
+        self._params = values
+        self.node.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+        return SetParametersResult(successful=True)
 
     # -- TF -----------------------------------------------------------------------------
     def _setup_tf(self) -> None:
@@ -216,16 +358,14 @@ class StageShell:
         )
 
     def lookup_transform(self, parent: str, child: str, stamp_ns: int | None) -> np.ndarray:
-        from rclpy.duration import Duration
+        """Never waits: the listener shares this node's single thread, so nothing could
+        arrive meanwhile; a frame whose TF is not there yet fails and the next one is tried."""
         from rclpy.time import Time
         from tf2_ros import TransformException
 
         try:
-            if stamp_ns is None:
-                transform = self._tf_buffer.lookup_transform(parent, child, Time())
-            else:  # a frame can arrive just before the TF of its instant (a moving camera)
-                transform = self._tf_buffer.lookup_transform(parent, child, Time(nanoseconds=int(stamp_ns)), timeout=Duration(seconds=TF_WAIT_S))
-            return transform_from_ros(transform)[3]
+            at = Time() if stamp_ns is None else Time(nanoseconds=int(stamp_ns))
+            return transform_from_ros(self._tf_buffer.lookup_transform(parent, child, at))[3]
         except TransformException as err:
             raise TransformError(f"TF {parent} <- {child}: {err}") from err
 
@@ -241,9 +381,9 @@ class StageShell:
     def _setup_outputs(self) -> None:
         for port, topic_name in self.spec.publish.items():
             topic = self.graph.topics[topic_name]
-            qos = qos_profile(topic.qos)
             self._publishers[port] = {
-                role.name: self.node.create_publisher(self.factory.message_class(role.ros_type), topic.ros_topics[role.name], qos)
+                role.name: self.node.create_publisher(self.factory.message_class(role.ros_type), topic.ros_topics[role.name],
+                                                      qos_profile(LATCHED_QOS if role.latched else topic.qos))
                 for role in topic.wire.roles
             }
 
@@ -258,7 +398,12 @@ class StageShell:
             route = self._router.route(transform)
             if route is not None:
                 self.broadcast([transform], static=route == "static")
+        latched = {r.name for r in topic.wire.latched_roles()}
         for role, ros_msg in packet.messages.items():
+            if role in latched:
+                if self._latched_sent.get((port, role)) == ros_msg:
+                    continue
+                self._latched_sent[(port, role)] = ros_msg
             self._publishers[port][role].publish(ros_msg)
         if isinstance(topic.options, GripperCommandOptions):
             goal = gripper_goal(msg, topic.options, self.factory)
@@ -289,26 +434,40 @@ class StageShell:
                     self._add_input(single, lambda msg, p=port, cb=callback: cb(p, msg))
             elif all(port in self.spec.subscribe for port in sub.ports):  # optional ports may be unconnected
                 self._add_input(sub, callback)
+        for topic_name in sorted(set(self.spec.subscribe.values())):
+            self._add_latched_inputs(self.graph.topics[topic_name])
+
+    def _add_latched_inputs(self, topic: TopicSpec) -> None:
+        """Keep the newest message of each latched role of a subscribed topic (the keypoint
+        names): it travels with every message of the topic into the converter."""
+        for role in topic.wire.latched_roles():
+            def keep(msg: Any, key: tuple[str, str] = (topic.name, role.name)) -> None:
+                self._latched_in[key] = msg
+
+            self.node.create_subscription(self.factory.message_class(role.ros_type), topic.ros_topics[role.name], keep,
+                                          qos_profile(LATCHED_QOS))
 
     def _add_input(self, sub: Subscription, callback: Callable[..., None]) -> None:
         channels = []
         for port in sub.ports:
             topic = self.graph.topics[self.spec.subscribe[port]]
+            depth = 1 if port in sub.latest else topic.qos.depth
             for role in topic.wire.input_roles():
-                channels.append(_Channel(port, role.name, topic.ros_topics[role.name], role.ros_type, topic))
-        entry = _Input(sub, callback, channels)
+                channels.append(_Channel(port, role.name, topic.ros_topics[role.name], role.ros_type, topic, depth))
+        entry = _Input(sub, self._counted(callback), channels)
         self._inputs.append(entry)
         if len(channels) == 1:
             c = channels[0]
             self.node.create_subscription(
-                self.factory.message_class(c.ros_type), c.ros_topic, lambda msg, e=entry: self._on_messages(e, msg), qos_profile(c.topic.qos)
+                self.factory.message_class(c.ros_type), c.ros_topic, lambda msg, e=entry: self._on_messages(e, msg), qos_profile(c.topic.qos, c.depth)
             )
             return
         import message_filters
 
         subscribers = []
         for index, c in enumerate(channels):
-            subscriber = message_filters.Subscriber(self.node, self.factory.message_class(c.ros_type), c.ros_topic, qos_profile=qos_profile(c.topic.qos))
+            subscriber = message_filters.Subscriber(self.node, self.factory.message_class(c.ros_type), c.ros_topic,
+                                                    qos_profile=qos_profile(c.topic.qos, c.depth))
             subscriber.registerCallback(lambda _msg, e=entry, i=index: e.received.update([i]))
             subscribers.append(subscriber)
         slop = max([sub.slop_s] + [c.topic.wire.sync_slop_s for c in channels])
@@ -323,6 +482,8 @@ class StageShell:
     def _add_service(self, name: str, method: Callable[[], tuple[bool, str]]) -> None:
         from std_srvs.srv import Trigger
 
+        method = self._counted(method)
+
         def handle(_request: Any, response: Any) -> Any:
             response.success, response.message = method()
             return response
@@ -336,10 +497,13 @@ class StageShell:
         groups: dict[str, dict[str, Any]] = {}
         for channel, msg in zip(entry.channels, ros_msgs):
             groups.setdefault(channel.port, {})[channel.role] = msg
-        now = self.node.get_clock().now().nanoseconds
+        now = self.now_ns()
         messages = []
         for port, group in groups.items():
             topic = self.graph.topics[self.spec.subscribe[port]]
+            for role in topic.wire.latched_roles():
+                if (topic.name, role.name) in self._latched_in:
+                    group[role.name] = self._latched_in[(topic.name, role.name)]
             try:
                 messages.append(topic.wire.from_ros(group, topic.options, self.lookup_transform, now))
             except (MessageError, TransformError) as err:
@@ -348,7 +512,13 @@ class StageShell:
         entry.callback(*messages)
 
     def _check_inputs(self) -> None:
-        """Warn (once per cause) about subscriptions that have never fired."""
+        """Warn (once per cause) about subscriptions that have never fired within the timeout
+        (counted from the first check: on simulated time the clock starts when /clock does)."""
+        now = self.now_ns()
+        if self._watch_since_ns is None:
+            self._watch_since_ns = now
+        if now - self._watch_since_ns < self._input_timeout_s * 1e9:
+            return
         for entry in self._inputs:
             if entry.delivered:
                 continue
@@ -368,33 +538,39 @@ class StageShell:
             self._warned.add(key)
             self.node.get_logger().warning(text)
 
-    def close(self) -> None:
-        self.stage.stop()
-
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the `kil_node` executable; clean exit on Ctrl-C or ROS shutdown."""
+    """Entry point of the `kil_node` executable. SIGINT / SIGTERM (Ctrl-C, `ros2 launch`
+    shutting down) end the spin loop; the stage stops, then ROS, and the exit status is 0."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
-
     from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    # rclpy's own handler would shut the context down under running callbacks (their
+    # publishers then fail); this process stops its stage first, then ROS.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = shell = None
     status = 0
     try:
         node = Node("kil_node")
-        shell = StageShell(node)
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        shell = StageShell(node, stop)
+        shell.spin()
     except KilError as err:
         print(f"kil_node: error: {err}", file=sys.stderr)
         status = 1
     finally:
-        if shell is not None:
-            shell.close()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if shell is not None:
+                shell.close()
+        finally:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
     return status
