@@ -38,6 +38,7 @@ setup(
     ],
     install_requires=[
         "numpy>=1.23",
+        "scipy>=1.10",  # rotations in the safety filter, interpolator and teleop nodes
         "pyyaml>=6",
         "rosbags>=0.10.11",
         "mcap>=1.1",

@@ -43,5 +43,5 @@ echo "[run_ros_tests] python -m pytest -m ros test -q $* (in ${image})" >&2
 # self-contained. --init reaps the processes `ros2 launch` leaves behind; the default bridge
 # network keeps the test's DDS traffic inside the container.
 exec docker run --rm --init ${tty_args[@]+"${tty_args[@]}"} --shm-size=1g "${image}" \
-    bash -lc 'source /opt/kil/entrypoint.sh && cd /ws && exec python -m pytest -m ros test -q "$@"' \
+    bash -lc 'source /opt/kil/entrypoint.sh && cd /ws && KIL_ROS=$ROS_DISTRO && source test/driver_msgs.sh && exec python -m pytest -m ros test -q "$@"' \
     run_ros_tests "$@"

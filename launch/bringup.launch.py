@@ -43,7 +43,7 @@ def graph_actions(context) -> list:
         if not arg("policy"):
             raise ConfigError("policy:=RUN is required (the run directory of a trained policy, kil train --out)")
         overrides = merge_overrides(live_params(rig, arg("task"), arg("policy")), overrides)
-    return graph_launch_actions(graph, overrides, rig=rig.name, use_sim_time=use_sim_time(rig, arg("use_sim_time")))
+    return graph_launch_actions(graph, overrides, rig=rig.name, use_sim_time=use_sim_time(rig, arg("use_sim_time")), profile=arg("profile"))
 
 
 def generate_launch_description() -> LaunchDescription:

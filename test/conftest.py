@@ -64,6 +64,9 @@ def replay_policy(tmp_path_factory):
     from kil.sim.demos import record_episode
     from kil.training.policy import train
 
+    reuse = os.environ.get("KIL_TEST_REPLAY_DIR")  # a developer's shortcut: policies trained by an earlier run
+    if reuse and (Path(reuse) / "keypoint_policy").is_dir() and (Path(reuse) / "rgb_policy").is_dir():
+        return Path(reuse) / "keypoint_policy", Path(reuse) / "rgb_policy", REPLAY_SEED
     root = tmp_path_factory.mktemp("replay")
     result = record_episode("pick_place", "panda", "in", REPLAY_SEED, root / "demos")
     assert result.success, "the scripted expert failed its demonstration"

@@ -109,6 +109,7 @@ def ros2(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
 @dataclass
 class Received:
     wall_s: float
+    sim_ns: int | None  # the newest /clock when it arrived (None before any, or not watched)
     msg: Any
 
 
@@ -118,6 +119,7 @@ class Probe:
 
     name: str = "kil_test_probe"
     messages: dict[str, list[Received]] = field(default_factory=dict)
+    clock_ns: int | None = None  # the newest /clock (watch_clock)
 
     def __post_init__(self) -> None:
         import rclpy
@@ -145,9 +147,24 @@ class Probe:
 
         def keep(msg: Any) -> None:
             with self._lock:
-                self.messages[topic].append(Received(time.monotonic(), msg))
+                self.messages[topic].append(Received(time.monotonic(), self.clock_ns, msg))
 
         self.node.create_subscription(RclpyFactory().message_class(ros_type), topic, keep, qos)
+
+    def watch_clock(self) -> None:
+        """Follow /clock: each message received carries the simulated time it came at."""
+        from rosgraph_msgs.msg import Clock
+
+        def tick(msg: Clock) -> None:
+            self.clock_ns = msg.clock.sec * 1_000_000_000 + msg.clock.nanosec
+
+        self.node.create_subscription(Clock, "/clock", tick, 100)
+
+    def wait_sim(self, seconds: float, timeout_s: float) -> None:
+        """Wait until `seconds` of simulated time have passed."""
+        self.wait_until(lambda: self.clock_ns is not None, timeout_s, "/clock")
+        end = self.clock_ns + int(seconds * 1e9)
+        self.wait_until(lambda: self.clock_ns >= end, timeout_s, f"{seconds:g} s of simulated time")
 
     def get(self, topic: str) -> list[Received]:
         with self._lock:

@@ -506,3 +506,15 @@ def test_features_node_rate_limits_by_stamp_and_survives_stamps_going_back(tmp_p
             node.on_frame(frame(t))
     assert [m.stamp_ns for m in io.published] == [int(t * 1e9) for t in (100.0, 100.1, 0.0, 0.1)]
     assert any("stamps went back" in r.getMessage() for r in caplog.records)
+    # A 15 Hz camera gives 10 frames a second on average, not every other frame's 7.5 Hz.
+    io.published.clear()
+    node.reconfigure(FeaturesConfig(model=str(model), rate_hz=10))
+    for k in range(30):
+        node.on_frame(frame(200.0 + k / 15))
+    assert len(io.published) == 20
+    # rate_hz may change while the node runs (a live parameter): 5 Hz from now on
+    node.reconfigure(FeaturesConfig(model=str(model), rate_hz=5))
+    io.published.clear()
+    for k in range(30):
+        node.on_frame(frame(210.0 + k / 15))
+    assert len(io.published) == 10

@@ -218,9 +218,36 @@ def test_calibration():
         load_calibration(load_rig("franka"))
 
 
+@pytest.mark.ros
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_kil_node_stops_cleanly_on_a_signal(signum, tmp_path):
+    """kil_node as a launch file or a supervisor starts it: its parameters apart from the
+    stage's (the recorder has a `rig` field too); a signal ends it with exit status 0, its
+    stage stopped (the open episode closed) before ROS shuts down, and a second one while
+    it exits (a terminal's Ctrl-C, then the launch's) changes nothing."""
+    from ros_graph import ros2, ros_env
+
+    executable = Path(ros2("pkg", "prefix", "kil").stdout.strip()) / "lib" / "kil" / "kil_node"
+    log = tmp_path / "node.log"
+    node = subprocess.Popen(
+        [str(executable), "--ros-args", "-r", "__node:=recorder", "-p", "kil.graph:=synthetic_record", "-p", f"path:={tmp_path / 'episode'}"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=ros_env(), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while "running Recorder" not in log.read_text() and time.monotonic() < deadline and node.poll() is None:
+        time.sleep(0.2)
+    assert "running Recorder" in log.read_text(), log.read_text()
+    os.kill(node.pid, signum)
+    time.sleep(0.05)
+    if node.poll() is None:
+        os.kill(node.pid, signum)
+    assert node.wait(timeout=30) == 0, log.read_text()
+    assert "Traceback" not in log.read_text() and "failure" not in log.read_text(), log.read_text()
+    assert (tmp_path / "episode" / "metadata.yaml").is_file()  # the bag was closed
+
+
 def test_importing_the_ros_runtime_needs_no_ros():
     code = (
-        "import sys, kil, kil.runtimes.ros2.node, kil.runtimes.ros2.launch, kil.runtimes.ros2.params, kil.cli;"
+        "import sys, kil, kil.runtimes.ros2.node, kil.runtimes.ros2.launch, kil.runtimes.ros2.params, kil.runtimes.ros2.sim_clock, kil.bench.live, kil.cli;"
         "assert not {'rclpy', 'launch', 'launch_ros', 'message_filters', 'tf2_ros'} & set(sys.modules), sys.modules.keys()"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,7 @@
   match      naive vs exact fast image matcher (time, peak memory), feature-backend latency
   keypoints  keypoint accuracy (px, mm) of feature backends on held-out simulated frames
   policy     closed-loop success of a trained policy in the sim (Clopper-Pearson intervals)
-  live       the live graph on the real-time clock: interpolator jitter, end-to-end and per-node latency
+  live       the live graph in the local and/or ROS 2 runtime: interpolator jitter, end-to-end and per-node latency
   latency    policy inference latency: fast path vs a straightforward reference loop
 """
 
@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     liv = suites.add_parser("live", help="timing of the live graph: interpolator jitter, end-to-end and per-node latency")
     liv.add_argument("--policy", required=True, help="run directory (kil train --out) or checkpoint")
-    liv.add_argument("--duration", type=float, default=60.0, help="seconds of real-time closed loop")
+    liv.add_argument("--duration", type=float, default=60.0, help="wall-clock seconds of closed loop per runtime")
+    liv.add_argument("--runtime", default="local", help="local, ros2 or local,ros2 (side by side); ros2 needs a sourced ROS 2")
+    liv.add_argument("--real-time-factor", type=float, default=0.25, metavar="F",
+                     help="ros2: the simulated rig runs at most F times real time (its figures are in simulated time)")
     liv.add_argument("--task", default=None, help="task (default: the one the policy was trained on)")
     liv.add_argument("--robot", default="panda")
     liv.add_argument("--seed", type=int, default=1000, help="episode seed")
@@ -105,7 +108,10 @@ def _live(args: argparse.Namespace) -> int:
 
     if args.duration <= 0:
         raise ConfigError(f"--duration: must be > 0 seconds, got {args.duration:g}")
-    return live(args.policy, args.duration, args.task, args.robot, seed=args.seed)
+    if not 0 < args.real_time_factor <= 10:
+        raise ConfigError(f"--real-time-factor: must be in (0, 10], got {args.real_time_factor:g}")
+    return live(args.policy, args.duration, args.task, args.robot, seed=args.seed, runtimes=tuple(_split(args.runtime)),
+                real_time_factor=args.real_time_factor)
 
 
 def _policy(args: argparse.Namespace) -> int:

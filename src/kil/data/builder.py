@@ -147,8 +147,10 @@ class KeypointSource:
     def _oracle(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
         if streams.truth is None:
             raise BagError(f"{episode}: no ground-truth keypoints recorded (oracle keypoints need a sim episode)")
-        metadata = read_metadata(episode)
-        truth_names = list((metadata.extra if metadata else {}).get("ground_truth_keypoints", []))
+        truth_names = list(streams.truth[0].names)  # recorded with them (the cloud's latched names)
+        if all(name == f"kp{i}" for i, name in enumerate(truth_names)):  # a bag from before the names travelled
+            metadata = read_metadata(episode)
+            truth_names = list((metadata.extra if metadata else {}).get("ground_truth_keypoints", []))
         index = oracle_index(self.layout.names, truth_names, np.asarray(streams.truth[0].instance), episode)
         xyz = np.stack([k.xyz for k in streams.truth])[:, index]
         visible = np.stack([k.visible for k in streams.truth])[:, index]

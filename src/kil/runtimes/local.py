@@ -32,6 +32,7 @@ import numpy as np
 
 from kil.graph import GraphSpec, NodeSpec, TopicSpec
 from kil.runtimes.clock import RealTimeClock, SteppedClock
+from kil.runtimes.profile import Profile
 from kil.runtimes.tf import TransformBuffer
 from kil.stage import Stage
 from kil.sync import StampSynchronizer
@@ -48,19 +49,6 @@ class RunStats:
     start_ns: int = 0
     end_ns: int = 0
     stop_reason: str = ""
-
-
-@dataclass
-class Profile:
-    """Timing of a run (`LocalRuntime(profile=True)`), all on the runtime's clock:
-    busy_ns[node]: duration of each callback of the node (its processing time per message or tick);
-    tick_ns[timer]: when each tick of a timer started, and deadline_ns[timer] when it was due;
-    publish[topic]: (clock time, message stamp) of every message published."""
-
-    busy_ns: dict[str, list[int]] = field(default_factory=dict)
-    tick_ns: dict[str, list[int]] = field(default_factory=dict)
-    deadline_ns: dict[str, list[int]] = field(default_factory=dict)
-    publish: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def _call_if_matched(callback: Callable[..., None], matched: tuple | None) -> None:
@@ -249,6 +237,7 @@ class LocalRuntime:
         ticks = deadlines = None
         if self.profile is not None:
             ticks, deadlines = self.profile.tick_ns.setdefault(label, []), self.profile.deadline_ns.setdefault(label, [])
+            self.profile.period_ns[label] = period_ns
 
         def tick() -> None:
             if ticks is not None:

@@ -20,17 +20,17 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
                  rig_params: dict | None = None) -> GraphSpec:
     """The closed-loop graph set to one episode and one trained policy (its feature backend
     and keypoint spec are the ones the policy was trained with, unless overridden)."""
-    meta = _meta(policy)
-    trained_on, kind = meta["trained_on"], meta["run"]["policy"]["kind"]
+    kind = _meta(policy)["run"]["policy"]["kind"]
     overrides = {
         "rig": {"task": task, "robot": robot, "variation": variation, "seed": seed, **(rig_params or {})},
         "policy": {"policy": str(policy), "seed": policy_seed},
         "visualisation": {"video": str(video or "")},
     }
     if kind == "keypoint":
-        model = feature_model or trained_on.get("feature_model") or "descriptor_net"
+        model, spec = trained_perception(policy)
+        model = feature_model or model
         overrides["features"] = {"model": model}
-        overrides["keypoints"] = {"model": model, "spec": trained_on.get("spec") or trained_on["task"]}
+        overrides["keypoints"] = {"model": model, "spec": spec}
     return load_graph(graph_path(graph or POLICY_GRAPHS[kind]), overrides)
 
 
@@ -90,6 +90,12 @@ def _meta(policy_path: str | Path) -> dict:
 
 def trained_task(policy_path: str | Path) -> str:
     return _meta(policy_path)["trained_on"]["task"]
+
+
+def trained_perception(policy_path: str | Path) -> tuple[str, str]:
+    """(feature backend, keypoint spec) the policy's keypoints were extracted with."""
+    trained_on = _meta(policy_path)["trained_on"]
+    return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"]
 
 
 def training_facts(policy_path: str | Path) -> str:

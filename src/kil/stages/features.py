@@ -17,6 +17,8 @@ from kil.perception.features.base import load_extractor
 from kil.stage import Stage, subscribe
 from kil.threads import limit_torch_threads
 
+RATE_SLACK = 0.1  # of a period: a frame this much early still counts as due
+
 
 @dataclass(frozen=True)
 class FeaturesConfig:
@@ -40,7 +42,8 @@ class Features(Stage):
         super().__init__(config, io)
         limit_torch_threads(config.threads)
         self.extractor = load_extractor(config.model, {"device": config.device})
-        self._last_ns: int | None = None
+        self._last_ns: int | None = None  # stamp of the newest frame taken
+        self._next_ns: int | None = None  # when the next frame is due
         self._period_ns = int(1e9 / config.rate_hz)
         self._bad_frames = 0
 
@@ -53,10 +56,14 @@ class Features(Stage):
         if self._last_ns is not None and frame.stamp_ns < self._last_ns:
             self.io.log.warning("features: frame stamps went back %.3f s (a replayed bag or a clock reset); restarting the rate limit",
                                 (self._last_ns - frame.stamp_ns) / 1e9)
-            self._last_ns = None
-        # A little slack so a camera at exactly rate_hz is not halved by stamp jitter.
-        if self._last_ns is not None and frame.stamp_ns - self._last_ns < 0.9 * self._period_ns:
+            self._last_ns = self._next_ns = None
+        # Frames are taken on a schedule of rate_hz (a 15 Hz camera gives 10 Hz, not every
+        # other frame's 7.5 Hz), with a little slack so a camera at exactly rate_hz is not
+        # halved by stamp jitter; after a gap the schedule restarts from the frame.
+        if self._next_ns is not None and frame.stamp_ns < self._next_ns - RATE_SLACK * self._period_ns:
             return
+        due = frame.stamp_ns if self._next_ns is None else self._next_ns
+        self._next_ns = due + self._period_ns if frame.stamp_ns < due + self._period_ns else frame.stamp_ns + self._period_ns
         self._last_ns = frame.stamp_ns
         features = self.extractor.extract(frame.rgb)[0].numpy()
         if not np.isfinite(features).all():

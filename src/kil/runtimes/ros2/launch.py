@@ -23,7 +23,7 @@ from kil.rigs import RIGS, CameraCalibration, DriverLaunch, RigConfig, graph_top
 from kil.runtimes.ros2.params import flatten_config
 
 # The shell's own parameters (kil.runtimes.ros2.node; kept in step by a test).
-GRAPH_PARAM, NODE_PARAM, RIG_PARAM = "kil.graph", "kil.node", "kil.rig"
+GRAPH_PARAM, NODE_PARAM, RIG_PARAM, PROFILE_PARAM = "kil.graph", "kil.node", "kil.rig", "kil.profile"
 
 PACKAGE = "kil"
 EXECUTABLE = "kil_node"
@@ -45,11 +45,13 @@ def graph_nodes(
     only: list[str] | None = None,
     rig: str = "",
     use_sim_time: bool = False,
+    profile: str = "",
 ) -> list[NodeLaunch]:
     """One NodeLaunch per node of the graph (or of `only`), parameters validated now so a
     bad launch argument fails before any process starts; with `rig`, the graph's topics
     carry that rig's ROS topic names (each node applies the same, from its `kil.rig`
-    parameter); `use_sim_time`: every node follows /clock (the simulated rig drives it)."""
+    parameter); `use_sim_time`: every node follows /clock (the simulated rig drives it);
+    `profile`: a directory each node writes its timing into at shutdown (kil bench live)."""
     path = graph_path(graph).resolve()
     spec = load_graph(path, overrides, graph_topics(load_rig(rig)) if rig else None)
     names = list(spec.nodes) if only is None else only
@@ -58,7 +60,7 @@ def graph_nodes(
         raise KeyError(f"{path}: no node(s) {unknown} (nodes: {', '.join(spec.nodes)})")
     return [
         NodeLaunch(name, {GRAPH_PARAM: str(path), NODE_PARAM: name, RIG_PARAM: rig, "use_sim_time": use_sim_time,
-                          **flatten_config(spec.nodes[name].config)})
+                          **({PROFILE_PARAM: profile} if profile else {}), **flatten_config(spec.nodes[name].config)})
         for name in names
     ]
 
@@ -70,6 +72,7 @@ def graph_launch_actions(
     namespace: str = "",
     rig: str = "",
     use_sim_time: bool = False,
+    profile: str = "",
 ) -> list[Any]:
     """launch_ros Node actions for `graph_nodes` (imports launch_ros)."""
     from launch_ros.actions import Node
@@ -84,7 +87,7 @@ def graph_launch_actions(
             output="screen",
             emulate_tty=True,
         )
-        for launch in graph_nodes(graph, overrides, only, rig, use_sim_time)
+        for launch in graph_nodes(graph, overrides, only, rig, use_sim_time, profile)
     ]
 
 
@@ -100,6 +103,7 @@ def declare_rig_arguments() -> list[Any]:
         DeclareLaunchArgument("rig_set", default_value="", description="parameters of a kil driver graph (rig:=sim): 'rig.task=place_upright rig.robot=ur5e ...'"),
         DeclareLaunchArgument("use_sim_time", default_value="auto", choices=["auto", "true", "false"],
                               description="every node follows /clock (auto: for the simulated rig, whose node drives it)"),
+        DeclareLaunchArgument("profile", default_value="", description="directory each kil node writes its timing into at shutdown (kil bench live)"),
     ]
 
 
@@ -156,7 +160,8 @@ def rig_actions(context: Any, driver_params: dict[str, dict[str, Any]] | None = 
             actions.append(IncludeLaunchDescription(PythonLaunchDescriptionSource(source), launch_arguments=arguments.items()))
         if rig.driver_graph:
             overrides = merge_overrides(driver_params or {}, parse_overrides(shlex.split(arg("rig_set"))))
-            actions.extend(graph_launch_actions(rig.driver_graph, overrides, use_sim_time=use_sim_time(rig, arg("use_sim_time"))))
+            actions.extend(graph_launch_actions(rig.driver_graph, overrides, use_sim_time=use_sim_time(rig, arg("use_sim_time")),
+                                                profile=arg("profile")))
     if rig.camera.driver != "sim":  # the sim publishes its own camera pose
         arguments = static_transform_arguments(load_calibration(rig))
         actions.append(Node(package="tf2_ros", executable="static_transform_publisher", name="camera_calibration", arguments=arguments))

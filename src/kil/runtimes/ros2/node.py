@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,7 @@ from kil.errors import ConfigError, KilError, MessageError, TransformError
 from kil.graph import GraphSpec, NodeSpec, QoSSpec, TopicSpec, load_graph
 from kil.paths import graph_path
 from kil.rigs import graph_topics, load_rig
+from kil.runtimes.profile import Profile
 from kil.runtimes.ros2.params import config_from_parameters, flatten_config
 from kil.runtimes.ros2.sim_clock import SimClock
 from kil.stage import Stage, Subscription
@@ -56,6 +58,7 @@ GRAPH_PARAM = "kil.graph"
 NODE_PARAM = "kil.node"
 RIG_PARAM = "kil.rig"
 WATCHDOG_PARAM = "kil.input_timeout_s"
+PROFILE_PARAM = "kil.profile"
 # Top-level names a stage config field may not take: the shell's namespace and the
 # parameters rclpy declares itself.
 RESERVED_FIELDS = frozenset({"kil", "use_sim_time", "qos_overrides", "start_type_description_service"})
@@ -185,6 +188,7 @@ class StageShell:
         node.declare_parameter(NODE_PARAM, "", ParameterDescriptor(description="node of the graph to run (default: this node's name)", **fixed))
         node.declare_parameter(RIG_PARAM, "", ParameterDescriptor(description="rig whose ROS topic names the graph's topics take (config/rigs/)", **fixed))
         node.declare_parameter(WATCHDOG_PARAM, 5.0, ParameterDescriptor(description="warn when an input has been silent this long (s)", **fixed))
+        node.declare_parameter(PROFILE_PARAM, "", ParameterDescriptor(description="directory to write this node's timing into at shutdown (kil bench live)", **fixed))
         graph_file = node.get_parameter(GRAPH_PARAM).value
         if not graph_file:
             raise ConfigError(f"node {node.get_name()}: parameter '{GRAPH_PARAM}' (a graph description) is required")
@@ -197,6 +201,9 @@ class StageShell:
         check_reserved_fields(self.spec.stage_class.Config, f"{self.graph.source}: nodes.{node_name}.stage")
         self.factory = RclpyFactory()
         self.handled = 0  # stage-bound callbacks run so far (the simulated clock drains inputs by it)
+        self.profile_dir = node.get_parameter(PROFILE_PARAM).value
+        self.profile = Profile() if self.profile_dir else None
+        self._busy = None if self.profile is None else self.profile.busy_ns.setdefault(node_name, [])
         self._warned: set[str] = set()
         self._router = TransformRouter()
         self._publishers: dict[str, dict[str, Any]] = {}
@@ -215,7 +222,8 @@ class StageShell:
         self._setup_outputs()
         self._setup_inputs()
         for timer in self.spec.stage_class.timers():
-            self._every(timer.period_ns(config), self._counted(getattr(self.stage, timer.method)))
+            period = timer.period_ns(config)
+            self._every(period, self._ticked(f"{node_name}.{timer.method}", period, self._counted(getattr(self.stage, timer.method))))
         for service, method in self.spec.stage_class.services().items():
             self._add_service(service, getattr(self.stage, method))
         self._input_timeout_s = float(node.get_parameter(WATCHDOG_PARAM).value)
@@ -269,11 +277,33 @@ class StageShell:
         holder.append(self.node.create_timer(max(delay_s, 1e-9), once))
 
     def _counted(self, callback: Callable[..., None]) -> Callable[..., None]:
-        def run(*args: Any) -> None:
+        """A stage-bound callback: counted, and timed (wall clock) when profiling."""
+        busy = self._busy
+
+        def run(*args: Any) -> Any:
             self.handled += 1
-            callback(*args)
+            if busy is None:
+                return callback(*args)
+            start = time.perf_counter_ns()
+            try:
+                return callback(*args)
+            finally:
+                busy.append(time.perf_counter_ns() - start)
 
         return run
+
+    def _ticked(self, label: str, period_ns: int, callback: Callable[[], None]) -> Callable[[], None]:
+        """A stage timer, its tick times (node clock) recorded when profiling."""
+        if self.profile is None:
+            return callback
+        ticks = self.profile.tick_ns.setdefault(label, [])
+        self.profile.period_ns[label] = period_ns
+
+        def tick() -> None:
+            ticks.append(self.now_ns())
+            callback()
+
+        return tick
 
     # -- running ------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -306,7 +336,12 @@ class StageShell:
             executor.shutdown(timeout_sec=0)
 
     def close(self) -> None:
-        self.stage.stop()
+        try:
+            self.stage.stop()
+        finally:
+            if self.profile is not None:
+                Path(self.profile_dir).mkdir(parents=True, exist_ok=True)
+                self.profile.save(Path(self.profile_dir) / f"{self.spec.name}.json")
 
     # -- parameters ---------------------------------------------------------------------
     def _declare_config(self) -> Any:
@@ -393,6 +428,8 @@ class StageShell:
         if port not in self._publishers:
             return
         topic = self.graph.topics[self.spec.publish[port]]
+        if self.profile is not None:
+            self.profile.publish.setdefault(topic.name, []).append((self.now_ns(), getattr(msg, "stamp_ns", 0)))
         packet = topic.wire.to_ros(msg, self.factory, topic.options)
         for transform in packet.transforms:
             route = self._router.route(transform)
@@ -573,4 +610,9 @@ def main(args: list[str] | None = None) -> int:
             if node is not None:
                 node.destroy_node()
             rclpy.try_shutdown()
+            # A second Ctrl-C (a terminal signals the launch and its children; the launch then
+            # signals them again) must not kill a process that is already exiting: ignored
+            # handlers, unlike Python ones, survive the interpreter's finalisation.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
     return status
