@@ -129,3 +129,20 @@ def test_an_error_on_a_node_thread_stops_the_run_and_is_raised():
         runtime.run(2.0)
     assert runtime.stats.stop_reason == "error: RuntimeError: model failed"
     assert runtime.stats.end_ns - runtime.stats.start_ns < 0.5e9  # at the first frame, not after 2 s
+
+
+@pytest.mark.parametrize("stage", ["busy", "busy_latest"])
+def test_a_latest_input_takes_the_newest_message_not_a_queue(stage):
+    """A 60 ms node fed at 50 Hz on its own thread: a plain input works through every message
+    and falls further and further behind; a `latest` one skips to the newest each time."""
+    text = THREADED.replace("toy_stages.busy", f"toy_stages.{stage}").replace("rate_hz: 10}, publish: {out: /slow_in}", "rate_hz: 50}, publish: {out: /slow_in}")
+    runtime = LocalRuntime(parse_graph(yaml.safe_load(text), "latest"), clock="realtime", threads=True)
+    runtime.run(1.5)
+    model = runtime.stages["model"]
+    counts, lag_s = np.array(model.counts), np.array(model.lag_ns) / 1e9
+    assert model.calls >= 10
+    if stage == "busy":
+        assert np.all(np.diff(counts) == 1) and lag_s[-1] > 0.5  # a growing queue of old messages
+    else:
+        assert np.all(np.diff(counts) >= 1) and np.diff(counts).mean() > 2 and lag_s.max() < 0.2  # the newest each time
+        assert runtime.workers["model"].replaced > 20

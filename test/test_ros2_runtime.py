@@ -467,3 +467,55 @@ def test_recorder_session_runs_ros2_bag_record(tmp_path):
     assert EpisodeReader(tmp_path / "episode_0000").topics()["/probe"] == ("std_msgs/msg/String", 5)
     assert read_metadata(tmp_path / "episode_0000").success is True
     assert not (tmp_path / "episode_0001").exists()
+
+
+class _FakeWall:
+    """A wall clock that moves only when the simulated clock waits (spin) or works (callbacks)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sim_clock_paces_simulated_time_and_never_catches_up():
+    """The simulator's clock (kil.runtimes.ros2.sim_clock): deadlines in order on simulated
+    time, at most real_time_factor x the wall clock; inputs handled before each deadline;
+    work slower than the pace stretches simulated time instead of bunching ticks."""
+    import threading
+
+    from kil.runtimes.ros2.sim_clock import SimClock
+
+    wall, published, events, waits = _FakeWall(), [], [], []
+    pace = {"rtf": 0.5}
+    stop = threading.Event()
+    clock = SimClock(1_000_000_000, lambda: pace["rtf"], published.append, wall)
+    inbox = [3]  # three messages waiting before the first deadline
+
+    def spin(timeout_s: float) -> bool:
+        waits.append(timeout_s)
+        if inbox[0]:
+            inbox[0] -= 1
+            events.append(("input", clock.now_ns()))
+            return True
+        wall.now += timeout_s
+        return False
+
+    def control() -> None:
+        events.append(("control", clock.now_ns()))
+        if clock.now_ns() == 1_050_000_000:
+            wall.now += 1.0  # one slow tick (a render): 50 ms of simulated time took a second
+        if clock.now_ns() >= 1_200_000_000:
+            stop.set()
+
+    clock.every(10_000_000, control)
+    clock.call_later(0.025, lambda: events.append(("once", clock.now_ns())))
+    clock.run(stop, spin)
+    ticks = [t for kind, t in events if kind == "control"]
+    assert ticks == [1_000_000_000 + k * 10_000_000 for k in range(1, 21)]  # every period, none skipped
+    assert [t for kind, t in events if kind == "once"] == [1_025_000_000]
+    assert [kind for kind, _ in events[:4]] == ["input"] * 3 + ["control"]  # inputs first
+    assert published[0] == 1_000_000_000 and published == sorted(set(published)) and published[-1] == 1_200_000_000
+    assert clock.lag_restarts == 1  # after the slow tick the pace restarts; no burst of ticks follows
+    assert max(waits) <= 0.1 and wall.now - 100.0 == pytest.approx(0.2 / 0.5 + 1.0, abs=0.03)

@@ -102,7 +102,7 @@ topics:
   /command: {type: PoseCommand}
   /gripper_command: {type: GripperCommand}
 nodes:
-  interpolator: {stage: interpolator, params: {max_speed: 5.0, max_angular_speed: 20.0},
+  interpolator: {stage: interpolator, params: {max_speed: 3.0, max_angular_speed: 10.0},
                  subscribe: {chunk: /chunk, state: /state, commanded: /command}, publish: {target: /target, gripper: /gripper}}
   safety: {stage: safety, params: {rig: sim, chunk_max_age_s: 0}, subscribe: {target: /target, gripper: /gripper, state: /state, chunk: /chunk},
            publish: {command: /command, gripper: /gripper_command}}

@@ -274,7 +274,7 @@ def test_ground_truth_keypoints_in_the_recorded_stream(tmp_path):
     first = frames[0][2]
     names = read_metadata(path).extra["ground_truth_keypoints"]
     assert names[:4] == ["mug/rim_grasp", "mug/rim_handle", "mug/rim_side", "mug/handle"]
-    assert first.names == tuple(f"kp{i}" for i in range(len(names)))  # the cloud carries indices
+    assert first.names == tuple(names)  # the cloud carries indices, its latched companion the names
     assert first.visible[:3].all()  # the rim faces the camera at the start
     assert np.all(first.instance[:4] == 0) and np.all(first.instance[4:] == 1)
 

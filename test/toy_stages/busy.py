@@ -24,10 +24,14 @@ class Busy(Stage):
         super().__init__(config, io)
         self.threads = {threading.current_thread().name}
         self.calls = 0
+        self.lag_ns: list[int] = []  # how old each message was when its work started (clock time - stamp)
+        self.counts: list[float] = []  # the x of each message worked on
 
     @subscribe(inp=PoseCommand)
     def work(self, msg):
         self.threads.add(threading.current_thread().name)
+        self.lag_ns.append(self.io.now_ns() - msg.stamp_ns)
+        self.counts.append(float(msg.position[0]))
         if self.config.fail:
             raise RuntimeError("model failed")
         a = np.random.default_rng(0).standard_normal((300, 300))

@@ -53,6 +53,10 @@ def _cloud_dtype(fields: Sequence[tuple[str, int, int]], itemsize: int, bigendia
     )
 
 
+class NamesNotReceived(MessageError):
+    """A cloud came before the names it refers to (a subscriber that just started)."""
+
+
 def names_text(names: Sequence[str]) -> str:
     """The keypoint names as the text of their latched message (a JSON list)."""
     return json.dumps(list(names), separators=(",", ":"))
@@ -135,7 +139,7 @@ def keypoints_from_ros(msg: Any, names: Sequence[str] = ()) -> Keypoints:
     index = points["index"].astype(np.int64)
     if "layout" in fields and n:
         if not names:
-            raise MessageError("PointCloud2: keypoint names not received yet (they are latched on the topic's /names companion)")
+            raise NamesNotReceived("PointCloud2: keypoint names not received yet (they are latched on the topic's /names companion)")
         if int(points["layout"][0]) != layout_id(names):
             raise MessageError(f"PointCloud2 layout field: the cloud was published with other keypoint names than {list(names)[:4]}...")
     if names:

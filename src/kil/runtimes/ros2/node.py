@@ -43,6 +43,7 @@ import numpy as np
 
 from kil.converters.factory import RclpyFactory
 from kil.converters.gripper import GripperCommandOptions, GripperGoal, gripper_goal
+from kil.converters.keypoints import NamesNotReceived
 from kil.converters.pose import tf_message, transform_from_ros
 from kil.converters.wire import TransformRouter
 from kil.errors import ConfigError, KilError, MessageError, TransformError
@@ -543,6 +544,11 @@ class StageShell:
                     group[role.name] = self._latched_in[(topic.name, role.name)]
             try:
                 messages.append(topic.wire.from_ros(group, topic.options, self.lookup_transform, now))
+            except NamesNotReceived:  # just started: the latched names are on their way
+                if f"names:{topic.name}" not in self._warned:
+                    self._warned.add(f"names:{topic.name}")
+                    self.node.get_logger().info(f"waiting for the keypoint names of {topic.name}")
+                return
             except (MessageError, TransformError) as err:
                 self._warn_once(f"{topic.name}: {type(err).__name__}", f"dropping input on {topic.name}: {err}")
                 return
