@@ -15,6 +15,7 @@ processing time per call (wall time). Both runtimes record the same `Profile`.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ INTERPOLATOR_TIMER = "interpolator.tick"
 CHAIN = ("/kil/features", "/kil/keypoints", "/kil/chunk")  # stamps carry the camera frame's
 RUNTIMES = ("local", "ros2")
 NODE_STARTUP_S = 240.0  # wall seconds for every ROS 2 node to load its models
+ROS2_NODES = 7  # the sim rig and the live graph's six nodes
 
 
 @dataclass
@@ -87,9 +89,15 @@ def run_local(policy: str | Path, duration_s: float, task: str, robot: str, vari
     # The rig keeps running after the task is done: a full run of load.
     graph = policy_graph(policy, task, robot, variation, seed, rig_params={"stop_when_done_s": 0.0})
     runtime = LocalRuntime(graph, clock="realtime", profile=True, threads=True)
-    stats = runtime.run(duration_s)
+    quiet = logging.getLogger("kil")
+    level, quiet.level = quiet.level, logging.ERROR  # the safety node's holds are counted below, not logged
+    try:
+        stats = runtime.run(duration_s)
+    finally:
+        quiet.setLevel(level)
     seconds = (stats.end_ns - stats.start_ns) / 1e9
-    notes = [f"task completion {runtime.stages['rig'].completion:.2f}; stopped: {stats.stop_reason}"]
+    holds = ", ".join(f"{reason} x{n}" for reason, n in sorted(runtime.stages["safety"].rejections.items())) or "none"
+    notes = [f"task completion {runtime.stages['rig'].completion:.2f}; stopped: {stats.stop_reason}; safety holds: {holds}"]
     notes += [f"timer {label}: {count} ticks skipped (could not keep up)" for label, count in sorted(stats.skipped_ticks.items())]
     return summarise("local", "wall clock", runtime.profile, seconds, seconds, notes)
 
@@ -115,7 +123,7 @@ def run_ros2(policy: str | Path, duration_s: float, task: str, robot: str, varia
         processes = {name: subprocess.Popen(cmd, stdout=(logs / f"{name}.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
                      for name, cmd in commands.items()}
         try:
-            _wait_for_nodes(logs, processes, count=8)
+            _wait_for_nodes(logs, processes, count=ROS2_NODES)
             start = time.monotonic()
             time.sleep(duration_s)
             wall = time.monotonic() - start
@@ -133,7 +141,7 @@ def run_ros2(policy: str | Path, duration_s: float, task: str, robot: str, varia
     ticks = profile.tick_ns.get("rig.control", [])
     graph_s = (max(ticks) - min(ticks)) / 1e9 if ticks else 0.0
     notes = [f"simulated time {graph_s:.1f} s in {wall:.1f} s of wall time after start-up (real-time factor {graph_s / wall:.2f}, "
-             f"at most {real_time_factor:g}); {clean} of 8 processes exited cleanly on Ctrl-C"]
+             f"at most {real_time_factor:g}); {clean} of {ROS2_NODES} processes exited cleanly on Ctrl-C"]
     return summarise("ros2", "simulated time", profile, wall, graph_s, notes)
 
 
