@@ -59,5 +59,9 @@ EOF
 }
 
 if [ -n "${KIL_ROS:-}" ]; then
+    kil_saved_options="$(set +o)"  # a sourcing script's -e / -u must not trip on colcon's setup scripts
+    set +eu
     kil_driver_msgs "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    eval "$kil_saved_options"
+    unset kil_saved_options
 fi
