@@ -120,8 +120,9 @@ def run_ros2(policy: str | Path, duration_s: float, task: str, robot: str, varia
             "graph": ["ros2", "launch", "kil", "bringup.launch.py", "rig:=sim", "drivers:=false", "rviz:=false", f"task:={task}",
                       f"policy:={policy}", f"set:={bringup_set}", f"profile:={profile_dir}"],
         }
-        processes = {name: subprocess.Popen(cmd, stdout=(logs / f"{name}.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-                     for name, cmd in commands.items()}
+        env = isolated_dds_env()
+        processes = {name: subprocess.Popen(cmd, stdout=(logs / f"{name}.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env) for name, cmd in commands.items()}
         try:
             _wait_for_nodes(logs, processes, count=ROS2_NODES)
             start = time.monotonic()
@@ -143,6 +144,20 @@ def run_ros2(policy: str | Path, duration_s: float, task: str, robot: str, varia
     notes = [f"simulated time {graph_s:.1f} s in {wall:.1f} s of wall time after start-up (real-time factor {graph_s / wall:.2f}, "
              f"at most {real_time_factor:g}); {clean} of {ROS2_NODES} processes exited cleanly on Ctrl-C"]
     return summarise("ros2", "simulated time", profile, wall, graph_s, notes)
+
+
+def isolated_dds_env() -> dict[str, str]:
+    """The environment of the benchmark's processes: CycloneDDS on loopback only and a ROS
+    domain of their own, so a simulated rig's commands never meet a robot's graph (or
+    anything else) on this machine's network or default domain."""
+    from kil.paths import share_dir
+
+    env = dict(os.environ)
+    env["RMW_IMPLEMENTATION"] = "rmw_cyclonedds_cpp"
+    env["CYCLONEDDS_URI"] = f"file://{share_dir() / 'config' / 'dds' / 'cyclonedds_loopback.xml'}"
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_DOMAIN_ID"] = str(200 + os.getpid() % 30)
+    return env
 
 
 def _wait_for_nodes(logs: Path, processes: dict[str, subprocess.Popen], count: int) -> None:
