@@ -114,7 +114,8 @@ def record_episode(task: str, robot: str, variation: str, seed: int, out: Path, 
             **metadata.extra,
             "object_ids": episode_scene(task, variation, seed).object_ids,
             "completion": result.completion,
-            "operator_verdict": metadata.success,  # what the operator's save said; the sim's verdict wins
+            # what the operator's save said (the recorder keeps it beside the sim's verdict); the sim's verdict wins
+            "operator_verdict": metadata.extra.get("operator_verdict", metadata.success),
             "ground_truth_keypoints": list(result.keypoint_names),  # names of /sim/keypoints indices
         }
         write_metadata(result.path, metadata.with_updates(success=result.success, extra=extra))

@@ -20,10 +20,9 @@ from kil.errors import ConfigError
 from kil.graph import load_graph, merge_params, parse_overrides
 from kil.paths import graph_path
 from kil.rigs import RIGS, CameraCalibration, DriverLaunch, RigConfig, graph_topics, load_calibration, load_rig
+from kil.runtimes.ros2.node import GRAPH_PARAM, NODE_PARAM, PROFILE_PARAM, RIG_PARAM  # the shell's own parameters
 from kil.runtimes.ros2.params import flatten_config
 
-# The shell's own parameters (kil.runtimes.ros2.node; kept in step by a test).
-GRAPH_PARAM, NODE_PARAM, RIG_PARAM, PROFILE_PARAM = "kil.graph", "kil.node", "kil.rig", "kil.profile"
 
 PACKAGE = "kil"
 EXECUTABLE = "kil_node"
