@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
 from kil.errors import ConfigError
-from kil.stages.safety import SafetyFilter, SafetyLimits
+from kil.control.limits import SafetyLimits
+from kil.control.safety_filter import SafetyFilter
 
 LIMITS = SafetyLimits()
 DT = 1.0 / LIMITS.rate_hz
@@ -31,7 +32,7 @@ def run(start, schedule):
     poses = [(f.position.copy(), f.rotation)]
     for p, q, ticks in schedule:
         for _ in range(ticks):
-            position, orientation, _ = f.step(p, q)
+            position, orientation, _ = f.step(DT, p, q)
             poses.append((position, Rotation.from_quat(orientation)))
     return poses
 
@@ -74,10 +75,10 @@ def test_bad_targets_hold_and_say_why():
     for target, reason in (((np.array([np.nan, 0, 0]), DOWN), "target not finite: holding"),
                            ((None, None), "no target: holding"),
                            ((np.array([0.5, 0.0, 0.2]), np.zeros(4)), "target not finite: holding")):
-        position, orientation, reasons = f.step(*target)
+        position, orientation, reasons = f.step(DT, *target)
         assert reason in reasons
         np.testing.assert_array_equal(position, [0.5, 0.0, 0.2])
-    _, _, reasons = f.step(np.array([5.0, 0.0, 0.2]), DOWN)
+    _, _, reasons = f.step(DT, np.array([5.0, 0.0, 0.2]), DOWN)
     assert "target outside the workspace: clamped" in reasons and "speed limited" in reasons
     assert f.gripper(0.2) == (LIMITS.gripper_max, {"gripper out of range"})
     assert f.gripper(float("nan"))[0] is None and f.gripper(0.03) == (0.03, set())

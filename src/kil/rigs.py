@@ -9,7 +9,7 @@ from typing import Literal
 from kil.config import load_dataclass, load_yaml, require
 from kil.errors import ConfigError
 from kil.paths import share_dir
-from kil.stages.safety import SafetyLimits
+from kil.control.limits import SafetyLimits
 
 RIGS = ("franka", "ur5e", "sim")
 

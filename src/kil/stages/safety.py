@@ -1,154 +1,43 @@
-"""Safety layer between the interpolator and the robot: every pose target passes through it.
+"""Safety node between the interpolator and the robot: every pose target passes through it.
 
-The filter turns whatever target arrives (NaN, a jump across the table, a point outside the
-workspace, nothing at all) into the next commanded pose, such that for any input:
-  - the commanded position stays inside the workspace box (base frame);
-  - linear speed and acceleration, angular speed and acceleration stay within their caps
-    (so does the step per tick, speed x period);
-  - the command moves towards the target as fast as the caps allow, braking in time for the
-    target and the workspace walls.
+It commands the robot on its own control tick, never per message: each tick takes the
+newest acceptable target and sends at most one command, stamped with the tick's time
+(strictly increasing), through the `SafetyFilter` (workspace box, step, speed, acceleration
+and angular caps measured between those stamps, bounded tracking error against the measured
+EE pose). Bursts, duplicates, gaps and late targets therefore change nothing about the caps.
 
-Translation is limited per axis (speed cap/sqrt(3), acceleration cap/sqrt(3)), so the
-vector norms never exceed the caps and each axis can brake for its walls independently.
-The `Safety` node wraps the filter with watchdogs: when the newest keypoints or the newest
-chunk are older than their limit (the camera or the policy stopped), when the e-stop is
-engaged, or when the interpolator falls silent, it brakes to a stop within the acceleration
-cap and holds; when the inputs are fresh again it resumes from where it is, within the caps.
+It brakes to a stop within the caps and holds when
+  - the e-stop is engaged (latched until `clear_estop`, which is refused while the e-stop
+    source still reports engaged);
+  - the newest keypoints, chunk or measured robot pose are older than their limit, or the
+    interpolator's targets stop (`silence_ticks` periods);
+  - the target is not finite or cannot be brought into the base frame;
+and resumes from where it is, within the caps, when all is well again.
 
-Braking uses the discrete-time bound v dt + v^2 / (2a) <= d: a velocity that satisfies it
-for the remaining distance d can always be reduced by at most a dt per tick and still
-satisfy it, so the feasible velocity interval is never empty (see `_wall_bound`).
+Stamp sanity: a keypoints, chunk, target or robot-state message stamped more than
+`max_future_s` ahead of this node's clock, or already older than its watchdog limit, is
+ignored (it refreshes no watchdog and moves nothing); each kind of rejection is logged once,
+with the topic and the offset. Targets and robot states in another frame than the rig's base
+frame are transformed through TF, or rejected with both frame names.
+Nothing is sent before the first target, and the first command is the measured pose.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from kil.config import require
+from kil.control.frames import pose_in_frame
+from kil.control.safety_filter import RATE_LIMITED, SafetyFilter
+from kil.errors import TransformError
 from kil.msgs import ActionChunk, EStop, GripperCommand, Keypoints, PoseCommand, RobotState
+from kil.rigs import load_rig
 from kil.stage import Stage, every, service, subscribe
 
-AXIS_SHARE = 1.0 / math.sqrt(3.0)  # per-axis caps whose vector sum stays within the norm caps
-
-
-@dataclass(frozen=True)
-class SafetyLimits:
-    workspace_min: tuple[float, float, float] = (0.25, -0.45, -0.12)  # m, base frame
-    workspace_max: tuple[float, float, float] = (0.80, 0.45, 0.45)
-    max_speed: float = 0.25  # m/s
-    max_acceleration: float = 2.0  # m/s^2
-    max_angular_speed: float = 1.0  # rad/s
-    max_angular_acceleration: float = 8.0  # rad/s^2
-    max_step: float = 0.004  # m per tick
-    rate_hz: float = 100.0
-    gripper_min: float = 0.0  # m
-    gripper_max: float = 0.08
-
-    def __post_init__(self) -> None:
-        require(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)), "workspace_min",
-                f"must be below workspace_max on every axis, got {self.workspace_min} vs {self.workspace_max}")
-        for name in ("max_speed", "max_acceleration", "max_angular_speed", "max_angular_acceleration", "max_step", "rate_hz"):
-            require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
-        require(0 <= self.gripper_min < self.gripper_max, "gripper_min", f"must be in [0, gripper_max), got {self.gripper_min}")
-
-
-def _wall_bound(distance: np.ndarray, accel: float, dt: float) -> np.ndarray:
-    """Largest speed towards something `distance` away from which the axis can still stop
-    in time: v dt + v^2 / (2 accel) <= distance. If v satisfies it for d, the bound for the
-    next tick's distance d - v dt is at least v - accel dt (so braking needs at most the cap)."""
-    d = np.maximum(distance, 0.0)
-    return accel * (-dt + np.sqrt(dt * dt + 2.0 * d / accel))
-
-
-def _clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
-    n = float(np.linalg.norm(v))
-    return v if n <= limit else v * (limit / n)
-
-
-class SafetyFilter:
-    """Commanded pose, one tick at a time; `step(target)` returns the next command and the
-    set of reasons the target was not taken as it was (empty when it was)."""
-
-    def __init__(self, limits: SafetyLimits, position: np.ndarray, orientation: np.ndarray) -> None:
-        self.limits = limits
-        self.dt = 1.0 / limits.rate_hz
-        self.lo = np.asarray(limits.workspace_min, float)
-        self.hi = np.asarray(limits.workspace_max, float)
-        self.position = np.asarray(position, float).copy()
-        self.rotation = Rotation.from_quat(np.asarray(orientation, float))
-        self.velocity = np.zeros(3)
-        self.angular_velocity = np.zeros(3)
-        self.axis_speed = min(limits.max_speed, limits.max_step * limits.rate_hz) * AXIS_SHARE
-        self.axis_accel = limits.max_acceleration * AXIS_SHARE
-
-    @property
-    def orientation(self) -> np.ndarray:
-        return self.rotation.as_quat()
-
-    def step(self, position: np.ndarray | None, orientation: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, set[str]]:
-        reasons: set[str] = set()
-        target_p, target_q = self._sanitise(position, orientation, reasons)
-        self._translate(target_p, reasons)
-        self._rotate(target_q, reasons)
-        return self.position.copy(), self.orientation, reasons
-
-    def gripper(self, opening: float) -> tuple[float | None, set[str]]:
-        """A gripper opening within the limits; None (send nothing) for a non-finite one."""
-        if not math.isfinite(opening):
-            return None, {"gripper not finite"}
-        clipped = min(max(opening, self.limits.gripper_min), self.limits.gripper_max)
-        return clipped, ({"gripper out of range"} if clipped != opening else set())
-
-    def _sanitise(self, position, orientation, reasons: set[str]) -> tuple[np.ndarray, Rotation]:
-        p = None if position is None else np.asarray(position, float)
-        q = None if orientation is None else np.asarray(orientation, float)
-        if p is None or q is None:
-            reasons.add("no target: holding")
-            return self.position.copy(), self.rotation
-        if p.shape != (3,) or q.shape != (4,) or not (np.isfinite(p).all() and np.isfinite(q).all()) or np.linalg.norm(q) < 1e-6:
-            reasons.add("target not finite: holding")
-            return self.position.copy(), self.rotation
-        clamped = np.clip(p, self.lo, self.hi)
-        if not np.array_equal(clamped, p):
-            reasons.add("target outside the workspace: clamped")
-        return clamped, Rotation.from_quat(q / np.linalg.norm(q))
-
-    def _translate(self, target: np.ndarray, reasons: set[str]) -> None:
-        dt, V, A = self.dt, self.axis_speed, self.axis_accel
-        error = target - self.position
-        # Desired: reach the target, braking for it, as fast as allowed.
-        desired = np.sign(error) * np.minimum(np.abs(error) / dt, _wall_bound(np.abs(error), A, dt))
-        low = np.maximum.reduce([np.full(3, -V), self.velocity - A * dt, -_wall_bound(self.position - self.lo, A, dt)])
-        high = np.minimum.reduce([np.full(3, V), self.velocity + A * dt, _wall_bound(self.hi - self.position, A, dt)])
-        velocity = np.clip(desired, low, np.maximum(low, high))  # the interval is never empty; max() guards rounding
-        if not np.allclose(velocity, error / dt, atol=1e-9):
-            reasons.add("speed limited")
-        moved = np.clip(self.position + velocity * dt, self.lo, self.hi)  # the clip only absorbs rounding
-        self.velocity = (moved - self.position) / dt
-        self.position = moved
-
-    def _rotate(self, target: Rotation, reasons: set[str]) -> None:
-        dt, W, A = self.dt, self.limits.max_angular_speed, self.limits.max_angular_acceleration
-        error = (target * self.rotation.inv()).as_rotvec()  # base-frame rotation still to go
-        angle = float(np.linalg.norm(error))
-        wanted = _clip_norm(error / dt, min(W, float(_wall_bound(np.array(angle), A, dt))))
-        # Both ends lie in the speed ball, so the step towards `wanted` stays inside it.
-        omega = self.angular_velocity + _clip_norm(wanted - self.angular_velocity, A * dt)
-        if not np.allclose(omega, error / dt, atol=1e-9):
-            reasons.add("turn rate limited")
-        self.angular_velocity = omega
-        self.rotation = Rotation.from_rotvec(omega * dt) * self.rotation
-
-
-def load_rig(name: str):
-    """The rig description (kil.rigs imports this module for SafetyLimits, hence not at the top)."""
-    from kil.rigs import load_rig as load
-
-    return load(name)
+REPEAT_LOG_AFTER_NS = 1_000_000_000  # a hold reason that went away and came back within 1 s is not logged again
 
 
 @dataclass(frozen=True)
@@ -156,12 +45,14 @@ class SafetyConfig:
     rig: str = "sim"  # config/rigs/<rig>.yaml: its base frame and `safety` limits are enforced
     keypoint_max_age_s: float = 0.5  # hold when the newest keypoints are older (0: no watchdog)
     chunk_max_age_s: float = 2.0  # hold when the newest chunk's observation is older (0: no watchdog); a chunk spans 1.5 s
-    silence_ticks: float = 2.5  # brake on our own clock when the interpolator skips this many periods
+    state_max_age_s: float = 0.2  # hold when the newest measured EE pose is older (0: no watchdog)
+    silence_ticks: float = 2.5  # hold when the interpolator's newest target is older than this many periods
+    max_future_s: float = 0.05  # tolerated clock skew: inputs stamped further ahead are rejected
 
     def __post_init__(self) -> None:
         load_rig(self.rig)  # an unknown rig or an invalid rig file fails at load time
-        require(self.keypoint_max_age_s >= 0, "keypoint_max_age_s", f"must be >= 0, got {self.keypoint_max_age_s}")
-        require(self.chunk_max_age_s >= 0, "chunk_max_age_s", f"must be >= 0, got {self.chunk_max_age_s}")
+        for name in ("keypoint_max_age_s", "chunk_max_age_s", "state_max_age_s", "max_future_s"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.silence_ticks >= 1, "silence_ticks", f"must be >= 1, got {self.silence_ticks}")
 
     @property
@@ -176,37 +67,80 @@ class Safety(Stage):
     outputs = {"command": PoseCommand, "gripper": GripperCommand}
     # Watchdog limits may be tuned on a running robot (validated like the YAML); the rig and
     # with it the workspace and caps may not.
-    live_params = frozenset({"keypoint_max_age_s", "chunk_max_age_s", "silence_ticks"})
+    live_params = frozenset({"keypoint_max_age_s", "chunk_max_age_s", "state_max_age_s", "silence_ticks", "max_future_s"})
 
     def __init__(self, config: SafetyConfig, io) -> None:
         super().__init__(config, io)
         rig = load_rig(config.rig)
         self.limits, self.base_frame = rig.safety, rig.base_frame
-        self.filter: SafetyFilter | None = None  # created from the first robot state
-        self.estop = False
-        self.newest_keypoints_ns: int | None = None
-        self.newest_chunk_ns: int | None = None
-        self.last_target_ns: int | None = None
+        self.period_ns = int(round(1e9 / self.limits.rate_hz))
+        self.filter: SafetyFilter | None = None  # created at the first command, from the measured pose
+        self.measured: tuple[int, np.ndarray, Rotation] | None = None  # newest accepted (stamp, position, rotation)
+        self.target: tuple[int, np.ndarray, np.ndarray] | None = None  # newest accepted (stamp, position, quaternion)
+        self.newest_ns: dict[str, int] = {}  # keypoints / chunk: newest accepted stamp
+        self.estop = False  # latched
+        self.estop_source_engaged = False  # what the e-stop topic said last
         self.pending_gripper: GripperCommand | None = None
-        self.active: set[str] = set()  # reasons in force now; each is logged when it starts
-        self.rejections: dict[str, int] = {}  # reason -> how many times it started
+        self.last_command_ns: int | None = None
+        self.holding = False
+        self.resumed_ns: int | None = None
+        self.seen: dict[str, int] = {}  # reason -> when it was last in force
+        self.rejections: dict[str, int] = {}  # reason or rejection kind -> how many times it started
 
     # -- inputs ---------------------------------------------------------------------------
+    def _sane(self, port: str, stamp_ns: int, max_age_s: float) -> bool:
+        """Whether a stamp may refresh a watchdog or drive the robot; logs each kind of
+        rejection once per port, with the topic and the offset."""
+        offset = (stamp_ns - self.io.now_ns()) / 1e9
+        if offset > self.config.max_future_s:
+            self._reject(f"{port}: future stamp", f"{port} on {self._topic(port)} stamped {offset:.3f} s in the future "
+                         f"(tolerance max_future_s {self.config.max_future_s:g} s): ignored")
+            return False
+        if max_age_s > 0 and -offset > max_age_s:
+            self._reject(f"{port}: stale stamp", f"{port} on {self._topic(port)} arrived {-offset:.3f} s old "
+                         f"(limit {max_age_s:g} s): ignored")
+            return False
+        return True
+
+    def _in_base_frame(self, port: str, frame: str, stamp_ns: int, position, orientation):
+        try:
+            return pose_in_frame(self.io, self.base_frame, frame, stamp_ns, position, orientation)
+        except TransformError as err:
+            self._reject(f"{port}: frame {frame}", f"{port} on {self._topic(port)} in frame {frame!r}: no transform to the "
+                         f"base frame {self.base_frame!r} ({err}): ignored")
+            return None
+
     @subscribe(state=RobotState)
     def on_state(self, state: RobotState) -> None:
-        if self.filter is None:
-            self.filter = SafetyFilter(self.limits, state.position, state.orientation)
+        if not self._sane("state", state.stamp_ns, self.config.state_max_age_s):
+            return
+        if self.measured is not None and state.stamp_ns < self.measured[0]:
+            return  # older than what we have
+        pose = self._in_base_frame("state", state.frame_id, state.stamp_ns, state.position, state.orientation)
+        if pose is None:
+            return
+        position, orientation = pose
+        if not (np.isfinite(position).all() and np.isfinite(orientation).all()) or np.linalg.norm(orientation) < 1e-6:
+            self._reject("state: not finite", f"state on {self._topic('state')}: pose not finite: ignored")
+            return
+        self.measured = (state.stamp_ns, position, Rotation.from_quat(orientation))
 
     @subscribe(keypoints=Keypoints, optional=True)
     def on_keypoints(self, keypoints: Keypoints) -> None:
-        self.newest_keypoints_ns = max(keypoints.stamp_ns, self.newest_keypoints_ns or 0)
+        self._refresh("keypoints", keypoints.stamp_ns, self.config.keypoint_max_age_s)
 
     @subscribe(chunk=ActionChunk, optional=True)
     def on_chunk(self, chunk: ActionChunk) -> None:
-        self.newest_chunk_ns = max(chunk.stamp_ns, self.newest_chunk_ns or 0)
+        self._refresh("chunk", chunk.stamp_ns, self.config.chunk_max_age_s)
+
+    def _refresh(self, port: str, stamp_ns: int, max_age_s: float) -> None:
+        if self._sane(port, stamp_ns, max_age_s):
+            self.newest_ns[port] = max(stamp_ns, self.newest_ns.get(port, stamp_ns))
 
     @subscribe(estop=EStop, optional=True)
     def on_estop(self, msg: EStop) -> None:
+        # Whatever its stamp: an e-stop is never second-guessed.
+        self.estop_source_engaged = msg.engaged
         if msg.engaged and not self.estop:
             self.estop = True
             self.io.log.error("E-STOP engaged: holding until the clear_estop service is called")
@@ -215,86 +149,116 @@ class Safety(Stage):
     def clear_estop(self) -> tuple[bool, str]:
         if not self.estop:
             return True, "e-stop was not engaged"
+        if self.estop_source_engaged:
+            message = f"refused: the e-stop source on {self._topic('estop')} still reports engaged; release it first"
+            self.io.log.warning("clear_estop %s", message)
+            return False, message
         self.estop = False
         self.io.log.warning("e-stop cleared: resuming within the caps")
         return True, "e-stop cleared"
 
     @subscribe(target=PoseCommand)
     def on_target(self, target: PoseCommand) -> None:
-        self.last_target_ns = self.io.now_ns()
-        if target.frame_id != self.base_frame:
-            self._command(None, None, {f"target in frame {target.frame_id!r}, not {self.base_frame!r}: holding"})
-        else:
-            self._command(target.position, target.orientation, set())
+        if not self._sane("target", target.stamp_ns, self.config.silence_ticks / self.limits.rate_hz):
+            return
+        if self.target is not None and target.stamp_ns < self.target[0]:
+            return  # a late message behind a newer one
+        pose = self._in_base_frame("target", target.frame_id, target.stamp_ns, target.position, target.orientation)
+        if pose is not None:
+            self.target = (target.stamp_ns, *pose)
 
     @subscribe(gripper=GripperCommand)
     def on_gripper(self, command: GripperCommand) -> None:
-        self.pending_gripper = command
-        self._send_gripper()
+        self.pending_gripper = command  # sent on the next tick that does not hold
 
+    # -- the control tick -----------------------------------------------------------------
     @every(hz="rate_hz")
-    def watchdog(self) -> None:
-        """Keeps commanding (braking, then holding) when the interpolator falls silent."""
-        period_ns = 1e9 / self.limits.rate_hz
-        if self.filter is None or self.last_target_ns is None:
-            return
-        if self.io.now_ns() - self.last_target_ns > self.config.silence_ticks * period_ns:
-            self._command(None, None, {"no target from the interpolator: holding"})
-
-    # -- decisions ------------------------------------------------------------------------
-    def stale_reasons(self) -> set[str]:
-        """Why the inputs do not allow motion now (empty: they do)."""
+    def tick(self) -> None:
+        """At most one command per tick, stamped now (strictly after the previous one)."""
         now = self.io.now_ns()
+        if self.target is None or (self.last_command_ns is not None and now <= self.last_command_ns):
+            return  # nothing asked for yet, or the clock did not advance
+        hold = self.hold_reasons(now)
+        state_fresh = self.state_fresh(now)
+        if self.filter is None:
+            if not state_fresh:
+                self._report(hold | {"no fresh robot state: nothing sent"}, now, True)
+                return
+            _, position, rotation = self.measured
+            self.filter = SafetyFilter(self.limits, position, rotation.as_quat())
+            dt = 1.0 / self.limits.rate_hz
+        else:
+            dt = (now - self.last_command_ns) / 1e9
+        _, position, orientation = self.target
+        if hold:
+            position = orientation = None
+        measured = self.measured[1:] if state_fresh else None
+        p, q, limited = self.filter.step(dt, position, orientation, measured)
+        if hold:
+            limited.discard("no target: holding")  # the hold reasons say why
+        self.io.publish("command", PoseCommand(stamp_ns=now, frame_id=self.base_frame, position=p, orientation=q))
+        self.last_command_ns = now
+        if not hold:
+            self._send_gripper()
+        self._report(hold | limited, now, bool(hold))
+
+    def hold_reasons(self, now: int) -> set[str]:
+        """Why the robot must not move now (empty: it may)."""
         reasons = set()
         if self.estop:
             reasons.add("e-stop engaged: holding")
-        for port, newest, limit in (("keypoints", self.newest_keypoints_ns, self.config.keypoint_max_age_s),
-                                    ("chunk", self.newest_chunk_ns, self.config.chunk_max_age_s)):
-            if limit <= 0 or self.io.topic(port) is None:
-                continue
-            if newest is None or now - newest > limit * 1e9:
-                reasons.add(f"{port} older than {limit:g} s: holding")
+        for port, limit in (("keypoints", self.config.keypoint_max_age_s), ("chunk", self.config.chunk_max_age_s)):
+            if limit > 0 and self.io.topic(port) is not None:
+                newest = self.newest_ns.get(port)
+                if newest is None or now - newest > limit * 1e9:
+                    reasons.add(f"{port} older than {limit:g} s: holding")
+        if self.measured is None:
+            reasons.add("no robot state yet: holding")
+        elif not self.state_fresh(now):
+            reasons.add(f"robot state older than {self.config.state_max_age_s:g} s: holding")
+        if now - self.target[0] > self.config.silence_ticks * self.period_ns:
+            reasons.add("no target from the interpolator: holding")
         return reasons
 
-    def _command(self, position, orientation, reasons: set[str]) -> None:
-        if self.filter is None:
-            self._report(reasons | {"no robot state yet: nothing sent"})
-            return
-        stale = self.stale_reasons()
-        if stale:
-            position = orientation = None
-        p, q, limited = self.filter.step(position, orientation)
-        if stale or reasons:
-            limited.discard("no target: holding")  # the reason given says why
-        self._report(reasons | stale | limited)
-        self.io.publish("command", PoseCommand(stamp_ns=self.io.now_ns(), frame_id=self.base_frame, position=p, orientation=q))
-        if not stale:
-            self._send_gripper()
+    def state_fresh(self, now: int) -> bool:
+        limit = self.config.state_max_age_s
+        return self.measured is not None and (limit <= 0 or now - self.measured[0] <= limit * 1e9)
 
     def _send_gripper(self) -> None:
-        if self.pending_gripper is None or self.filter is None or self.stale_reasons():
+        if self.pending_gripper is None:
             return  # a held robot keeps its gripper too; the newest command goes out on resume
         command, self.pending_gripper = self.pending_gripper, None
         opening, reasons = self.filter.gripper(command.position)
-        self._report_gripper(reasons)
-        if opening is not None:
-            self.io.publish("gripper", GripperCommand(stamp_ns=command.stamp_ns, position=opening, max_effort=command.max_effort))
-
-    def _report(self, reasons: set[str]) -> None:
-        """Log each reason once when it starts (not once per tick), and when all clear."""
-        reasons = {r for r in reasons if r not in ("speed limited", "turn rate limited")}  # normal operation, not a rejection
-        for reason in sorted(reasons - self.active):
-            self.rejections[reason] = self.rejections.get(reason, 0) + 1
-            self.io.log.warning("safety: %s", reason)
-        if self.active and not reasons:
-            self.io.log.info("safety: inputs fresh again, resuming")
-        self.active = reasons
-
-    def _report_gripper(self, reasons: set[str]) -> None:
         for reason in reasons:
-            if reason not in self.rejections:
+            self._reject(reason, reason)
+        if opening is not None:
+            self.io.publish("gripper", GripperCommand(stamp_ns=self.io.now_ns(), position=opening, max_effort=command.max_effort))
+
+    # -- reporting ------------------------------------------------------------------------
+    def _topic(self, port: str) -> str:
+        topic = self.io.topic(port)
+        return topic.name if topic is not None else port
+
+    def _reject(self, kind: str, message: str) -> None:
+        """Count a rejected input; log the first of each kind."""
+        if kind not in self.rejections:
+            self.io.log.warning("safety: %s", message)
+        self.rejections[kind] = self.rejections.get(kind, 0) + 1
+
+    def _report(self, reasons: set[str], now: int, holding: bool) -> None:
+        """Log each reason when it starts (not once per tick, nor again when it flickers
+        within a second), and when the robot may move again after a hold (at most once a
+        second, so a watchdog at its limit does not flood the log)."""
+        for reason in sorted(reasons - RATE_LIMITED):
+            last = self.seen.get(reason)
+            if last is None or now - last > REPEAT_LOG_AFTER_NS:
+                self.rejections[reason] = self.rejections.get(reason, 0) + 1
                 self.io.log.warning("safety: %s", reason)
-            self.rejections[reason] = self.rejections.get(reason, 0) + 1
+            self.seen[reason] = now
+        if self.holding and not holding and (self.resumed_ns is None or now - self.resumed_ns > REPEAT_LOG_AFTER_NS):
+            self.resumed_ns = now
+            self.io.log.info("safety: inputs fresh again, resuming")
+        self.holding = holding
 
 
 STAGE = Safety
