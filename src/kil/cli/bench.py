@@ -6,6 +6,7 @@
   policy     closed-loop success of a trained policy in the sim (Clopper-Pearson intervals)
   live       the live graph in the local and/or ROS 2 runtime: interpolator jitter, end-to-end and per-node latency
   latency    policy inference latency: fast path vs a straightforward reference loop
+  safety     the safety node against generated adversarial, irregularly timed input: cap violations per rig
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lat.add_argument("--ensembles", default="1,8", help="comma-separated ensemble sizes (1: no ensemble)")
     lat.set_defaults(run_suite=_latency)
 
+    saf = suites.add_parser("safety", help="the safety node under generated adversarial timed input: violations per rig")
+    saf.add_argument("--rigs", default="franka,ur5e,sim", help="comma-separated rigs (config/rigs/)")
+    saf.add_argument("--ticks", type=int, default=100_000, help="control ticks per rig (3 s schedules)")
+    saf.add_argument("--seed", type=int, default=0)
+    saf.set_defaults(run_suite=_safety)
+
 
 def _sim(args: argparse.Namespace) -> int:
     from kil.bench import sim
@@ -127,3 +134,15 @@ def _latency(args: argparse.Namespace) -> int:
     from kil.bench import policy
 
     return policy.latency(args.policy, args.repeats, args.threads, tuple(int(e) for e in _split(args.ensembles)), args.preset)
+
+
+def _safety(args: argparse.Namespace) -> int:
+    from kil.bench.safety import bench
+    from kil.rigs import load_rig
+
+    if args.ticks < 1:
+        raise ConfigError(f"--ticks: must be >= 1, got {args.ticks}")
+    rigs = _split(args.rigs)
+    for rig in rigs:
+        load_rig(rig)  # an unknown rig fails before any work
+    return bench(rigs, args.ticks, args.seed)
