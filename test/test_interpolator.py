@@ -3,6 +3,8 @@ past waypoints, speed caps by stretching, gripper hysteresis; in the local runti
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -94,3 +96,45 @@ nodes:
     assert steps.max() <= InterpolatorConfig().max_speed * 0.01 + 1e-9
     grippers = [m.position for port, m in received if port == "gripper"]
     assert grippers == [pytest.approx(0.08), pytest.approx(0.0)]
+
+
+def test_a_chunk_from_the_future_or_another_frame_is_ignored(caplog):
+    """A chunk stamped an hour ahead would creep towards its first waypoint for an hour: it
+    is ignored, like one in a frame TF does not know (each logged once); a chunk in a frame
+    TF knows is transformed into the robot state's frame."""
+    import logging
+
+    from kil.msgs import RobotState
+    from kil.runtimes.tf import TransformBuffer
+    from kil.stages.interpolator import Interpolator
+
+    class IO:
+        now = 10_000 * MS
+        published = []
+        log = logging.getLogger("kil.interpolator")
+        tf = TransformBuffer()
+
+        def now_ns(self):
+            return self.now
+
+        def publish(self, port, msg):
+            self.published.append((port, msg))
+
+        def lookup_transform(self, parent, child, stamp_ns=None):
+            return self.tf.lookup(parent, child, stamp_ns)
+
+    io = IO()
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0.1, 0.0, 0.0]
+    io.tf.set_transform("base_link", "table", shifted, 0, static=True)
+    node = Interpolator(InterpolatorConfig(), io)
+    node.on_state(RobotState(io.now, "base_link", np.array([0.5, 0.0, 0.2]), DOWN.as_quat(), 0.08))
+    with caplog.at_level(logging.WARNING, logger="kil.interpolator"):
+        for _ in range(2):
+            node.on_chunk(chunk(io.now + 3600_000 * MS, line([0.6, 0.0, 0.2], [0.01, 0, 0], 8)))
+            node.on_chunk(dataclasses.replace(chunk(io.now, line([0.6, 0.0, 0.2], [0.01, 0, 0], 8)), frame_id="nowhere"))
+    assert node.trajectory is None
+    assert sum("in the future" in r.getMessage() for r in caplog.records) == 1
+    assert sum("'nowhere'" in r.getMessage() for r in caplog.records) == 1
+    node.on_chunk(dataclasses.replace(chunk(io.now, line([0.6, 0.0, 0.2], [0.0, 0, 0], 8)), frame_id="table"))
+    np.testing.assert_allclose(node.trajectory.positions[-1], [0.7, 0.0, 0.2])  # 0.6 in the table frame, 0.1 ahead of the base

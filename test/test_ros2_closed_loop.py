@@ -84,7 +84,8 @@ def test_policy_closes_the_loop_over_ros2_with_estop_parameters_and_shutdown(rep
         probe.wait_until(lambda: closest.__setitem__(0, min(closest[0], distance())) or closest[0] < REACHED_M, SIM_TIMEOUT_S,
                          f"the EE within {REACHED_M} m of the block")
 
-        # ros2 topic pub /kil/estop holds the robot; the clear service resumes it
+        # ros2 topic pub /kil/estop holds the robot; the clear service resumes it, once the
+        # e-stop source says it is released (refused with the reason before)
         pub = ros2("topic", "pub", "--once", "-w", "1", "/kil/estop", "std_msgs/msg/Bool", "{data: true}")
         assert pub.returncode == 0, pub.stdout
         bringup.wait_for(r"E-STOP engaged", 60)
@@ -93,6 +94,10 @@ def test_policy_closes_the_loop_over_ros2_with_estop_parameters_and_shutdown(rep
         probe.wait_sim(1.0, SIM_TIMEOUT_S)
         held = np.array([_position(m.msg) for m in probe.get("/kil/pose_target")[start:]])
         assert len(held) >= 50 and np.ptp(held, axis=0).max() == 0.0, np.ptp(held, axis=0)
+        refused = ros2("service", "call", "/safety/clear_estop", "std_srvs/srv/Trigger")
+        assert "success=False" in refused.stdout and "still reports engaged" in refused.stdout, refused.stdout
+        released = ros2("topic", "pub", "--once", "-w", "1", "/kil/estop", "std_msgs/msg/Bool", "{data: false}")
+        assert released.returncode == 0, released.stdout
         cleared = ros2("service", "call", "/safety/clear_estop", "std_srvs/srv/Trigger")
         assert "success=True" in cleared.stdout, cleared.stdout
         probe.wait_until(lambda: np.abs(_position(probe.get("/kil/pose_target")[-1].msg) - held[-1]).max() > 1e-4, SIM_TIMEOUT_S,

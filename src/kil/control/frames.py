@@ -12,10 +12,9 @@ def pose_in_frame(io, target_frame: str, frame: str, stamp_ns: int, position: np
     """(position (3,) m, quaternion (x, y, z, w)) of a pose given in `frame`, expressed in
     `target_frame` with TF at `stamp_ns` (static transforms hold at any stamp).
     Raises kil.errors.TransformError when TF has no such transform."""
-    if frame == target_frame:
-        return np.asarray(position, float), np.asarray(orientation, float)
-    T = io.lookup_transform(target_frame, frame, stamp_ns)
-    return matrix_to_pose(T @ pose_to_matrix(position, orientation))
+    positions, orientations = points_in_frame(io, target_frame, frame, stamp_ns, np.asarray(position, float)[None],
+                                              np.asarray(orientation, float)[None])
+    return positions[0], orientations[0]
 
 
 def points_in_frame(io, target_frame: str, frame: str, stamp_ns: int, positions: np.ndarray,

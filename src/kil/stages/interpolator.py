@@ -11,6 +11,7 @@ Behind a safety node (its output fed back on the optional `commanded` port), the
 never runs more than `max_lead` / `max_angular_lead` ahead of what the safety node actually
 commands: when it holds (a stale input, an e-stop, a wall, a blocked arm) the target waits
 near the robot instead of running away, and the next chunk starts from there.
+A chunk stamped more than `max_future_s` ahead of this node's clock is ignored (logged once).
 Chunks and the safety node's commands in another frame than the robot state's are
 transformed through TF (or ignored, logged once with the frame names).
 The gripper follows the newest waypoint due, sent when it changes by more than the
@@ -45,6 +46,7 @@ class InterpolatorConfig:
     max_angular_speed: float = 1.0  # rad/s
     max_lead: float = 0.02  # m: how far the target may run ahead of the safety node's command
     max_angular_lead: float = 0.2  # rad
+    max_future_s: float = 0.05  # chunks stamped further ahead of this node's clock are ignored (clock skew tolerance)
     gripper_hysteresis: float = 0.005  # m: smaller changes of the opening are not sent
     gripper_max_effort: float = 40.0  # N
 
@@ -55,6 +57,7 @@ class InterpolatorConfig:
         require(self.max_speed <= MAX_SANE_SPEED, "max_speed", f"must be <= {MAX_SANE_SPEED} m/s, got {self.max_speed}")
         require(self.max_angular_speed <= MAX_SANE_ANGULAR_SPEED, "max_angular_speed",
                 f"must be <= {MAX_SANE_ANGULAR_SPEED} rad/s, got {self.max_angular_speed}")
+        require(self.max_future_s >= 0, "max_future_s", f"must be >= 0, got {self.max_future_s}")
         require(self.gripper_hysteresis >= 0, "gripper_hysteresis", f"must be >= 0, got {self.gripper_hysteresis}")
 
 
@@ -139,7 +142,7 @@ class Interpolator(Stage):
             position, orientation = pose_in_frame(self.io, self.frame_id, command.frame_id, command.stamp_ns,
                                                   command.position, command.orientation)
         except TransformError as err:
-            self._reject(f"commanded pose in frame {command.frame_id!r}: no transform to {self.frame_id!r} ({err}): ignored")
+            self._reject(f"frame {command.frame_id}", f"commanded pose in frame {command.frame_id!r}: no transform to {self.frame_id!r} ({err}): ignored")
             return
         self.commanded = (position, Rotation.from_quat(orientation))
 
@@ -147,11 +150,15 @@ class Interpolator(Stage):
     def on_chunk(self, chunk: ActionChunk) -> None:
         if self.output is None:
             return  # no robot state yet: nothing to continue from
+        ahead = (chunk.stamp_ns - self.io.now_ns()) / 1e9
+        if ahead > self.config.max_future_s:  # it would be executed an hour from now, or creep there
+            self._reject("future chunk", f"chunk stamped {ahead:.3f} s in the future (tolerance max_future_s {self.config.max_future_s:g} s): ignored")
+            return
         try:
             positions, orientations = points_in_frame(self.io, self.frame_id, chunk.frame_id, chunk.stamp_ns,
                                                       chunk.positions, chunk.orientations)
         except TransformError as err:
-            self._reject(f"chunk in frame {chunk.frame_id!r}: no transform to the robot state's {self.frame_id!r} ({err}): ignored")
+            self._reject(f"frame {chunk.frame_id}", f"chunk in frame {chunk.frame_id!r}: no transform to the robot state's {self.frame_id!r} ({err}): ignored")
             return
         if chunk.frame_id != self.frame_id:
             chunk = dataclasses.replace(chunk, frame_id=self.frame_id, positions=positions, orientations=orientations)
@@ -178,9 +185,9 @@ class Interpolator(Stage):
             self.sent_gripper = gripper
             self.io.publish("gripper", GripperCommand(stamp_ns=now, position=gripper, max_effort=self.config.gripper_max_effort))
 
-    def _reject(self, message: str) -> None:
-        if message not in self.rejected:  # once, not at every chunk
-            self.rejected.add(message)
+    def _reject(self, kind: str, message: str) -> None:
+        if kind not in self.rejected:  # once per kind, not at every chunk
+            self.rejected.add(kind)
             self.io.log.warning("interpolator: %s", message)
 
 
