@@ -380,12 +380,6 @@ def check(outcome: Outcome, limits: SafetyLimits, track: bool = True) -> dict[st
     return v
 
 
-def tracked(schedule: Schedule) -> bool:
-    """Whether the tracking bound is checked: the arm never moves away from the command by
-    itself (it follows or is blocked, and its states are not late)."""
-    return schedule.robot in ("follow", "freeze")
-
-
 def bench(rigs: list[str], ticks: int, seed: int) -> int:
     """Random schedules per rig until `ticks` control ticks have run; prints, per rig, the
     violations of each kind (all must be 0), what the schedules covered, and the time per
@@ -410,7 +404,7 @@ def bench(rigs: list[str], ticks: int, seed: int) -> int:
             while cover["ticks"] < ticks:
                 schedule = random_schedule(rng)
                 outcome = run_schedule(rig, schedule, time_ticks=True)
-                for kind, n in check(outcome, limits, track=tracked(schedule)).items():
+                for kind, n in check(outcome, limits).items():
                     totals[kind] += n
                 for kind, n in outcome.rejections.items():  # "<port>: future stamp" and the like
                     what = kind.split(": ", 1)[-1]

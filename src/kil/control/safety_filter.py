@@ -46,6 +46,15 @@ def wall_bound(distance: np.ndarray | float, accel: float, dt: float) -> np.ndar
     return accel * (-dt + np.sqrt(dt * dt + 2.0 * d / accel))
 
 
+def radial_bound(distance: float, speed_bound: float, tangential: float, dt: float) -> float:
+    """Largest velocity component away from a centre `distance` away such that, with the
+    `tangential` speed across it, the new distance after dt is at most distance +
+    speed_bound dt: sideways motion on a sphere also moves outward (by about
+    (tangential dt)^2 / (2 distance)), which a bound on the radial component alone misses."""
+    reach = distance + speed_bound * dt
+    return (-distance + math.sqrt(max(reach * reach - (tangential * dt) ** 2, 0.0))) / dt
+
+
 def clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
     n = float(np.linalg.norm(v))
     return v if n <= limit else v * (limit / n)
@@ -180,8 +189,11 @@ class SafetyFilter:
         if distance < 1e-12:
             return velocity
         n = error / distance
-        bound = float(wall_bound(self.limits.max_tracking_error.position - distance, self.axis_accel, dt))
-        limited = project_below(velocity, low, high, n, bound)
+        speed_bound = float(wall_bound(self.limits.max_tracking_error.position - distance, self.axis_accel, dt))
+        limited = velocity
+        for _ in range(2):  # the tangential part changes a little with the projection: once more
+            tangential = float(np.linalg.norm(limited - (limited @ n) * n))
+            limited = project_below(limited, low, high, n, radial_bound(distance, speed_bound, tangential, dt))
         if not np.array_equal(limited, velocity) and distance > 0.5 * self.limits.max_tracking_error.position:
             reasons.add("tracking error at max_tracking_error: not advancing")
         return limited
@@ -237,7 +249,8 @@ class SafetyFilter:
         if gap < 1e-12:
             return omega
         n = offset / gap
-        bound = float(wall_bound(self.limits.max_tracking_error.angle - gap, A, dt))
+        speed_bound = float(wall_bound(self.limits.max_tracking_error.angle - gap, A, dt))
+        bound = radial_bound(gap, speed_bound, float(np.linalg.norm(omega - (omega @ n) * n)), dt)
         if float(omega @ n) <= bound:
             return omega
         previous = self.angular_velocity
