@@ -60,28 +60,6 @@ def clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
     return v if n <= limit else v * (limit / n)
 
 
-def project_below(v: np.ndarray, low: np.ndarray, high: np.ndarray, n: np.ndarray, bound: float) -> np.ndarray:
-    """The velocity clip(v - lam n, low, high) with the smallest lam >= 0 whose component
-    along the unit vector n is at most `bound` (the largest lam reachable when none is): the
-    velocity within the per-axis interval that gives up least to stay below the bound."""
-    def along(lam: float) -> float:
-        return float(np.clip(v - lam * n, low, high) @ n)
-
-    if along(0.0) <= bound:
-        return v
-    # Coordinates saturate at these lam; between them the component is linear in lam.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        stops = np.where(n > 0, (v - low) / n, np.where(n < 0, (v - high) / n, np.inf))
-    lam_prev, value_prev = 0.0, along(0.0)
-    for lam in sorted(float(s) for s in stops if np.isfinite(s) and s > 0):
-        value = along(lam)
-        if value <= bound:
-            lam = lam_prev + (lam - lam_prev) * (value_prev - bound) / max(value_prev - value, 1e-300)
-            return np.clip(v - lam * n, low, high)
-        lam_prev, value_prev = lam, value
-    return np.clip(v - lam_prev * n, low, high)  # as far as the interval allows
-
-
 class SafetyFilter:
     """Commanded pose, one command at a time; `step` returns the next command and the set of
     reasons the target was not taken as it was (empty when it was)."""
@@ -182,19 +160,17 @@ class SafetyFilter:
         self.position = moved
 
     def _within_tracking(self, velocity, low, high, dt: float, arm: np.ndarray, reasons: set[str]) -> np.ndarray:
-        """Brake for the tracking bound around the measured position as for a wall: the
-        velocity component away from the arm is at most what still stops at the bound."""
-        error = self.position - arm
-        distance = float(np.linalg.norm(error))
-        if distance < 1e-12:
-            return velocity
-        n = error / distance
-        speed_bound = float(wall_bound(self.limits.max_tracking_error.position - distance, self.axis_accel, dt))
-        limited = velocity
-        for _ in range(2):  # the tangential part changes a little with the projection: once more
-            tangential = float(np.linalg.norm(limited - (limited @ n) * n))
-            limited = project_below(limited, low, high, n, radial_bound(distance, speed_bound, tangential, dt))
-        if not np.array_equal(limited, velocity) and distance > 0.5 * self.limits.max_tracking_error.position:
+        """Brake for the tracking bound around the measured position exactly as for the
+        workspace walls: a box of half-width max_tracking_error / sqrt(3) per axis (so the
+        distance stays within max_tracking_error), inside the hard interval [low, high]. A
+        sphere would not do: sliding along it at speed v needs v^2 / r of acceleration
+        towards the arm, more than the cap leaves at a few centimetres."""
+        half = self.limits.max_tracking_error.position * AXIS_SHARE
+        offset = self.position - arm
+        away_high = wall_bound(half - offset, self.axis_accel, dt)  # beyond the bound: 0, no further away
+        away_low = -wall_bound(half + offset, self.axis_accel, dt)
+        limited = np.clip(velocity, np.clip(away_low, low, high), np.clip(away_high, low, high))
+        if not np.array_equal(limited, velocity) and np.abs(offset).max() > 0.5 * half:
             reasons.add("tracking error at max_tracking_error: not advancing")
         return limited
 
@@ -212,12 +188,12 @@ class SafetyFilter:
         slowest = min(max(speed - A * dt, 0.0), V)
         new = min(max(desired, slowest), speed + A * dt, V)
         if measured is not None:  # brake for the tracking bound too (the arm may be blocked out there)
-            error = p - measured[0]
-            gap = float(np.linalg.norm(error))
-            toward = float(u @ error) / gap if gap > 1e-12 else 0.0
-            if toward > 0:
-                cap = float(wall_bound(self.limits.max_tracking_error.position - gap, A, dt)) / toward
-                new = max(min(new, cap), slowest)
+            half = self.limits.max_tracking_error.position * AXIS_SHARE
+            offset = (p - measured[0]) * np.sign(u)  # along the motion, per axis
+            moving = np.abs(u) > 1e-12  # an axis brakes at A |u_i| on this line: its wall is (half - offset) / |u_i| away
+            along = (half - offset[moving]) / np.abs(u[moving])
+            if moving.any():
+                new = max(min(new, float(wall_bound(along, A, dt).min())), slowest)
         moved = p + u * min(new * dt, distance)
         self.velocity = (moved - p) / dt
         self.position = moved
