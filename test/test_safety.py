@@ -206,3 +206,21 @@ def test_adversarial_chunks_through_interpolator_and_safety_stay_within_the_rig_
     assert max(omega, default=0.0) <= limits.max_angular_speed + 1e-6
     grippers = [g.position for g in runtime.stages["sink"].of("gripper")]
     assert all(limits.gripper_min <= g <= limits.gripper_max for g in grippers)
+
+
+def test_an_arm_pushed_away_is_followed_back_within_the_caps():
+    """The arm is pushed 20 cm away (by hand, or it moved while its state was lost): the
+    command stops following its target, goes back toward the arm within the caps, and
+    follows the target again once it is close."""
+    f = SafetyFilter(LIMITS, np.array([0.5, 0.0, 0.2]), DOWN)
+    arm = (np.array([0.5, 0.2, 0.2]), Rotation.from_quat(DOWN))
+    poses, reasons = [(f.position.copy(), f.rotation)], set()
+    for _ in range(300):
+        position, orientation, why = f.step(DT, np.array([0.7, -0.2, 0.2]), DOWN, arm)
+        poses.append((position, Rotation.from_quat(orientation)))
+        reasons |= why
+    check_caps(poses)
+    assert "arm away from the command beyond max_tracking_error: moving back to it" in reasons
+    distances = [np.linalg.norm(p - arm[0]) for p, _ in poses]
+    assert (np.diff(distances[:100]) <= 1e-12).all() and min(distances) < 0.5 * LIMITS.max_tracking_error.position
+    assert distances[-1] <= LIMITS.max_tracking_error.position + LIMITS.max_step  # then follows the target, within the bound

@@ -125,7 +125,7 @@ class SafetyFilter:
         moved while its state was not arriving): the command goes back to it, then resumes."""
         limit = self.limits.max_tracking_error
         distance, angle = self.tracking_error(measured)
-        if distance > limit.position + self.limits.max_step or angle > limit.angle + self.limits.max_angular_speed * 0.01:
+        if distance > limit.position + self.limits.max_step or angle > limit.angle + self.limits.max_angular_speed / self.limits.rate_hz:
             self.returning = True
         elif distance < 0.5 * limit.position and angle < 0.5 * limit.angle:
             self.returning = False
