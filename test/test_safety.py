@@ -182,7 +182,8 @@ def test_adversarial_chunks_through_interpolator_and_safety_stay_within_the_rig_
     path.write_text(ADVERSARY_GRAPH)
     runtime = LocalRuntime(load_graph(path), clock="stepped")
     start = np.array([0.5, 0.0, 0.2])
-    runtime.at(0.0, lambda: runtime.inject("/state", RobotState(runtime.clock.now_ns(), "base_link", start, DOWN, 0.04)))
+    for t in np.arange(0.0, 0.05 + 0.15 * len(sequence) + 0.5, 0.01):  # the robot's state streams (it stays put)
+        runtime.at(float(t), lambda: runtime.inject("/state", RobotState(runtime.clock.now_ns(), "base_link", start, DOWN, 0.04)))
     for k, (offset_ms, dt, points, grip, yaw) in enumerate(sequence):
         def send(offset_ms=offset_ms, dt=dt, points=points, grip=grip, yaw=yaw):
             stamp = max(0, runtime.clock.now_ns() + offset_ms * 1_000_000)

@@ -174,10 +174,11 @@ class Safety(Stage):
     # -- the control tick -----------------------------------------------------------------
     @every(hz="rate_hz")
     def tick(self) -> None:
-        """At most one command per tick, stamped now (strictly after the previous one)."""
+        """At most one command per tick, stamped now, at least half a period after the
+        previous one (stamps strictly increasing)."""
         now = self.io.now_ns()
-        if self.target is None or (self.last_command_ns is not None and now <= self.last_command_ns):
-            return  # nothing asked for yet, or the clock did not advance
+        if self.target is None or (self.last_command_ns is not None and now - self.last_command_ns < self.period_ns // 2):
+            return  # nothing asked for yet, or a timer catching up right after a late tick
         hold = self.hold_reasons(now)
         state_fresh = self.state_fresh(now)
         if self.filter is None:
