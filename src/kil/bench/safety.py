@@ -14,6 +14,7 @@ speed, acceleration, angular speed and acceleration, NaN, stamps, tracking error
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -133,7 +134,7 @@ def _events(schedule: Schedule, limits: SafetyLimits, rng: np.random.Generator) 
     end = START_NS + int(s.duration_s * 1e9)
     lo, hi = np.asarray(limits.workspace_min) - s.target_spread, np.asarray(limits.workspace_max) + s.target_spread
     events: list[tuple[int, int, str, object]] = []
-    order = iter(range(10**9))
+    order = itertools.count()
 
     def stamp_for(t: int) -> int:
         if rng.random() >= s.bad_stamp_rate:
@@ -210,8 +211,13 @@ def run_schedule(rig: str, schedule: Schedule, time_ticks: bool = False) -> Outc
     arm_p = np.where(out > 0, hi + out, np.where(out < 0, lo + out, inside))
     arm_r = Rotation.from_rotvec(schedule.start_turn) * Rotation.from_quat([1.0, 0.0, 0.0, 0.0])
     history = [(START_NS - 10**9, arm_p.copy(), arm_r)]
-    moving = lambda t: not (schedule.robot == "freeze" and t >= START_NS + schedule.freeze_at_s * 1e9)  # noqa: E731
-    reporting = lambda t: not (schedule.robot == "stop" and t >= START_NS + schedule.freeze_at_s * 1e9)  # noqa: E731
+    change_ns = START_NS + schedule.freeze_at_s * 1e9
+
+    def moving(t: int) -> bool:
+        return not (schedule.robot == "freeze" and t >= change_ns)
+
+    def reporting(t: int) -> bool:
+        return not (schedule.robot == "stop" and t >= change_ns)
     delay = int(schedule.state_delay_s * 1e9) if schedule.robot == "lag" else 0
     state_period = int(1e9 / schedule.state_rate_hz)
 

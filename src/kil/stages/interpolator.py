@@ -70,10 +70,6 @@ class Trajectory:
         self.rotations = rotations
         self.gripper = np.asarray(gripper, float)
 
-    @classmethod
-    def hold(cls, t_ns: int, position: np.ndarray, rotation: Rotation, gripper: float) -> Trajectory:
-        return cls(np.array([t_ns]), np.asarray(position, float)[None], Rotation.concatenate([rotation]), np.array([gripper]))
-
     def sample(self, t_ns: int) -> tuple[np.ndarray, Rotation, float]:
         """Pose at t (linear / slerp between knots) and the gripper of the newest knot due."""
         times = self.times_ns
