@@ -62,8 +62,9 @@ setup(
         # torch). colcon-core keeps setuptools < 80, whose `develop` still takes the
         # --editable that `colcon build --symlink-install` passes.
         "ros": ["lark", "empy<4", "psutil", "packaging", "catkin_pkg", "argcomplete", "colcon-common-extensions"],
-        # playwright drives the Debian chromium (no browser download) in the annotation test.
-        "dev": ["pytest>=7.4", "hypothesis>=6.80", "playwright>=1.45"],
+        # playwright drives the Debian chromium (no browser download) in the annotation test;
+        # mcap-ros2-support writes real-rig-like bags independently of kil and rosbags.
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "playwright>=1.45", "mcap-ros2-support>=0.5"],
     },
     entry_points={
         "console_scripts": [

@@ -56,7 +56,8 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
 
     with caplog.at_level(logging.WARNING, logger="kil.dataset"):
         report = build_dataset(episodes, tmp_path / "ds", BuildConfig(task="pick_place"))
-    assert report.kept == ["episode_0000"] and report.unsuccessful == ["episode_0003"]
+    assert list(report.kept) == ["episode_0000"] and list(report.excluded) == ["episode_0003"]
+    assert report.excluded["episode_0003"].startswith("unsuccessful (success: false")
     assert set(report.broken) == {"episode_0001", "episode_0002", "episode_0004", "episode_0005"}
     assert all(reason.startswith(str(episodes / name)) and "\n" not in reason for name, reason in report.broken.items())
     assert "camera stream" in report.broken["episode_0001"] and "gap" in report.broken["episode_0001"]
@@ -102,7 +103,7 @@ def test_builder_without_a_successful_episode_is_an_error(recorded, tmp_path):
     episodes = tmp_path / "episodes"
     shutil.copytree(recorded, episodes / "episode_0000")
     write_metadata(episodes / "episode_0000", read_metadata(recorded).with_updates(success=False))
-    with pytest.raises(ConfigError, match=r"no successful episode .*1 marked unsuccessful"):
+    with pytest.raises(ConfigError, match=r"no episode to build a dataset from .*0 kept \(0 trimmed\), 1 excluded"):
         build_dataset(episodes, tmp_path / "ds", BuildConfig(task="pick_place"))
     assert not (tmp_path / "ds").exists()
     with pytest.raises(ConfigError, match="keypoints: expected one of image, oracle"):

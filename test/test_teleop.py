@@ -10,6 +10,7 @@ import os
 import pty
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -232,13 +233,67 @@ def test_ros2bag_backend_starts_stops_and_discards_the_recorder_process(tmp_path
 
 
 def test_ros2bag_backend_reports_a_recorder_that_wrote_nothing(tmp_path):
-    from kil.errors import BagError
-
     command = (sys.executable, "-c", "import sys; print('no such topic'); sys.exit(3)")
     session = EpisodeSession(tmp_path, EpisodeMetadata(task="t", rig="franka"), lambda path, _: Ros2BagProcess(path, ["/a"], command))
     session.start(0)
-    with pytest.raises(BagError, match=r"episode_0000: the recorder wrote no bag \(exit code 3: no such topic\)"):
-        session.save(1)
+    ok, text = session.save(1)
+    assert not ok and "episode_0000: the recorder wrote no bag (exit code 3: no such topic)" in text
+    assert session.saved == [] and session.failed == [tmp_path / "episode_0000"]
+
+
+DYING_ROS2_BAG = textwrap.dedent('''
+    """A `ros2 bag record` that dies mid-episode (a crash, the OOM killer): some chunks are
+    on disk, the bag is never closed, the process ends on its own with an error."""
+    import os, sys, time
+    from kil.data.bag import EpisodeWriter
+    from kil.data.episode import EpisodeMetadata
+    from kil.converters.factory import TypestoreFactory
+
+    args = sys.argv[1:]
+    out, topics = args[args.index("-o") + 1], args[args.index("-o") + 2:]
+    writer = EpisodeWriter(out, EpisodeMetadata(task="x", rig="x"), flush_interval_s=0.001).open()
+    factory = TypestoreFactory(writer.typestore)
+    for i in range(20):
+        writer.write_ros(topics[0], "std_msgs/msg/String", factory.new("std_msgs/msg/String", data=str(i)), 1000 + i * 10**6)
+    print("terminate called after throwing an instance of std::bad_alloc", flush=True)
+    os._exit(134)
+''')
+
+
+def test_ros2bag_backend_never_saves_a_recording_whose_recorder_died(tmp_path):
+    """A recorder that died before the save: the episode is kept (recovered), marked
+    failed with the reason, its log kept, and the save reported as failed."""
+    from kil.data.builder import exclusion
+
+    script = tmp_path / "dying_ros2_bag.py"
+    script.write_text(DYING_ROS2_BAG)
+    metadata = EpisodeMetadata(task="pick_place", rig="franka")
+    session = EpisodeSession(tmp_path / "demos", metadata, lambda path, _: Ros2BagProcess(path, ["/a"], (sys.executable, str(script))))
+    session.start(0)
+    episode = tmp_path / "demos" / "episode_0000"
+    deadline = time.monotonic() + 20
+    while not (episode.is_dir() and session.current.process.poll() is not None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ok, text = session.save(5_000_000_000)  # the operator saves, not knowing
+    assert not ok and "the recorder died during the episode (exit code 134: terminate called" in text
+    assert session.saved == [] and session.failed == [episode]
+    saved = read_metadata(episode)
+    assert saved.status == "failed" and "exit code 134" in saved.extra["recorder_error"]
+    assert (tmp_path / "demos" / ".episode_0000.record.log").read_text().strip().endswith("std::bad_alloc")
+    assert EpisodeReader(episode).topics()["/a"][1] == 20  # what it wrote is kept, readable
+    assert "the recording failed" in exclusion(saved, False, "pick_place")
+
+
+def test_ros2bag_backend_fails_a_recorder_exiting_with_an_error(tmp_path):
+    """Stopped with Ctrl-C, the recorder closed a bag but exited 1: not a saved episode."""
+    script = tmp_path / "fake_ros2_bag.py"
+    script.write_text(FAKE_ROS2_BAG + "\nsys.exit(1)\n")
+    session = EpisodeSession(tmp_path / "demos", EpisodeMetadata(task="t", rig="franka"),
+                             lambda path, _: Ros2BagProcess(path, ["/a"], (sys.executable, str(script))))
+    session.start(0)
+    ok, text = session.save(1_000_000_000)
+    assert not ok and "the recorder exited with code 1" in text
+    assert read_metadata(tmp_path / "demos" / "episode_0000").status == "failed"
 
 
 # --- gripper goals ---------------------------------------------------------------------------

@@ -30,3 +30,24 @@ def graph_path(name_or_path: str | Path) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     return share_dir() / "config" / "graphs" / f"{name_or_path}.yaml"
+
+
+def check_creatable(path: str | Path, option: str) -> None:
+    """A directory can be made at `path`: its nearest existing ancestor is a writable
+    directory (tried with a temporary directory, not guessed from permission bits, which
+    root and read-only mounts defeat). A one-line ConfigError naming `option` otherwise."""
+    import tempfile
+
+    parent = Path(path).absolute()
+    if parent.is_dir():
+        target = parent
+    else:
+        target = parent.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+    if not target.is_dir():
+        raise ConfigError(f"{option}: cannot create {path}: {target} is not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=target, prefix=".kil-write-test-").cleanup()
+    except OSError as err:
+        raise ConfigError(f"{option}: cannot write to {target} ({err.strerror or err})") from None

@@ -4,6 +4,7 @@ the launch files and graphs need (frames, driver topics, controllers, what to re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from kil.config import load_dataclass, load_yaml, require
@@ -11,7 +12,7 @@ from kil.errors import ConfigError
 from kil.paths import share_dir
 from kil.control.limits import SafetyLimits
 
-RIGS = ("franka", "ur5e", "sim")
+RIGS = ("franka", "ur5e", "sim")  # the shipped rigs; a lab adds config/rigs/<name>.yaml
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,27 @@ def record_params(rig: RigConfig, task: str, teleop: str, out: str, variation: s
     }
 
 
-def load_rig(name: str) -> RigConfig:
-    """The rig description `config/rigs/<name>.yaml`."""
-    if name not in RIGS:
-        raise ConfigError(f"rig: unknown rig {name!r} (rigs: {', '.join(RIGS)})")
+def rig_names() -> list[str]:
+    """The rigs with a file in config/rigs/ (the shipped ones and any a lab adds there)."""
+    return sorted(p.stem for p in (share_dir() / "config" / "rigs").glob("*.yaml"))
+
+
+def rig_file(name: str) -> Path:
+    """`config/rigs/<name>.yaml`, or `name` itself when it is a path to a YAML file."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"rig: no rig file {path}")
+        return path
     path = share_dir() / "config" / "rigs" / f"{name}.yaml"
+    if not name or not path.is_file():
+        raise ConfigError(f"rig: unknown rig {name!r} (rigs: {', '.join(rig_names())}; or the path of a rig file)")
+    return path
+
+
+def load_rig(name: str) -> RigConfig:
+    """The rig description `config/rigs/<name>.yaml` (or a rig file's path)."""
+    path = rig_file(name)
     return load_dataclass(RigConfig, load_yaml(path), f"{path}:")
 
 

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except KilError as err:
         print(f"kil {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a file the checks before could not foresee (disk full, a file vanished): one line, not a traceback
+        print(f"kil {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"kil {args.command}: interrupted", file=sys.stderr)
         return 130

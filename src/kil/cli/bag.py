@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
         choices=("info", "recover", "preview"),
-        help="info: topics and episode metadata; recover: repair a killed recording; preview: PNG of camera frames",
+        help="info: topics and episode metadata; recover: rebuild a killed or cut recording from its complete chunks; preview: PNG of camera frames",
     )
     parser.add_argument("episodes", nargs="+", help="episode (rosbag2) directories")
     parser.add_argument("--out", default=None, help="preview: PNG path (default: <episode>/preview.png)")
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from kil.config import to_plain
-    from kil.data.bag import EpisodeReader, is_complete, recover_episode
+    from kil.data.bag import EpisodeReader, needs_recovery, recover_episode
     from kil.data.preview import episode_preview
 
     console = Console()
@@ -30,10 +30,11 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"{path}: wrote {episode_preview(path, out)}")
             continue
         if args.action == "recover":
-            if is_complete(path):
+            if not needs_recovery(path):
+                recover_episode(path)  # a one-line error for what recovery cannot fix
                 console.print(f"{path}: complete, nothing to recover")
             else:
-                console.print(f"{path}: recovered {recover_episode(path)} messages")
+                console.print(f"{path}: recovered {recover_episode(path)} messages (the damaged file is kept beside them as *.partial)")
             continue
         reader = EpisodeReader(path, recover=False)
         table = Table(title=str(path))

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kil.data.builder import BuildReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image: match the spec's reference keypoints (default); oracle: the sim's ground truth")
     parser.add_argument("--features", default="descriptor_net", help="feature backend config for image matching")
     parser.add_argument("--spec", default=None, help="keypoint spec (task name or path; default: the task's)")
-    parser.add_argument("--graph", default=None, help="graph the episodes were recorded with (default: from their rig)")
+    parser.add_argument("--rig", default=None,
+                        help="rig whose topic names the recordings use (config/rigs/<rig>.yaml or a rig file; default: each episode's kil_episode.yaml)")
+    parser.add_argument("--graph", default=None, help="graph description with the recordings' topics, for recordings of no rig file")
+    parser.add_argument("--include-unsuccessful", action="store_true",
+                        help="also train on episodes that failed, were never judged or saved, or were recovered (partial)")
     parser.add_argument("--similarity", action="store_true", help="also store similarity vectors (paper 000)")
     parser.add_argument("--rate", type=float, default=10.0, help="policy rate in Hz (default 10)")
     parser.add_argument("--horizon", type=int, default=16, help="actions per stored chunk (default 16)")
@@ -25,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     from kil.config import load_dataclass
-    from kil.data.builder import BuildConfig, build_dataset
-
+    from kil.data.builder import BuildConfig, NothingToBuild, build_dataset, check_out, summary
     from kil.errors import ConfigError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -40,17 +48,35 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"--images: expected HEIGHTxWIDTH, e.g. 96x128, got {args.images!r}") from None
     config = load_dataclass(BuildConfig, {
         "task": args.task, "keypoints": args.keypoints, "feature_model": args.features, "spec": args.spec, "graph": args.graph,
+        "rig": args.rig, "include_unsuccessful": args.include_unsuccessful,
         "rate_hz": args.rate, "horizon": args.horizon, "similarity_vectors": args.similarity, "cache": not args.no_cache,
         "images": images,
     }, "build-dataset:")
-    report = build_dataset(args.episodes, args.out, config)
-    print(f"{args.out}: {len(report.kept)} episodes, {report.samples} samples at {args.rate:g} Hz "
-          f"({len(report.unsuccessful)} unsuccessful left out, {len(report.broken)} broken skipped)")
-    for name, reason in report.broken.items():
-        print(f"  skipped {name}: {reason}")
+    if args.lerobot:
+        check_out(Path(args.lerobot), "--lerobot")
+    try:
+        report = build_dataset(args.episodes, args.out, config)
+    except NothingToBuild as err:  # what became of each episode, then the error
+        print_report(err.report, args.include_unsuccessful)
+        raise
+    print(f"{args.out}: {report.samples} samples at {args.rate:g} Hz from {summary(report)}")
+    print_report(report, args.include_unsuccessful)
     if args.lerobot:
         from kil.data.lerobot import export_lerobot
 
         path = export_lerobot(args.out, args.lerobot)
         print(f"{path}: LeRobot dataset")
     return 0
+
+
+def print_report(report: BuildReport, include_unsuccessful: bool) -> None:
+    """One line per directory: kept (samples, frames trimmed), excluded, broken, ignored."""
+    for name, samples in report.kept.items():
+        cut = report.trimmed.get(name)
+        trim = f"; trimmed {cut[0]} leading and {cut[1]} trailing camera frames without robot state or commands" if cut else ""
+        print(f"  kept     {name}: {samples} samples{trim}")
+    for label, entries in (("excluded", report.excluded), ("broken", report.broken), ("ignored", report.ignored)):
+        for name, reason in entries.items():
+            print(f"  {label:<8} {name}: {reason}")
+    if report.excluded and not include_unsuccessful:
+        print("  (--include-unsuccessful also trains on excluded episodes of this task)")

@@ -30,5 +30,8 @@ def main(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes: must be >= 1, got {args.episodes}")
     variations = [v.strip() for v in args.variation.split(",") if v.strip()]
+    from kil.policy.inference import Policy
+
+    Policy.load(args.policy)  # a damaged checkpoint is a one-line error before any episode
     evaluate(args.policy, args.task or trained_task(args.policy), args.robot or rig.robot, variations, args.episodes, args.seed, args.video)
     return 0

@@ -13,10 +13,12 @@ complete bag from every flushed message and keeps the partial file beside it.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,20 +171,87 @@ class EpisodeWriter:
         write_metadata(self.path, self.metadata)
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"  # at both ends of a complete MCAP file
+
+
 def is_complete(path: str | Path) -> bool:
+    """Whether the bag was closed (its metadata.yaml written); see `bag_problem` for more."""
     return (Path(path) / "metadata.yaml").is_file()
 
 
+def _listed_files(path: Path) -> list[str]:
+    """The storage files metadata.yaml lists (a BagError when it cannot be read)."""
+    import yaml
+
+    try:
+        info = yaml.safe_load((path / "metadata.yaml").read_text(encoding="utf-8"))["rosbag2_bagfile_information"]
+        return [str(f) for f in info.get("relative_file_paths") or []]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise BagError(f"{path / 'metadata.yaml'}: not a rosbag2 metadata file ({type(err).__name__}: {err})") from None
+
+
+def _cut_mcap(file: Path) -> str | None:
+    """Why an MCAP file is not whole (missing magic at either end), or None."""
+    size = file.stat().st_size
+    with file.open("rb") as stream:
+        head = stream.read(len(MCAP_MAGIC))
+        stream.seek(max(0, size - len(MCAP_MAGIC)))
+        tail = stream.read()
+    if head != MCAP_MAGIC:
+        return f"{file} is not an MCAP file (no MCAP magic at its start, {size} bytes)"
+    if tail != MCAP_MAGIC or size < 2 * len(MCAP_MAGIC):
+        return f"{file} is cut short (no MCAP footer after {size} bytes)"
+    return None
+
+
+def bag_problem(path: str | Path) -> str | None:
+    """What keeps the episode directory `path` from being read as a whole rosbag2 bag, in one
+    line naming the file (and the fix), or None when it looks whole. Cheap: it reads the
+    metadata and the ends of each storage file, not the messages."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path}: not a directory"
+    mcaps = sorted(path.glob("*.mcap"))
+    if not is_complete(path):
+        if not mcaps:
+            return f"{path}: not a rosbag2 episode (no metadata.yaml, no .mcap file)"
+        return f"{path}: the recording was not closed (no metadata.yaml); `kil bag recover {path}` rebuilds it from its complete chunks"
+    try:
+        listed = _listed_files(path)
+    except BagError as err:
+        return str(err)
+    for name in listed:
+        file = path / name
+        if not file.is_file():
+            return f"{path}: {name}, listed in metadata.yaml, is missing"
+        if file.suffix == ".mcap" and (why := _cut_mcap(file)):
+            return f"{why}; `kil bag recover {path}` keeps every complete chunk" if "cut short" in why else why
+    return None
+
+
+def needs_recovery(path: str | Path) -> bool:
+    """An unclosed recording, or a closed one whose MCAP file was cut short."""
+    problem = bag_problem(path)
+    return problem is not None and ("not closed" in problem or "cut short" in problem)
+
+
 def recover_episode(path: str | Path) -> int:
-    """Rebuild a complete bag from an episode whose writer was killed; returns the number of
-    messages recovered. The partial MCAP file is kept in the episode as ``*.mcap.partial``."""
+    """Rebuild a complete bag from an episode whose writer was killed (no metadata.yaml) or
+    whose MCAP file was cut short, keeping every message of its complete chunks; returns the
+    number of messages recovered (0: nothing to recover). The damaged file is kept in the
+    episode as ``*.mcap.partial`` (and a cut bag's metadata.yaml as ``metadata.yaml.cut``);
+    kil_episode.yaml is marked ``recovered``."""
     from mcap.records import Channel, Message, Schema
     from mcap.stream_reader import StreamReader
 
     path = Path(path)
-    if is_complete(path):
+    if not needs_recovery(path):
+        problem = bag_problem(path)
+        if problem is not None:
+            raise BagError(problem)
         return 0
-    partials = sorted(path.glob("*.mcap"))
+    closed = is_complete(path)
+    partials = [path / n for n in _listed_files(path) if n.endswith(".mcap")] if closed else sorted(path.glob("*.mcap"))
     if len(partials) != 1:
         raise BagError(f"{path}: expected one .mcap file to recover, found {len(partials)}")
     staging = path.parent / f".{path.name}.recovering"
@@ -215,6 +284,8 @@ def recover_episode(path: str | Path) -> int:
         except Exception as err:  # the first torn record ends what was flushed
             log.info("%s: partial MCAP ends after %d messages (%s)", path, count, type(err).__name__)
     os.replace(partials[0], rebuilt / f"{partials[0].name}.partial")
+    if closed:
+        os.replace(path / "metadata.yaml", rebuilt / "metadata.yaml.cut")
     metadata = read_metadata(path)
     for leftover in path.iterdir():
         if leftover.name != METADATA_FILE:
@@ -226,6 +297,30 @@ def recover_episode(path: str | Path) -> int:
     os.replace(rebuilt, path)
     staging.rmdir()
     return count
+
+
+def _hold_roles(spec: TopicSpec, by_role: dict[str, list[tuple[int, Any]]], max_age_ns: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(log time, role messages) for each message of the spec's first role that has, for
+    every other role, a message stamped at or before it and at most `max_age_ns` older."""
+    roles = [r.name for r in spec.wire.input_roles()]
+    others = {}
+    for role in roles[1:]:
+        history = sorted(by_role.get(role, []), key=lambda item: _header_ns(item[1]))
+        others[role] = ([_header_ns(m) for _, m in history], [m for _, m in history])
+    for log_time, msg in by_role.get(roles[0], []):
+        stamp = _header_ns(msg)
+        group = {roles[0]: msg}
+        for role, (stamps, msgs) in others.items():
+            i = bisect.bisect_right(stamps, stamp) - 1
+            if i < 0 or stamp - stamps[i] > max_age_ns:
+                break
+            group[role] = msgs[i]
+        else:
+            yield log_time, group
+
+
+def _header_ns(msg: Any) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 def _newest_before(history: list[tuple[int, Any]], log_time: int) -> Any:
@@ -248,18 +343,26 @@ class EpisodeReader:
 
     def __init__(self, path: str | Path, recover: bool = True) -> None:
         self.path = Path(path)
-        if not is_complete(self.path):
-            if not any(self.path.glob("*.mcap")):
-                raise BagError(f"{self.path}: not a rosbag2 episode (no metadata.yaml, no .mcap file)")
-            if not recover:
-                raise BagError(f"{self.path}: recording was not closed; run `kil bag recover {self.path}`")
+        problem = bag_problem(self.path)
+        if problem is not None and "not closed" in problem and recover:
             count = recover_episode(self.path)
             log.warning("%s: recovered an unclosed recording (%d messages)", self.path, count)
+        elif problem is not None:
+            raise BagError(problem)
         self.metadata = read_metadata(self.path)
         self.typestore = ros2_typestore(self.metadata.distro if self.metadata else "jazzy")
+        self.tf = TransformBuffer()  # filled by `messages`
 
-    def _reader(self) -> AnyReader:
-        return AnyReader([self.path], default_typestore=self.typestore)
+    @contextmanager
+    def _reader(self) -> Iterator[AnyReader]:
+        """rosbags' reader; whatever it cannot read becomes a one-line BagError naming the bag."""
+        try:
+            with AnyReader([self.path], default_typestore=self.typestore) as reader:
+                yield reader
+        except (BagError, GeneratorExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - rosbags' and mcap's many error types, for a damaged file
+            raise BagError(f"{self.path}: cannot read the bag ({type(err).__name__}: {err})") from err
 
     def topics(self) -> dict[str, tuple[str, int]]:
         """ROS topic -> (message type, message count)."""
@@ -274,11 +377,18 @@ class EpisodeReader:
             for connection, log_time, raw in reader.messages(connections=connections):
                 yield connection.topic, connection.msgtype, log_time, reader.deserialize(raw, connection.msgtype)
 
-    def messages(self, topics: Iterable[TopicSpec]) -> Iterator[tuple[str, int, Any]]:
+    def messages(self, topics: Iterable[TopicSpec], hold: dict[str, float] | None = None) -> Iterator[tuple[str, int, Any]]:
         """(graph topic, log time ns, project message) for each complete message on `topics`,
-        assembled from their ROS role topics exactly as a live subscriber would."""
+        assembled from their ROS role topics exactly as a live subscriber would, in log-time
+        order. `hold` maps graph topics whose roles come from independent publishers (a
+        robot's EE pose and a joint_state_publisher's /joint_states, at their own rates) to a
+        maximum age in seconds: each message of the first role is completed with the newest
+        message of each other role stamped at or before it, at most that old; those topics
+        come after all the others."""
         specs = list(topics)
+        hold = hold or {}
         available = self.topics()
+        self.tf = TransformBuffer()  # the bag's /tf_static and /tf, kept for the caller
         role_of: dict[str, tuple[TopicSpec, Any]] = {}
         for spec in specs:
             for role in spec.wire.input_roles():
@@ -288,25 +398,36 @@ class EpisodeReader:
                 if available[ros_topic][0] != role.ros_type:
                     raise BagError(f"{self.path}: topic {ros_topic} has type {available[ros_topic][0]}, {spec.name} needs {role.ros_type}")
                 role_of[ros_topic] = (spec, role)
-        tf = TransformBuffer()
+        tf = self.tf
         tf_topics = {"/tf_static", "/tf"} & set(available)
         for name, _, _, msg in self.ros_messages(tf_topics) if tf_topics else ():  # (no topics would read them all)
             for transform in msg.transforms:
                 stamp, parent, child, T = transform_from_ros(transform)
                 tf.set_transform(parent, child, T, stamp, static=name == "/tf_static")
         latched = self._latched_messages(specs, available)
-        assemblers = {spec.name: RoleAssembler(spec.wire) for spec in specs}
-        for ros_topic, _, log_time, msg in self.ros_messages(role_of):
-            spec, role = role_of[ros_topic]
-            group = assemblers[spec.name].add(role.name, msg)
-            if group is None:
-                continue
+        assemblers = {spec.name: RoleAssembler(spec.wire) for spec in specs if spec.name not in hold}
+        held: dict[str, dict[str, list]] = {spec.name: {} for spec in specs if spec.name in hold}
+
+        def convert(spec: TopicSpec, ros_topic: str, group: dict[str, Any], log_time: int) -> Any:
             for name, history in latched.get(spec.name, {}).items():
                 group[name] = _newest_before(history, log_time)
             try:
-                yield spec.name, log_time, spec.wire.from_ros(group, spec.options, tf.lookup, log_time)
+                return spec.wire.from_ros(group, spec.options, tf.lookup, log_time)
             except (MessageError, TransformError) as err:
                 raise BagError(f"{self.path}: {ros_topic}: {err}") from err
+
+        for ros_topic, _, log_time, msg in self.ros_messages(role_of):
+            spec, role = role_of[ros_topic]
+            if spec.name in held:
+                held[spec.name].setdefault(role.name, []).append((log_time, msg))
+                continue
+            group = assemblers[spec.name].add(role.name, msg)
+            if group is not None:
+                yield spec.name, log_time, convert(spec, ros_topic, group, log_time)
+        for spec in specs:
+            if spec.name in held:
+                for log_time, group in _hold_roles(spec, held[spec.name], int(hold[spec.name] * 1e9)):
+                    yield spec.name, log_time, convert(spec, spec.ros_topics[spec.wire.input_roles()[0].name], group, log_time)
 
     def _latched_messages(self, specs: list[TopicSpec], available: dict[str, tuple[str, int]]) -> dict[str, dict[str, list]]:
         """graph topic -> latched role -> [(log time, message)] of those in the bag."""

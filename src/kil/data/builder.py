@@ -8,9 +8,14 @@ on (extraction settings, spec, weights, the episode's files), so rebuilding with
 policy settings does not run the feature network again. The cache lives in
 EPISODES_DIR/.kil_cache, beside the recordings, which are never modified.
 
-A broken episode (missing topic, gap in the camera stream, unreadable bag) is skipped with a
-warning naming it; episodes marked unsuccessful are left out; a build that keeps no episode
-is an error.
+Topics are read with the names of the rig an episode was recorded on (its kil_episode.yaml,
+or `rig`), derived from the rig file (`config/graphs/rig_recording.yaml` + the rig's
+names), or with an explicit graph description. Every directory is accounted for: kept
+(possibly trimmed at its start and end), excluded (not a saved, successful demonstration:
+failed, `success` unknown, unsaved, recovered or failed recordings, another task; kept with
+`include_unsuccessful`), broken (unreadable, missing topics, streams that do not overlap)
+or ignored (not a recording). Setup problems (output directory, weights, graph, rig, spec)
+are one-line errors before any episode is read; a build that keeps no episode is an error.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 from kil.config import require, to_plain
-from kil.data.episode import read_metadata
+from kil.data.bag import bag_problem, is_complete, needs_recovery, recover_episode
+from kil.data.episode import EpisodeMetadata, read_metadata
 from kil.data.episode_streams import EpisodeStreams, read_streams
 from kil.data.store import EpisodeData, Store, field_stats
 from kil.errors import BagError, ConfigError
 from kil.graph import GraphSpec, load_graph
-from kil.paths import graph_path
+from kil.paths import check_creatable, graph_path
 from kil.perception.spec import spec_path
 
 log = logging.getLogger("kil.dataset")
@@ -45,7 +51,10 @@ class BuildConfig:
     keypoints: str = "image"  # image matching with `feature_model`, or the sim's ground truth
     feature_model: str = "descriptor_net"  # config/features/<name>.yaml or a YAML path
     spec: str | None = None  # keypoint spec (task name or path); default: the task's
-    graph: str | None = None  # topics of the recording; default: from the episode's rig
+    graph: str | None = None  # topics of the recording (a graph description); default: from the rig
+    rig: str | None = None  # the rig whose topic names the recordings use; default: each episode's kil_episode.yaml
+    include_unsuccessful: bool = False  # also train on failed, unjudged, unsaved or recovered episodes
+    min_overlap_s: float = 1.0  # camera, robot state and commands must overlap at least this long
     rate_hz: float = 10.0
     horizon: int = 16
     batch_size: int = 16
@@ -59,17 +68,32 @@ class BuildConfig:
         require(self.rate_hz > 0, "rate_hz", f"must be > 0, got {self.rate_hz}")
         require(self.horizon >= 2, "horizon", f"must be >= 2, got {self.horizon}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.min_overlap_s > 0, "min_overlap_s", f"must be > 0, got {self.min_overlap_s}")
+        require(not (self.graph and self.rig), "graph", "give the recordings' topics by graph or by rig, not both")
 
 
 @dataclass(frozen=True)
 class BuildReport:
-    kept: list[str]
-    unsuccessful: list[str]
-    broken: dict[str, str]  # episode -> reason
-    samples: int
+    """What became of every directory: kept (name -> samples), trimmed (name -> camera
+    frames cut at start and end), excluded / broken / ignored (name -> why)."""
+
+    kept: dict[str, int]
+    trimmed: dict[str, tuple[int, int]]
+    excluded: dict[str, str]
+    broken: dict[str, str]
+    ignored: dict[str, str]
+
+    @property
+    def samples(self) -> int:
+        return sum(self.kept.values())
 
 
-RIG_GRAPHS = {"sim": "sim_demo"}  # the graph each rig's recordings are made with
+class NothingToBuild(ConfigError):
+    """No episode was kept; `report` says what became of each."""
+
+    def __init__(self, message: str, report: BuildReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def cache_root(episodes_dir: Path, episodes: list[Path]) -> Path:
@@ -77,16 +101,52 @@ def cache_root(episodes_dir: Path, episodes: list[Path]) -> Path:
     return (episodes_dir.parent if episodes == [episodes_dir] else episodes_dir) / CACHE_DIR
 
 
-def episode_dirs(episodes_dir: Path) -> list[Path]:
-    """Episode directories below `episodes_dir` (those with a rosbag2 metadata.yaml), sorted."""
+def _is_recording(path: Path) -> bool:
+    return (path / "metadata.yaml").is_file() or any(path.glob("*.mcap"))
+
+
+def scan_episodes(episodes_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """The episode directories in `episodes_dir` (or `episodes_dir` itself when it is one):
+    every directory with a rosbag2 metadata.yaml or an .mcap file (an unclosed recording),
+    sorted; and the other directories with why they are not episodes. Hidden directories
+    (kil's cache, a recovery in progress) are not looked at."""
     if not episodes_dir.is_dir():
         raise ConfigError(f"EPISODES_DIR: {episodes_dir} is not a directory")
-    found = sorted(p.parent for p in episodes_dir.glob("*/metadata.yaml"))
-    if (episodes_dir / "metadata.yaml").exists():
-        found.insert(0, episodes_dir)
-    if not found:
-        raise ConfigError(f"EPISODES_DIR: no rosbag2 episodes (directories with metadata.yaml) in {episodes_dir}")
-    return found
+    if _is_recording(episodes_dir):
+        return [episodes_dir], {}
+    episodes, ignored = [], {}
+    for path in sorted(p for p in episodes_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _is_recording(path):
+            episodes.append(path)
+        else:
+            ignored[path.name] = f"{path}: not a recording (no metadata.yaml, no .mcap file)"
+    if not episodes:
+        raise ConfigError(f"EPISODES_DIR: no rosbag2 episodes (directories with metadata.yaml or an .mcap file) in {episodes_dir}")
+    return episodes, ignored
+
+
+def episode_dirs(episodes_dir: Path) -> list[Path]:
+    """The episode directories below `episodes_dir` (see `scan_episodes`)."""
+    return scan_episodes(Path(episodes_dir))[0]
+
+
+def exclusion(metadata: EpisodeMetadata | None, recovered: bool, task: str) -> str | None:
+    """Why an episode is not a demonstration of `task` to train on, or None. An episode
+    without kil_episode.yaml (a plain `ros2 bag record`) is taken as the lab recorded it."""
+    if metadata is not None and metadata.task != task:
+        return f"task {metadata.task!r}, not {task!r}"
+    if metadata is not None and metadata.status == "failed":
+        return f"the recording failed ({metadata.extra.get('recorder_error', 'recorder error')})"
+    if recovered or (metadata is not None and metadata.status == "recovered"):
+        return "recovered from a killed or cut recording (partial)"
+    if metadata is not None and metadata.status == "recording":
+        return "never saved (kil_episode.yaml status: recording)"
+    if metadata is not None and metadata.success is False:
+        reason = metadata.extra.get("stop_reason")
+        return f"unsuccessful (success: false{', ' + str(reason) if reason else ''})"
+    if metadata is not None and metadata.success is None:
+        return "success unknown (success: null in kil_episode.yaml)"
+    return None
 
 
 class KeypointSource:
@@ -101,6 +161,8 @@ class KeypointSource:
         self._detector = None
         self._extractor = None
         self.key = self._cache_key()
+        if config.keypoints == "image":
+            self._image_detector()  # missing or unreadable weights fail here, before any episode
 
     def _cache_key(self) -> str:
         parts = {"source": self.config.keypoints, "spec": self.spec.fingerprint(), "names": self.layout.names,
@@ -184,14 +246,46 @@ def oracle_index(layout_names: tuple[str, ...], truth_names: list[str], truth_in
     return np.array(index)
 
 
-def _episode_graph(config: BuildConfig, episode: Path) -> GraphSpec:
-    if config.graph:
-        return load_graph(graph_path(config.graph))
-    metadata = read_metadata(episode)
-    rig = metadata.rig if metadata else None
-    if rig not in RIG_GRAPHS:
-        raise ConfigError(f"{episode}: cannot tell which topics it was recorded with (rig {rig!r}); pass --graph")
-    return load_graph(graph_path(RIG_GRAPHS[rig]))
+RECORDING_GRAPH = "rig_recording"  # what a rig's episodes hold; the rig file gives the names
+
+
+def recording_graph(rig: str) -> GraphSpec:
+    """The topics of episodes recorded on `rig` (a name in config/rigs/ or a rig file), with
+    that rig's ROS topic names and wire options."""
+    from kil.rigs import graph_topics, load_rig
+
+    return load_graph(graph_path(RECORDING_GRAPH), topics=graph_topics(load_rig(rig)))
+
+
+class TopicMaps:
+    """The graph each episode is read through: `config.graph`, else the rig `config.rig`,
+    else the rig its kil_episode.yaml names. Given ones are loaded at once (one-line
+    errors before any episode); rigs named by episodes as they come."""
+
+    def __init__(self, config: BuildConfig) -> None:
+        self.fixed = load_graph(graph_path(config.graph)) if config.graph else recording_graph(config.rig) if config.rig else None
+        self.label = f"graph {config.graph}" if config.graph else f"rig {config.rig}" if config.rig else None
+        self._by_rig: dict[str, GraphSpec] = {}
+
+    def of(self, episode: Path, metadata: EpisodeMetadata | None) -> tuple[GraphSpec, str]:
+        """(graph, how it was chosen) for an episode."""
+        if self.fixed is not None:
+            return self.fixed, self.label
+        if metadata is None or not metadata.rig:
+            raise ConfigError(f"{episode}: no kil_episode.yaml naming the rig it was recorded on; pass --rig (or --graph)")
+        if metadata.rig not in self._by_rig:
+            try:
+                self._by_rig[metadata.rig] = recording_graph(metadata.rig)
+            except ConfigError as err:
+                raise ConfigError(f"{episode}: kil_episode.yaml names rig {metadata.rig!r}: {err}; pass --rig (or --graph)") from None
+        return self._by_rig[metadata.rig], f"rig {metadata.rig}"
+
+
+def check_out(out: Path, option: str = "--out") -> None:
+    """A new directory can be written at `out` (it does not exist; its parent is writable)."""
+    if out.exists() or out.is_symlink():
+        raise ConfigError(f"{option}: {out} exists already (datasets are never overwritten; choose another path)")
+    check_creatable(out, option)
 
 
 def episode_fingerprint(episode: Path, graph: GraphSpec) -> str:
@@ -248,22 +342,35 @@ def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray], ima
 
 
 def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig) -> BuildReport:
-    """Build the store `out` from every episode under `episodes_dir`."""
-    episodes = episode_dirs(Path(episodes_dir))
+    """Build the store `out` from every episode under `episodes_dir` (see the module doc)."""
+    out = Path(out)
+    check_out(out)
+    episodes, ignored = scan_episodes(Path(episodes_dir))
+    maps = TopicMaps(config)
     source = KeypointSource(config)
     store: Store | None = None
-    kept, unsuccessful, broken, samples = [], [], {}, 0
+    kept, trimmed, excluded, broken = {}, {}, {}, {}
     cache_dir = cache_root(Path(episodes_dir), episodes) if config.cache else None
     for episode in tqdm(episodes, desc="episodes", unit="ep"):
         try:
+            recovered = False
+            if needs_recovery(episode) and not is_complete(episode):  # an unclosed recording, as README says
+                count = recover_episode(episode)
+                log.warning("%s: recovered an unclosed recording (%d messages)", episode, count)
+                recovered = True
             metadata = read_metadata(episode)
-            if metadata is not None and metadata.success is False:
-                unsuccessful.append(episode.name)
+            recovered = recovered or any(episode.glob("*.partial"))
+            why = exclusion(metadata, recovered, config.task)
+            if why is not None and (not config.include_unsuccessful or why.startswith("task ")):
+                excluded[episode.name] = why
                 continue
-            if metadata is not None and metadata.task != config.task:
-                raise ConfigError(f"{episode}: its task is {metadata.task!r}, not {config.task!r}")
-            graph = _episode_graph(config, episode)
-            streams = read_streams(episode, graph, config.rate_hz, config.horizon)
+            if problem := bag_problem(episode):  # a damaged file: nothing to do with topic names
+                raise BagError(problem)
+            graph, named_by = maps.of(episode, metadata)
+            try:
+                streams = read_streams(episode, graph, config.rate_hz, config.horizon, config.min_overlap_s)
+            except BagError as err:
+                raise BagError(f"{err} (topic names of {named_by})") from None
             cache = cache_dir / f"{episode.name}.{source.key}.{episode_fingerprint(episode, graph)}.npz" if cache_dir else None
             keypoints = _cached(cache, lambda: source.extract(streams, episode))
             data = _episode_data(streams, keypoints, config.images)
@@ -282,10 +389,18 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
                 "robot_type": (metadata.extra.get("robot") or metadata.rig) if metadata else None,
             })
         store.write_episode(data)
-        kept.append(episode.name)
-        samples += len(data)
+        kept[episode.name] = len(data)
+        if any(streams.trimmed):
+            trimmed[episode.name] = streams.trimmed
+    report = BuildReport(kept, trimmed, excluded, broken, ignored)
     if store is None:
-        reasons = f"{len(unsuccessful)} marked unsuccessful, {len(broken)} broken"
-        raise ConfigError(f"{episodes_dir}: no successful episode to build a dataset from ({len(episodes)} episodes: {reasons})")
+        raise NothingToBuild(f"{episodes_dir}: no episode to build a dataset from ({summary(report, len(episodes))})", report)
     store.set_stats(field_stats(store.episodes()))
-    return BuildReport(kept, unsuccessful, broken, samples)
+    return report
+
+
+def summary(report: BuildReport, total: int | None = None) -> str:
+    """One line: how many episodes were kept, trimmed, excluded, broken and ignored."""
+    total = total if total is not None else len(report.kept) + len(report.excluded) + len(report.broken)
+    return (f"{total} episodes: {len(report.kept)} kept ({len(report.trimmed)} trimmed), {len(report.excluded)} excluded, "
+            f"{len(report.broken)} broken; {len(report.ignored)} other directories ignored")

@@ -13,14 +13,16 @@ from kil import __version__
 from kil.config import load_dataclass, load_yaml, to_plain
 
 METADATA_FILE = "kil_episode.yaml"
-EpisodeStatus = Literal["recording", "complete", "recovered"]
+EpisodeStatus = Literal["recording", "complete", "recovered", "failed"]
 
 
 @dataclass(frozen=True)
 class EpisodeMetadata:
     """What an episode is: task, rig, variation, seed, outcome; plus free-form `extra`
     (object ids, task completion, operator notes). `status` is maintained by the writer:
-    `recording` until the bag is closed, `recovered` after a killed recording is repaired."""
+    `recording` until the bag is closed, `complete` once it was closed whole, `recovered`
+    after a killed or cut recording is repaired, `failed` when the recorder process died
+    (what it wrote is kept). Only `complete` episodes judged successful are demonstrations."""
 
     task: str
     rig: str
@@ -58,9 +60,14 @@ def episode_task(episode: str | Path, task: str | None, option: str = "--task") 
     (a missing episode or task is a one-line ConfigError naming `option`)."""
     from kil.errors import ConfigError
 
+    from kil.data.bag import bag_problem
+
     path = Path(episode)
     if not path.exists():
         raise ConfigError(f"--episode: {path} does not exist")
+    problem = bag_problem(path)
+    if problem is not None and "not closed" not in problem:  # an unclosed one is recovered when read
+        raise ConfigError(f"--episode: {path} is not a readable episode: {problem.removeprefix(f'{path}: ')}")
     metadata = read_metadata(path)
     found = task or (metadata.task if metadata else None)
     if not found:

@@ -95,13 +95,15 @@ class Ros2BagProcess:
     def write(self, topic: Any, msg: Any, log_time_ns: int) -> None:
         pass  # ros2 bag record subscribes to the topics itself
 
-    def _stop(self) -> int:
+    def _stop(self) -> tuple[int, bool]:
+        """Stop the recorder like Ctrl-C; its exit code and whether it had died before."""
         # An episode saved right after its start: let the recorder create its bag first
         # (interrupted while starting, it would leave nothing).
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while self.process.poll() is None and not self.path.is_dir() and time.monotonic() < deadline:
             time.sleep(0.02)
-        if self.process.poll() is None:
+        died = self.process.poll() is not None
+        if not died:
             self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(STOP_TIMEOUT_S)
@@ -109,15 +111,45 @@ class Ros2BagProcess:
                 self.process.terminate()
                 self.process.wait(STOP_TIMEOUT_S)
         self._log.close()
-        return self.process.returncode
+        return self.process.returncode, died
+
+    def _log_tail(self) -> str:
+        lines = self.log_file.read_text(errors="replace").strip().splitlines() if self.log_file.exists() else []
+        return lines[-1].strip() if lines else "no output"
 
     def finish(self, metadata: EpisodeMetadata) -> None:
-        code = self._stop()
+        """Stop the recorder and mark the episode saved, only if the recorder was still
+        running, exited 0 and left a whole, readable bag. Otherwise what it wrote is kept
+        (recovered where it can be), marked `failed` with the reason, the recorder's
+        output is kept beside it, and a BagError says so."""
+        from kil.data.bag import EpisodeReader, bag_problem, needs_recovery, recover_episode
+
+        code, died = self._stop()
         if not self.path.is_dir():
-            tail = self.log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise BagError(f"{self.path}: the recorder wrote no bag (exit code {code}: {tail[0]}); its output is in {self.log_file}")
-        write_metadata(self.path, metadata.with_updates(status="complete"))
-        self.log_file.unlink(missing_ok=True)
+            raise BagError(f"{self.path}: the recorder wrote no bag (exit code {code}: {self._log_tail()}); its output is in {self.log_file}")
+        failure = None
+        if died:
+            failure = f"the recorder died during the episode (exit code {code}: {self._log_tail()})"
+        elif code != 0:
+            failure = f"the recorder exited with code {code} ({self._log_tail()})"
+        elif problem := bag_problem(self.path):
+            failure = f"the recorder left a damaged bag ({problem})"
+        else:
+            try:
+                EpisodeReader(self.path, recover=False).topics()
+            except BagError as err:
+                failure = f"the recorder left an unreadable bag ({err})"
+        if failure is None:
+            write_metadata(self.path, metadata.with_updates(status="complete"))
+            self.log_file.unlink(missing_ok=True)
+            return
+        if needs_recovery(self.path):
+            try:
+                recover_episode(self.path)
+            except BagError as err:
+                failure += f"; not recovered: {err}"
+        write_metadata(self.path, metadata.with_updates(status="failed", extra={**metadata.extra, "recorder_error": failure}))
+        raise BagError(f"{self.path}: {failure}; kept as a failed episode, the recorder's output is in {self.log_file}")
 
     def abort(self) -> None:
         self._stop()
@@ -127,8 +159,8 @@ class Ros2BagProcess:
 
 @dataclass
 class EpisodeSession:
-    """Starts, saves and discards episodes under `out`; `saved` and `discarded` list what
-    happened, in order."""
+    """Starts, saves and discards episodes under `out`; `saved`, `discarded` and `failed`
+    list what happened, in order."""
 
     out: Path
     metadata: EpisodeMetadata  # the template: task, rig, variation, seed, extra
@@ -138,6 +170,7 @@ class EpisodeSession:
     started_ns: int | None = None
     saved: list[Path] = field(default_factory=list)
     discarded: list[Path] = field(default_factory=list)
+    failed: list[Path] = field(default_factory=list)  # the recorder failed: kept, marked failed
 
     @property
     def recording(self) -> bool:
@@ -160,7 +193,12 @@ class EpisodeSession:
         sink, self.current = self.current, None
         duration = round((now_ns - self.started_ns) / 1e9, 3)
         extra = {**self.metadata.extra, **(extra or {}), "duration_s": duration, "stop_reason": reason}
-        sink.finish(self.metadata.with_updates(success=success, extra=extra))
+        try:
+            sink.finish(self.metadata.with_updates(success=success, extra=extra))
+        except BagError as err:  # the recording failed: kept, marked failed, never a demonstration
+            self.failed.append(sink.path)
+            self.log.error("episode not saved: %s", err)
+            return False, str(err)
         self.saved.append(sink.path)
         self.log.info("saved %s (%.1f s, %s)", sink.path, duration, reason)
         return True, f"saved {sink.path}"

@@ -106,6 +106,19 @@ class Store:
             raise ConfigError(f"--dataset: {path} has store format {root.attrs.get('format')!r}; this kil reads format {STORE_FORMAT}")
         return cls(root, path)
 
+    def require_complete(self, option: str = "--dataset") -> Store:
+        """This store, if its build finished: episodes listed and present, statistics written
+        (a build that was interrupted leaves none). A one-line ConfigError otherwise."""
+        names = self.episode_names
+        if not names:
+            raise ConfigError(f"{option}: {self.path} holds no episode (its build was interrupted or kept nothing); build it again")
+        missing = [n for n in names if n not in self.root["episodes"]]
+        if missing:
+            raise ConfigError(f"{option}: {self.path} lists episodes it does not hold ({', '.join(missing[:3])}); build it again")
+        if not self.stats:
+            raise ConfigError(f"{option}: {self.path} has no normalisation statistics (its build was interrupted); build it again")
+        return self
+
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs)

@@ -114,6 +114,7 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Policy:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         directory = checkpoint_dir(path)
@@ -121,11 +122,16 @@ class Policy:
         where = f"{directory / POLICY_FILE}:"
         run = load_dataclass(RunConfig, meta.get("run"), f"{where} run")
         trained_on = load_dataclass(TrainedOn, meta.get("trained_on"), f"{where} trained_on")
-        tensors = load_file(str(directory / WEIGHTS_FILE))
-        normalizer = Normalizer.from_state_dict({k[len("normalizer."):]: v for k, v in tensors.items() if k.startswith("normalizer.")})
-        codec = Codec(run.policy, normalizer, meta.get("anchor"))
-        policy = cls.create(run, trained_on, codec)
-        policy.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        weights = directory / WEIGHTS_FILE
+        try:
+            tensors = load_file(str(weights))
+            normalizer = Normalizer.from_state_dict({k[len("normalizer."):]: v for k, v in tensors.items() if k.startswith("normalizer.")})
+            codec = Codec(run.policy, normalizer, meta.get("anchor"))
+            policy = cls.create(run, trained_on, codec)
+            policy.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:  # a damaged or foreign file
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"--policy: cannot load {weights} ({detail}); the checkpoint is damaged or not this policy's") from None
         policy.model.to(device)
         return policy
 

@@ -105,8 +105,8 @@ class Recorder(Stage):
         return self._finished(self.session.discard())
 
     def _finished(self, result: tuple[bool, str]) -> tuple[bool, str]:
-        done = len(self.session.saved) + len(self.session.discarded)
-        if result[0] and 0 < self.config.stop_after_episodes <= done:
+        done = len(self.session.saved) + len(self.session.discarded) + len(self.session.failed)
+        if self.session.current is None and 0 < self.config.stop_after_episodes <= done:
             self.io.shutdown(f"{done} episode(s) recorded")
         return result
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from kil.config import load_dataclass, load_yaml
 from kil.data.store import Store
 from kil.errors import ConfigError
+from kil.paths import check_creatable
 from kil.policy.augment import augment
 from kil.policy.batch import Codec, SampleBank
 from kil.policy.configuration import RunConfig
@@ -67,7 +68,7 @@ def _distributed() -> tuple[int, int]:
 class Trainer:
     def __init__(self, run: RunConfig, dataset: str | Path, out: str | Path, device: str = "cpu") -> None:
         self.run, self.out, self.device = run, Path(out), torch.device(device)
-        store = Store.open(dataset)
+        store = Store.open(dataset).require_complete()
         attrs = store.attrs
         names = list(attrs["keypoint_names"])
         p = run.policy
@@ -194,8 +195,10 @@ def train(run: RunConfig, dataset: str | Path, out: str | Path, device: str = "c
     out = Path(out)
     rank, world = _distributed()
     # Every rank checks (so all stop together), then rank 0 alone writes the run.
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out: {out} exists and is not empty (runs are never overwritten; use --resume to continue one)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out: {out} exists and is not an empty directory (runs are never overwritten; use --resume to continue one)")
+    check_creatable(out, "--out")
+    Store.open(dataset).require_complete()  # before anything is written
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:

@@ -95,7 +95,7 @@ def declare_rig_arguments() -> list[Any]:
     from launch.actions import DeclareLaunchArgument
 
     return [
-        DeclareLaunchArgument("rig", default_value="sim", choices=list(RIGS), description="robot + camera setup (config/rigs/<rig>.yaml)"),
+        DeclareLaunchArgument("rig", default_value="sim", description=f"robot + camera setup: config/rigs/<rig>.yaml ({', '.join(RIGS)}, or one you add) or a rig file's path"),
         DeclareLaunchArgument("drivers", default_value="true", choices=["true", "false"], description="start the robot and camera drivers"),
         DeclareLaunchArgument("robot_ip", default_value="", description="robot controller address (real rigs)"),
         DeclareLaunchArgument("fake_hardware", default_value="false", choices=["true", "false"], description="drivers with fake/mock hardware"),
