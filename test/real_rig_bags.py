@@ -243,7 +243,7 @@ def write_episode(path: Path, layout: Layout, episode: Episode = Episode()) -> d
         stop = episode.duration_s if end is None else end
         return np.arange(start + phase, stop, 1.0 / hz)
 
-    truth: dict[str, list] = {"command": [], "gripper": [], "state": []}
+    truth: dict[str, list] = {"command": [], "gripper": [], "state": [], "frames": []}
     start_log = ns(-0.05)  # the recorder subscribed just before the first frame: latched topics now
     calibration = _transform(t0, layout.base_frame, layout.optical_frame, *CAMERA_IN_BASE)
     links = [_transform(t0, parent, child, (0.0, 0.0, 0.1), (0.0, 0.0, 0.0, 1.0)) for parent, child in layout.static_links]
@@ -254,6 +254,7 @@ def write_episode(path: Path, layout: Layout, episode: Episode = Episode()) -> d
     for t in times(layout.camera_hz, 0.0, episode.camera_end_s):
         stamp = ns(t)
         rgb, depth = _frame(rng, layout, t)
+        truth["frames"].append((stamp, rgb, depth))
         image, depth_msg, info = _image_msgs(layout, stamp, rgb, depth)
         delay = int(rng.uniform(25e6, 45e6))  # grab -> rectified image on the network
         for topic, typename, msg in ((layout.image, "sensor_msgs/msg/Image", image), (layout.depth, "sensor_msgs/msg/Image", depth_msg),

@@ -263,3 +263,28 @@ def test_train_eval_and_annotate_errors_are_one_line(built, tmp_path, capsys):
     (tmp_path / "not_an_episode").mkdir()
     assert main(["annotate", "--episode", str(tmp_path / "not_an_episode")]) == 1
     assert "is not a readable episode: not a rosbag2 episode (no metadata.yaml, no .mcap file)" in _one_line_error(capsys, "annotate")
+
+
+@pytest.mark.parametrize("layout", [FRANKA, UR5E], ids=lambda layout: layout.rig)
+def test_frames_depth_holes_and_calibration_read_back(layout, tmp_path):
+    """What the drivers wrote: bgra8 colour, 32FC1 depth with NaN / +-inf or 16UC1 with 0 as
+    no reading: every hole stays invalid), the calibration from /tf_static, the state in the base frame."""
+    from kil.data.builder import recording_graph
+    from kil.data.episode_streams import read_streams
+    from kil.geometry import pose_to_matrix
+    from real_rig_bags import CAMERA_IN_BASE
+
+    episode = tmp_path / "episode_0000"
+    truth = write_episode(episode, layout, Episode(seed=3))
+    streams = read_streams(episode, recording_graph(layout.rig))
+    frame = streams.frames[5]
+    rgb, depth = next((rgb, depth) for stamp, rgb, depth in truth["frames"] if stamp == frame.stamp_ns)
+    assert frame.rgb.shape == (layout.height, layout.width, 3) and np.array_equal(frame.rgb, rgb)
+    valid = np.isfinite(depth) & (depth > 0)
+    assert np.array_equal(np.isfinite(frame.depth), valid)  # every hole stays invalid (NaN, or the driver's +-inf)
+    tolerance = 0.0005 if layout.depth_encoding == "16UC1" else 0.0  # millimetres
+    assert np.abs(frame.depth[valid] - depth[valid]).max() <= tolerance + 1e-6
+    assert np.allclose(frame.T_base_camera, pose_to_matrix(*CAMERA_IN_BASE), atol=1e-6)
+    assert frame.base_frame_id == layout.base_frame and frame.frame_id == layout.optical_frame
+    state_t = (streams.obs_ns[3] - Episode().start_ns) / 1e9
+    assert np.abs(streams.ee_position[3] - measured_pose(state_t, layout)[0]).max() < 0.01  # the latest state, <= 20 ms older

@@ -153,4 +153,4 @@ def test_expert_demonstrations_recorded_with_ros2_bag_become_a_dataset(tmp_path)
         built = subprocess.run([sys.executable, "-m", "kil", "build-dataset", str(out), "--task", "pick_place", "--keypoints", keypoints,
                                 "--out", str(tmp_path / f"ds_{keypoints}")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=ros_env(), timeout=600)
-        assert built.returncode == 0 and ": 2 episodes," in built.stdout and "(0 unsuccessful left out, 0 broken skipped)" in built.stdout, built.stdout
+        assert built.returncode == 0 and "from 2 episodes: 2 kept" in built.stdout and "0 excluded, 0 broken" in built.stdout, built.stdout
