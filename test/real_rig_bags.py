@@ -353,3 +353,42 @@ def _write_bag(path: Path, records: list[tuple[int, str, str, dict]]) -> None:
         "custom_data": None, "ros_distro": "jazzy",
     }
     (path / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}))
+
+
+def write_lab(root: Path) -> dict:
+    """A lab's folder after a day of recording (root/episode_NNNN); returns the truth of the
+    good episodes {name: (layout, streams)}:
+
+    0000 Franka and 0001 UR5e, robot state starting 0.4 s and commands 0.5 s after the
+    camera; 0002 Franka, state 16 ms before the camera, state and commands stopping 0.6 s
+    before it; 0003 a partial recording, recovered, success unknown; 0004 a failed one;
+    0005 a killed `ros2 bag record` (no metadata.yaml, no kil_episode.yaml, the MCAP cut at
+    60%); 0006 another task's; 0007 the arm's driver stopped after 0.5 s; and a
+    `calibration` folder that is not a recording.
+    """
+    truth = {
+        "episode_0000": (FRANKA, write_episode(root / "episode_0000", FRANKA, Episode(seed=0))),
+        "episode_0001": (UR5E, write_episode(root / "episode_0001", UR5E, Episode(seed=1))),
+        "episode_0002": (FRANKA, write_episode(root / "episode_0002", FRANKA, Episode(
+            seed=2, state_start_s=-0.016, command_start_s=0.2, state_end_s=3.0, command_end_s=3.0, duration_s=3.6))),
+    }
+    write_episode(root / "episode_0003", FRANKA, Episode(seed=3, duration_s=1.6, metadata={
+        "task": "pick_place", "success": None, "status": "recovered", "extra": {"stop_reason": "interrupted"}}))
+    write_episode(root / "episode_0004", UR5E, Episode(seed=4, metadata={"task": "pick_place", "success": False, "status": "complete"}))
+    killed = root / "episode_0005"
+    write_episode(killed, FRANKA, Episode(seed=5, metadata=None))
+    (killed / "metadata.yaml").unlink()
+    mcap = next(killed.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: int(mcap.stat().st_size * 0.6)])
+    write_episode(root / "episode_0006", UR5E, Episode(seed=6, metadata={"task": "place_upright", "success": True, "status": "complete"}))
+    write_episode(root / "episode_0007", FRANKA, Episode(seed=7, state_start_s=0.4, state_end_s=0.9))
+    (root / "calibration").mkdir()
+    (root / "calibration" / "franka_zed.yaml").write_text("parent: fr3_link0\n")
+    return truth
+
+
+if __name__ == "__main__":  # python test/real_rig_bags.py DIR: a lab's folder to try kil build-dataset on
+    import sys
+
+    write_lab(Path(sys.argv[1]))
+    print(f"{sys.argv[1]}: 8 episodes (Franka + ZED 2i, UR5e + ZED 2i) and a calibration folder")

@@ -17,7 +17,7 @@ import yaml
 from kil.cli import main
 from kil.data.episode import read_metadata
 from kil.data.store import Store
-from real_rig_bags import FRANKA, UR5E, Episode, measured_pose, write_episode
+from real_rig_bags import FRANKA, UR5E, Episode, measured_pose, write_episode, write_lab
 
 TASK = ["--task", "pick_place"]
 
@@ -40,26 +40,7 @@ def lab(tmp_path_factory):
     state starts after the camera, one ending early, a partial one, a failed one, a killed
     recording, another task's, one too short to use, and a calibration folder."""
     root = tmp_path_factory.mktemp("lab") / "demos"
-    truth = {
-        "episode_0000": (FRANKA, write_episode(root / "episode_0000", FRANKA, Episode(seed=0))),
-        "episode_0001": (UR5E, write_episode(root / "episode_0001", UR5E, Episode(seed=1))),
-        # state 16 ms before the camera; the camera runs on after the state and commands stop
-        "episode_0002": (FRANKA, write_episode(root / "episode_0002", FRANKA, Episode(
-            seed=2, state_start_s=-0.016, command_start_s=0.2, state_end_s=3.0, command_end_s=3.0, duration_s=3.6))),
-    }
-    write_episode(root / "episode_0003", FRANKA, Episode(seed=3, duration_s=1.6, metadata={
-        "task": "pick_place", "success": None, "status": "recovered", "extra": {"stop_reason": "interrupted"}}))
-    write_episode(root / "episode_0004", UR5E, Episode(seed=4, metadata={"task": "pick_place", "success": False, "status": "complete"}))
-    killed = root / "episode_0005"  # `ros2 bag record` killed: no metadata.yaml, the MCAP without its end
-    write_episode(killed, FRANKA, Episode(seed=5, metadata=None))
-    (killed / "metadata.yaml").unlink()
-    mcap = next(killed.glob("*.mcap"))
-    mcap.write_bytes(mcap.read_bytes()[: int(mcap.stat().st_size * 0.6)])
-    write_episode(root / "episode_0006", UR5E, Episode(seed=6, metadata={"task": "place_upright", "success": True, "status": "complete"}))
-    write_episode(root / "episode_0007", FRANKA, Episode(seed=7, state_start_s=0.4, state_end_s=0.9))  # the arm's driver died
-    (root / "calibration").mkdir()
-    (root / "calibration" / "franka_zed.yaml").write_text("parent: fr3_link0\n")
-    return root, truth
+    return root, write_lab(root)
 
 
 @pytest.fixture(scope="module")
@@ -267,8 +248,9 @@ def test_train_eval_and_annotate_errors_are_one_line(built, tmp_path, capsys):
 
 @pytest.mark.parametrize("layout", [FRANKA, UR5E], ids=lambda layout: layout.rig)
 def test_frames_depth_holes_and_calibration_read_back(layout, tmp_path):
-    """What the drivers wrote: bgra8 colour, 32FC1 depth with NaN / +-inf or 16UC1 with 0 as
-    no reading: every hole stays invalid), the calibration from /tf_static, the state in the base frame."""
+    """What the drivers wrote: bgra8 colour, 32FC1 depth with NaN / +-inf holes or 16UC1 with
+    0 as no reading (every hole stays invalid), the calibration from /tf_static, the state in
+    the base frame."""
     from kil.data.builder import recording_graph
     from kil.data.episode_streams import read_streams
     from kil.geometry import pose_to_matrix
