@@ -68,7 +68,7 @@ def test_real_franka_and_ur5e_recordings_build_without_a_graph(lab, built):
     assert "kept     episode_0000:" in lines["episode_0000"] and "trimmed 8 leading and 0 trailing camera frames" in lines["episode_0000"]
     assert "trimmed 8 leading and 0 trailing" in lines["episode_0001"]
     assert "trimmed 3 leading and 7 trailing" in lines["episode_0002"]
-    assert "excluded episode_0003: recovered from a killed or cut recording" in lines["episode_0003"]
+    assert "excluded episode_0003: recovered from a killed or cut recording (partial); success unknown (success: null)" in lines["episode_0003"]
     assert "excluded episode_0004: unsuccessful (success: false" in lines["episode_0004"]
     assert "excluded episode_0005: recovered" in lines["episode_0005"]  # recovered as the README says, then left out
     assert list((root / "episode_0005").glob("*.mcap.partial")) and (root / "episode_0005" / "metadata.yaml").is_file()

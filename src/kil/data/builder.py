@@ -43,6 +43,7 @@ log = logging.getLogger("kil.dataset")
 
 KEYPOINT_SOURCES = ("image", "oracle")
 CACHE_DIR = ".kil_cache"  # inside the episodes directory
+ALIGNMENT = "trimmed-2"  # which frames an episode's alignment picks (a cache of other frames is not reused)
 
 
 @dataclass(frozen=True)
@@ -125,28 +126,25 @@ def scan_episodes(episodes_dir: Path) -> tuple[list[Path], dict[str, str]]:
     return episodes, ignored
 
 
-def episode_dirs(episodes_dir: Path) -> list[Path]:
-    """The episode directories below `episodes_dir` (see `scan_episodes`)."""
-    return scan_episodes(Path(episodes_dir))[0]
-
-
 def exclusion(metadata: EpisodeMetadata | None, recovered: bool, task: str) -> str | None:
-    """Why an episode is not a demonstration of `task` to train on, or None. An episode
-    without kil_episode.yaml (a plain `ros2 bag record`) is taken as the lab recorded it."""
+    """Why an episode is not a demonstration of `task` to train on (every reason, "; "
+    between them), or None. An episode without kil_episode.yaml (a plain `ros2 bag record`)
+    is taken as the lab recorded it."""
     if metadata is not None and metadata.task != task:
         return f"task {metadata.task!r}, not {task!r}"
+    reasons = []
     if metadata is not None and metadata.status == "failed":
-        return f"the recording failed ({metadata.extra.get('recorder_error', 'recorder error')})"
+        reasons.append(f"the recording failed ({metadata.extra.get('recorder_error', 'recorder error')})")
     if recovered or (metadata is not None and metadata.status == "recovered"):
-        return "recovered from a killed or cut recording (partial)"
+        reasons.append("recovered from a killed or cut recording (partial)")
     if metadata is not None and metadata.status == "recording":
-        return "never saved (kil_episode.yaml status: recording)"
+        reasons.append("never saved (kil_episode.yaml status: recording)")
     if metadata is not None and metadata.success is False:
         reason = metadata.extra.get("stop_reason")
-        return f"unsuccessful (success: false{', ' + str(reason) if reason else ''})"
+        reasons.append(f"unsuccessful (success: false{', ' + str(reason) if reason else ''})")
     if metadata is not None and metadata.success is None:
-        return "success unknown (success: null in kil_episode.yaml)"
-    return None
+        reasons.append("success unknown (success: null)")
+    return "; ".join(reasons) or None
 
 
 class KeypointSource:
@@ -166,7 +164,8 @@ class KeypointSource:
 
     def _cache_key(self) -> str:
         parts = {"source": self.config.keypoints, "spec": self.spec.fingerprint(), "names": self.layout.names,
-                 "rate_hz": self.config.rate_hz, "similarity": self.config.similarity_vectors}
+                 "rate_hz": self.config.rate_hz, "similarity": self.config.similarity_vectors,
+                 "alignment": ALIGNMENT}
         if self.config.keypoints == "image":
             from kil.perception.features.base import load_config, resolve_weights
 
