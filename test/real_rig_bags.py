@@ -115,6 +115,7 @@ class Layout:
     pose_hz: float = 50.0
     joints_hz: float = 30.0
     joints_own_stamps: bool = True  # a separate publisher (joint_state_publisher) with stamps of its own
+    split_joint_states: bool = False  # two publishers on joint_states: the arm's broadcaster (pose rate), the gripper's node
     command_hz: float = 100.0
     width: int = 336
     height: int = 188
@@ -277,7 +278,17 @@ def write_episode(path: Path, layout: Layout, episode: Episode = Episode()) -> d
                             _joints(layout, ns(t), t)))
     if layout.joints_own_stamps:  # joint_state_publisher: its own rate and clock phase
         for t in times(layout.joints_hz, episode.state_start_s + 0.011, episode.state_end_s):
-            records.append((ns(t) + int(rng.uniform(0.2e6, 2e6)), layout.joint_states, "sensor_msgs/msg/JointState", _joints(layout, ns(t), t)))
+            joints = _joints(layout, ns(t), t)
+            if layout.split_joint_states:  # this publisher: the gripper's joints only
+                n = len(layout.gripper_joints)
+                joints = {**joints, "name": joints["name"][-n:], "position": joints["position"][-n:]}
+            records.append((ns(t) + int(rng.uniform(0.2e6, 2e6)), layout.joint_states, "sensor_msgs/msg/JointState", joints))
+    if layout.split_joint_states:  # the arm's joint_state_broadcaster, with the pose's control loop
+        for t in times(layout.pose_hz, episode.state_start_s, episode.state_end_s):
+            joints = _joints(layout, ns(t), t)
+            n = len(layout.arm_joints)
+            joints = {**joints, "name": joints["name"][:n], "position": joints["position"][:n]}
+            records.append((ns(t) + int(rng.uniform(0.2e6, 1.5e6)), layout.joint_states, "sensor_msgs/msg/JointState", joints))
     for t in times(30.0, episode.state_start_s, episode.state_end_s):  # robot_state_publisher
         parent, child = layout.moving_link
         records.append((ns(t) + int(rng.uniform(0.5e6, 3e6)), "/tf", "tf2_msgs/msg/TFMessage",

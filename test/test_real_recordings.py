@@ -270,3 +270,21 @@ def test_frames_depth_holes_and_calibration_read_back(layout, tmp_path):
     assert frame.base_frame_id == layout.base_frame and frame.frame_id == layout.optical_frame
     state_t = (streams.obs_ns[3] - Episode().start_ns) / 1e9
     assert np.abs(streams.ee_position[3] - measured_pose(state_t, layout)[0]).max() < 0.01  # the latest state, <= 20 ms older
+
+
+def test_joint_states_from_two_publishers(tmp_path):
+    """/joint_states with the arm's broadcaster (pose rate, no finger joints) and the gripper's
+    node (30 Hz, finger joints only): each pose takes the newest message with the fingers."""
+    from kil.data.builder import recording_graph
+    from kil.data.episode_streams import read_streams
+    from real_rig_bags import measured_gripper
+
+    layout = replace(FRANKA, split_joint_states=True)
+    episode = tmp_path / "episode_0000"
+    write_episode(episode, layout, Episode(seed=4))
+    streams = read_streams(episode, recording_graph("franka"))
+    t = (streams.obs_ns - Episode().start_ns) / 1e9
+    assert len(t) > 30
+    far_from_the_change = np.abs(t - 2.1) > 0.05  # the 30 Hz gripper message may be up to 33 ms old
+    expected = np.array([measured_gripper(x) for x in t])
+    assert np.allclose(streams.gripper[far_from_the_change], expected[far_from_the_change])

@@ -74,6 +74,11 @@ class WireFormat:
     def from_ros(self, messages: Mapping[str, Any], options: Any, lookup: TransformLookup | None, receive_ns: int) -> Any:
         raise NotImplementedError
 
+    def completes(self, role: str, msg: Any, options: Any) -> bool:
+        """Whether `msg` of `role` can complete a message of this format (a topic with
+        several publishers carries some that cannot: e.g. /joint_states without the gripper)."""
+        return True
+
     @classmethod
     def input_roles(cls) -> tuple[Role, ...]:
         """Roles a subscriber matches by stamp (publish-only and latched companions excluded)."""
@@ -206,6 +211,10 @@ class RobotStateWire(WireFormat):
 
     def from_ros(self, messages: Mapping[str, Any], options: RobotStateOptions, lookup: TransformLookup | None, receive_ns: int) -> RobotState:
         return pose.robot_state_from_ros(messages["pose"], messages["joints"], options.gripper)
+
+    def completes(self, role: str, msg: Any, options: RobotStateOptions) -> bool:
+        # /joint_states may have several publishers (the arm's broadcaster, the gripper's node)
+        return role != "joints" or set(options.gripper_joints) <= {str(n) for n in msg.name}
 
 
 class ActionChunkWire(WireFormat):

@@ -301,11 +301,13 @@ def recover_episode(path: str | Path) -> int:
 
 def _hold_roles(spec: TopicSpec, by_role: dict[str, list[tuple[int, Any]]], max_age_ns: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(log time, role messages) for each message of the spec's first role that has, for
-    every other role, a message stamped at or before it and at most `max_age_ns` older."""
+    every other role, a message stamped at or before it and at most `max_age_ns` older (the
+    newest one that can complete it: see WireFormat.completes)."""
     roles = [r.name for r in spec.wire.input_roles()]
     others = {}
     for role in roles[1:]:
-        history = sorted(by_role.get(role, []), key=lambda item: _header_ns(item[1]))
+        usable = [(t, m) for t, m in by_role.get(role, []) if spec.wire.completes(role, m, spec.options)]
+        history = sorted(usable, key=lambda item: _header_ns(item[1]))
         others[role] = ([_header_ns(m) for _, m in history], [m for _, m in history])
     for log_time, msg in by_role.get(roles[0], []):
         stamp = _header_ns(msg)
