@@ -312,7 +312,8 @@ def test_launch_descriptions():
     bringup = get_launch_description_from_python_launch_file(str(ROOT / "launch" / "bringup.launch.py"))
     arguments = {a.name: a for a in bringup.get_launch_arguments()}
     assert {"rig", "graph", "task", "policy", "extraction", "set", "rviz", "drivers", "robot_ip", "fake_hardware"} <= set(arguments)
-    assert arguments["rig"].choices == ["franka", "ur5e", "sim"]
+    # any rig file: the shipped ones, one a lab adds to config/rigs/, or a path (checked by load_rig)
+    assert arguments["rig"].choices is None and "franka, ur5e, sim" in arguments["rig"].description
     record = get_launch_description_from_python_launch_file(str(ROOT / "launch" / "record_demos.launch.py"))
     record_arguments = {a.name: a for a in record.get_launch_arguments()}
     assert {"rig", "out", "teleop", "teleop_driver", "task", "variation", "seed", "set", "robot_ip", "use_sim_time"} <= set(record_arguments)
