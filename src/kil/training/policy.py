@@ -196,7 +196,8 @@ def train(run: RunConfig, dataset: str | Path, out: str | Path, device: str = "c
     rank, world = _distributed()
     # Every rank checks (so all stop together), then rank 0 alone writes the run.
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out: {out} exists and is not an empty directory (runs are never overwritten; use --resume to continue one)")
+        what = "is not empty" if out.is_dir() else "is a file"
+        raise ConfigError(f"--out: {out} exists and {what} (runs are never overwritten; use --resume to continue one)")
     check_creatable(out, "--out")
     Store.open(dataset).require_complete()  # before anything is written
     if world > 1:
