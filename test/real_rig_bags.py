@@ -119,6 +119,7 @@ class Layout:
     command_hz: float = 100.0
     width: int = 336
     height: int = 188
+    depth_stamp_offset_ns: int = 0  # a RealSense's aligned depth: its depth sensor's stamp, a few ms off the colour's
     static_links: tuple[tuple[str, str], ...] = ()  # robot_state_publisher's fixed joints
     moving_link: tuple[str, str] = ("", "")  # one of its moving joints, on /tf
 
@@ -212,7 +213,8 @@ def _image_msgs(layout: Layout, stamp: int, rgb: np.ndarray, depth: np.ndarray) 
         data, step = mm.tobytes(), w * 2
     else:
         data, step = depth.astype(np.float32).tobytes(), w * 4
-    depth_msg = {"header": _header(stamp, layout.optical_frame), "height": h, "width": w, "encoding": layout.depth_encoding,
+    depth_msg = {"header": _header(stamp + layout.depth_stamp_offset_ns, layout.optical_frame), "height": h, "width": w,
+                 "encoding": layout.depth_encoding,
                  "is_bigendian": 0, "step": step, "data": data}
     fx = 0.55 * w
     info = {"header": _header(stamp, layout.optical_frame), "height": h, "width": w, "distortion_model": "plumb_bob",

@@ -167,7 +167,7 @@ def test_plain_recordings_and_a_labs_own_rig_file(lab, tmp_path, capsys):
     rig_file = tmp_path / "mylab.yaml"
     rig_file.write_text(yaml.safe_dump(rig))
     layout = replace(FRANKA, rig="mylab", image="/cam/color/image_raw", depth="/cam/aligned_depth_to_color/image_raw",
-                     camera_info="/cam/color/camera_info", depth_encoding="16UC1")
+                     camera_info="/cam/color/camera_info", depth_encoding="16UC1", depth_stamp_offset_ns=3_000_000)  # a RealSense
     write_episode(tmp_path / "mylab" / "episode_0000", layout, Episode(seed=9))
     assert main(["build-dataset", str(tmp_path / "mylab"), *TASK, "--out", str(tmp_path / "ds2")]) == 1
     assert "kil_episode.yaml names rig 'mylab': rig: unknown rig 'mylab'" in capsys.readouterr().out

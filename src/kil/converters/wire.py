@@ -111,6 +111,9 @@ class RGBDWire(WireFormat):
         Role("depth", "sensor_msgs/msg/Image"),
         Role("camera_info", "sensor_msgs/msg/CameraInfo"),
     )
+    # The ZED stamps colour, depth and camera_info with one grab stamp; a RealSense's aligned
+    # depth carries its depth sensor's stamp, a few ms off the colour's. Well below a frame period.
+    sync_slop_s = 0.01
 
     def to_ros(self, msg: RGBD, factory: MessageFactory, options: RGBDOptions) -> Packet:
         rgb, depth, info = image.rgbd_to_ros(factory, msg, options.rgb_encoding, options.depth_encoding)
