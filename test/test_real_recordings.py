@@ -160,6 +160,12 @@ def test_plain_recordings_and_a_labs_own_rig_file(lab, tmp_path, capsys):
     assert "no kil_episode.yaml naming the rig it was recorded on; pass --rig" in capsys.readouterr().out
     assert main(["build-dataset", str(plain), *TASK, "--out", str(tmp_path / "ds1"), "--rig", "franka"]) == 0
     assert Store.open(tmp_path / "ds1").episode_names == ["episode_0000"]
+    # kil_episode.yaml written by hand, with only what the lab knows: a closed, successful UR5e demonstration
+    write_episode(plain / "episode_0001", UR5E, Episode(seed=9, metadata=None))
+    (plain / "episode_0001" / "kil_episode.yaml").write_text("rig: ur5e\nsuccess: true\n")
+    (plain / "episode_0000" / "kil_episode.yaml").write_text("rig: franka\ntask: pick_place\nsuccess: true\n")
+    assert main(["build-dataset", str(plain), *TASK, "--out", str(tmp_path / "ds1b")]) == 0
+    assert "from 2 episodes: 2 kept" in capsys.readouterr().out
 
     rig = yaml.safe_load((Path(__file__).parents[1] / "config" / "rigs" / "franka.yaml").read_text())
     rig["name"] = "mylab"

@@ -130,7 +130,7 @@ def exclusion(metadata: EpisodeMetadata | None, recovered: bool, task: str) -> s
     """Why an episode is not a demonstration of `task` to train on (every reason, "; "
     between them), or None. An episode without kil_episode.yaml (a plain `ros2 bag record`)
     is taken as the lab recorded it."""
-    if metadata is not None and metadata.task != task:
+    if metadata is not None and metadata.task and metadata.task != task:
         return f"task {metadata.task!r}, not {task!r}"
     reasons = []
     if metadata is not None and metadata.status == "failed":
@@ -385,7 +385,7 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
                 "keypoint_instance": source.layout.instance.tolist(), "keypoint_source": config.keypoints,
                 "feature_model": config.feature_model if config.keypoints == "image" else None,
                 "rate_hz": config.rate_hz, "horizon": config.horizon, "episodes": [],
-                "robot_type": (metadata.extra.get("robot") or metadata.rig) if metadata else None,
+                "robot_type": (metadata.extra.get("robot") if metadata else None) or (metadata.rig if metadata else None) or config.rig,
             })
         store.write_episode(data)
         kept[episode.name] = len(data)

@@ -24,14 +24,15 @@ class EpisodeMetadata:
     after a killed or cut recording is repaired, `failed` when the recorder process died
     (what it wrote is kept). Only `complete` episodes judged successful are demonstrations."""
 
-    task: str
-    rig: str
+    task: str = ""  # "" (a file written by hand without it): any task
+    rig: str = ""  # "" : the rig is named by whoever reads it (kil build-dataset --rig)
     variation: str = "in"
     seed: int | None = None
     success: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     distro: Literal["humble", "jazzy"] = "jazzy"
-    status: EpisodeStatus = "recording"
+    # kil's writers always set it; a file written by hand or by another tool is a closed recording
+    status: EpisodeStatus = "complete"
     kil_version: str = __version__
 
     def with_updates(self, **changes: Any) -> EpisodeMetadata:
