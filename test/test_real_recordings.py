@@ -294,3 +294,16 @@ def test_joint_states_from_two_publishers(tmp_path):
     far_from_the_change = np.abs(t - 2.1) > 0.05  # the 30 Hz gripper message may be up to 33 ms old
     expected = np.array([measured_gripper(x) for x in t])
     assert np.allclose(streams.gripper[far_from_the_change], expected[far_from_the_change])
+
+
+def test_a_rig_file_naming_other_gripper_joints_says_so(tmp_path):
+    """A Panda's joint names read with the FR3 rig file: the message names the joints it needs."""
+    from kil.data.builder import recording_graph
+    from kil.data.episode_streams import read_streams
+    from kil.errors import BagError
+
+    layout = replace(FRANKA, gripper_joints=("panda_finger_joint1", "panda_finger_joint2"))
+    write_episode(tmp_path / "episode_0000", layout, Episode(seed=5))
+    with pytest.raises(BagError, match=r"no complete robot state messages on /franka_robot_state_broadcaster/current_pose \+ /joint_states "
+                                       r"\(each pose needs a /joint_states message with the gripper joints \['fr3_finger_joint1', 'fr3_finger_joint2'\]"):
+        read_streams(tmp_path / "episode_0000", recording_graph("franka"))

@@ -530,8 +530,6 @@ def test_real_layout_episode_recorded_by_ros2_bag_record_builds(tmp_path, rig, c
     the recorder's ros2bag backend on the rig's record_topics: the recorder's exit status
     and bag are checked before the save, and kil build-dataset reads the episode with the
     rig's topic names (real receive times, streams starting when discovery allows)."""
-    import numpy as np
-
     from kil.cli import main
     from kil.data.episode import EpisodeMetadata, read_metadata
     from kil.data.episodes import EpisodeSession, Ros2BagProcess

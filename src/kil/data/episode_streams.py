@@ -135,7 +135,10 @@ def read_streams(episode: str | Path, graph: GraphSpec, rate_hz: float = 10.0, h
     labels = {RGBD: "camera", RobotState: "robot state", PoseCommand: "commands"}
     for cls, stream in ((RGBD, frames), (RobotState, states), (PoseCommand, targets)):
         if not stream:
-            raise BagError(f"{path}: no complete {labels[cls]} messages on {_ros_names(graph, names[cls])}")
+            spec = graph.topics[names[cls]]
+            needs = (f" (each pose needs a {spec.ros_topics['joints']} message with the gripper joints {list(spec.options.gripper_joints)} "
+                     f"stamped within {STATE_MAX_AGE_S} s before it)") if cls is RobotState else ""
+            raise BagError(f"{path}: no complete {labels[cls]} messages on {_ros_names(graph, names[cls])}{needs}")
     frame_ns = np.array([f.stamp_ns for f in frames], np.int64)
     state_ns = np.array([s.stamp_ns for s in states], np.int64)
     target_ns = np.array([t.stamp_ns for t in targets], np.int64)
