@@ -27,7 +27,7 @@ from helpers import (
 from kil.converters import image, keypoints, pose, trajectory
 from kil.converters.factory import TypestoreFactory, header_msg
 from kil.converters.typestore import DISTROS, ros2_typestore
-from kil.converters.wire import WIRE_FORMATS, RoleAssembler, TransformRouter
+from kil.converters.wire import WIRE_FORMATS, RoleAssembler, TransformRouter, pick_held
 from kil.errors import MessageError
 from kil.msgs import RGBD
 
@@ -378,6 +378,26 @@ def test_role_assembler_matches_header_stamps(factory, rng):
     assert approximate.add("pose", ee)["joints"] is late_joints  # 3 ms apart: within the slop
     far_joints = factory.new("sensor_msgs/msg/JointState", header=header_msg(factory, STAMP + 50_000_000, ""), name=["gripper"], position=[0.0])
     assert approximate.add("joints", far_joints) is None
+
+
+def test_held_joint_states_the_newest_usable_one_around_the_pose(factory, rng):
+    """A robot state's /joint_states from publishers of their own (WireFormat.held): the
+    newest message with the gripper joints, at most held_max_age_s old, up to 5 ms ahead."""
+    wire = WIRE_FORMATS[type(sample_state(rng))]
+    options = wire.options_class(gripper_joints=("finger1", "finger2"))
+    assert wire.held == ("joints",)
+
+    def joints(offset_ms: float, names=("finger1", "finger2")):
+        return factory.new("sensor_msgs/msg/JointState", header=header_msg(factory, STAMP + int(offset_ms * 1e6), ""),
+                           name=list(names), position=[0.0] * len(names))
+
+    max_age = int(wire.held_max_age_s * 1e9)
+    old, recent, arm_only, ahead, far_ahead = joints(-90), joints(-30), joints(-1, ("joint1",)), joints(3), joints(60)
+    usable = [m for m in (old, recent, arm_only, far_ahead) if wire.completes("joints", m, options)]
+    assert arm_only not in usable and wire.completes("pose", arm_only, options)
+    assert pick_held(usable, STAMP, max_age) is recent
+    assert pick_held([*usable, ahead], STAMP, max_age) is ahead  # 3 ms after the pose: the same control loop
+    assert pick_held([joints(-150), far_ahead], STAMP, max_age) is None
 
 
 def test_transform_router_static_then_dynamic(factory):

@@ -5,6 +5,7 @@ against the ROS 2 that scripts/test.sh finds, and skip, saying why, where there 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -558,3 +559,63 @@ def test_real_layout_episode_recorded_by_ros2_bag_record_builds(tmp_path, rig, c
     index = np.searchsorted(cmd_ns, e.stamp_ns[:, None] + np.arange(16)[None] * 100_000_000, side="right") - 1
     expected = np.array([p for _, p, _ in truth["command"]])[index]
     assert np.abs(e.action[..., :3] - expected).max() < 1e-6  # header stamps survive the replay
+
+
+@pytest.mark.ros
+def test_live_robot_state_from_a_real_frankas_joint_state_publishers(tmp_path):
+    """A kil node reading the robot state with the Franka rig's names, as franka_ros2 serves it:
+    the EE pose at 100 Hz, /joint_states from two publishers (the arm's broadcaster with the
+    pose's stamps and no finger joints; the gripper's at 30 Hz with stamps of its own, 7 ms
+    off). Every pose is completed with the newest usable finger joints (a held role), as in
+    the dataset, instead of being dropped for want of an exact stamp match."""
+    import rclpy
+    from rclpy.node import Node
+
+    from kil.converters.factory import RclpyFactory
+    from kil.converters.factory import header_msg
+    from kil.converters.pose import pose_command_from_ros, pose_stamped_msg
+    from kil.runtimes.ros2.node import qos_profile
+
+    graph = Path(__file__).parent / "data" / "state_echo_graph.yaml"
+    spec = tmp_path / "graphs.json"  # the node as bringup starts it, without the rig's drivers and calibration
+    spec.write_text(json.dumps([{"graph": str(graph), "namespace": "probe", "rig": "franka"}]))
+    launch = subprocess.Popen(["ros2", "launch", str(Path(__file__).parent / "data" / "graph_nodes.launch.py"), f"spec:={spec}"],
+                              env=_ros_env(), start_new_session=True)
+    rig = load_rig("franka")
+    factory = RclpyFactory()
+    rclpy.init()
+    node = Node("franka_state_probe")
+    echoes = []
+    node.create_subscription(factory.message_class("geometry_msgs/msg/PoseStamped"), "/toy/echo",
+                             lambda m: echoes.append(pose_command_from_ros(m)), qos_profile(load_graph(graph).topics["/toy/echo"].qos))
+    pose_pub = node.create_publisher(factory.message_class("geometry_msgs/msg/PoseStamped"), rig.ee_pose_topic, 10)
+    joints_pub = node.create_publisher(factory.message_class("sensor_msgs/msg/JointState"), rig.joint_states_topic, 10)
+    arm = [f"fr3_joint{i}" for i in range(1, 8)]
+    sent = []
+    try:
+        deadline = time.monotonic() + 60
+        while not pose_pub.get_subscription_count() and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        assert pose_pub.get_subscription_count(), "the kil node did not subscribe"
+        time.sleep(1.0)
+        for i in range(300):
+            stamp = node.get_clock().now().nanoseconds
+            if i % 3 == 0:
+                joints_pub.publish(factory.new("sensor_msgs/msg/JointState", header=header_msg(factory, stamp - 7_000_000, ""),
+                                               name=list(rig.gripper.joints), position=[0.04, 0.04]))
+            joints_pub.publish(factory.new("sensor_msgs/msg/JointState", header=header_msg(factory, stamp, ""), name=arm, position=[0.1] * 7))
+            pose_pub.publish(pose_stamped_msg(factory, stamp, rig.base_frame, np.array([0.5, 0.0, 0.3]), np.array([1.0, 0, 0, 0])))
+            sent.append(stamp)
+            rclpy.spin_once(node, timeout_sec=0.0)
+            time.sleep(0.01)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+        os.killpg(launch.pid, signal.SIGINT)
+        launch.wait(timeout=30)
+    assert len(echoes) >= 0.8 * len(sent), f"{len(echoes)} of {len(sent)} robot states came through"
+    assert {m.stamp_ns for m in echoes} <= set(sent)
+    assert all(abs(m.position[0] - 0.08) < 1e-9 for m in echoes)  # the fingers' sum

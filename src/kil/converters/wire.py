@@ -13,7 +13,7 @@ description may name them explicitly, e.g. the ZED wrapper's topics for an RGBD.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -66,6 +66,11 @@ class WireFormat:
     roles: ClassVar[tuple[Role, ...]]
     options_class: ClassVar[type] = NoOptions
     sync_slop_s: ClassVar[float] = 0.0
+    # Roles a live subscriber holds instead of matching by stamp: they come from publishers of
+    # their own (rates, stamps, several on one topic), and each message of the other roles
+    # takes the newest usable one (`completes`) stamped at most held_max_age_s before it (`pick_held`).
+    held: ClassVar[tuple[str, ...]] = ()
+    held_max_age_s: ClassVar[float] = 0.1
     stamped: ClassVar[bool] = True  # its ROS messages carry a header stamp (can be matched by time)
 
     def to_ros(self, msg: Any, factory: MessageFactory, options: Any) -> Packet:
@@ -204,7 +209,10 @@ class RobotStateWire(WireFormat):
     message_type = RobotState
     options_class = RobotStateOptions
     roles = (Role("pose", "geometry_msgs/msg/PoseStamped"), Role("joints", "sensor_msgs/msg/JointState"))
-    sync_slop_s = 0.005  # pose and joint_states come from two broadcasters of one control loop
+    sync_slop_s = 0.005  # a recording's pose and joint states of one control loop (kil's own, the UR's)
+    # Live, /joint_states comes from its own publisher(s): a joint_state_publisher at 30 Hz
+    # with stamps of its own (Franka), or the arm's broadcaster and the gripper's node on one topic.
+    held = ("joints",)
 
     def to_ros(self, msg: RobotState, factory: MessageFactory, options: RobotStateOptions) -> Packet:
         if len(options.gripper_joints) != 1 or options.gripper_scale != 1.0 or options.gripper_offset != 0.0:
@@ -368,6 +376,20 @@ WIRE_FORMATS: dict[type, WireFormat] = {
 def wire_format(message_type: type) -> WireFormat:
     """The wire format of a project message class."""
     return WIRE_FORMATS[message_type]
+
+
+HELD_LEAD_NS = 5_000_000  # a held message stamped up to 5 ms after the driving one still belongs to it
+
+
+def pick_held(candidates: Sequence[Any], stamp_ns: int, max_age_ns: int) -> Any | None:
+    """The newest of `candidates` (ROS messages with headers) stamped at most `max_age_ns`
+    before `stamp_ns` and HELD_LEAD_NS after it; None if there is none."""
+    best, best_ns = None, None
+    for msg in candidates:
+        t = _header_stamp(msg)
+        if stamp_ns - max_age_ns <= t <= stamp_ns + HELD_LEAD_NS and (best_ns is None or t > best_ns):
+            best, best_ns = msg, t
+    return best
 
 
 class RoleAssembler:

@@ -32,7 +32,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from kil.converters.factory import TypestoreFactory
 from kil.converters.pose import tf_message, transform_from_ros
 from kil.converters.typestore import ros2_typestore
-from kil.converters.wire import RoleAssembler, TransformRouter
+from kil.converters.wire import HELD_LEAD_NS, RoleAssembler, TransformRouter
 from kil.data.episode import METADATA_FILE, EpisodeMetadata, read_metadata, write_metadata
 from kil.errors import BagError, MessageError, TransformError
 from kil.graph import QoSSpec, TopicSpec
@@ -301,8 +301,9 @@ def recover_episode(path: str | Path) -> int:
 
 def _hold_roles(spec: TopicSpec, by_role: dict[str, list[tuple[int, Any]]], max_age_ns: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """(log time, role messages) for each message of the spec's first role that has, for
-    every other role, a message stamped at or before it and at most `max_age_ns` older (the
-    newest one that can complete it: see WireFormat.completes)."""
+    every other role, a message stamped at most `max_age_ns` before it (or HELD_LEAD_NS
+    after): the newest one that can complete it (WireFormat.completes), as a live node's
+    held roles (wire.pick_held), but knowing the whole recording."""
     roles = [r.name for r in spec.wire.input_roles()]
     others = {}
     for role in roles[1:]:
@@ -313,7 +314,7 @@ def _hold_roles(spec: TopicSpec, by_role: dict[str, list[tuple[int, Any]]], max_
         stamp = _header_ns(msg)
         group = {roles[0]: msg}
         for role, (stamps, msgs) in others.items():
-            i = bisect.bisect_right(stamps, stamp) - 1
+            i = bisect.bisect_right(stamps, stamp + HELD_LEAD_NS) - 1
             if i < 0 or stamp - stamps[i] > max_age_ns:
                 break
             group[role] = msgs[i]

@@ -121,7 +121,8 @@ def read_streams(episode: str | Path, graph: GraphSpec, rate_hz: float = 10.0, h
     wanted = [graph.topics[n] for n in (*names.values(), grip_topic, truth_topic) if n is not None]
     got: dict[str, list] = {t.name: [] for t in wanted}
     # The EE pose drives the robot state; the joint states (the gripper) are held from their own publisher.
-    for topic, _, msg in reader.messages(wanted, hold={names[RobotState]: STATE_MAX_AGE_S}):
+    state_wire = graph.topics[names[RobotState]].wire
+    for topic, _, msg in reader.messages(wanted, hold={names[RobotState]: state_wire.held_max_age_s}):
         got[topic].append(msg)
     frames: list[RGBD] = sorted(got[names[RGBD]], key=lambda m: m.stamp_ns)
     states: list[RobotState] = sorted(got[names[RobotState]], key=lambda m: m.stamp_ns)

@@ -15,7 +15,8 @@ wires the stage to ROS:
 * inputs: one subscriber per role of every port of a subscription; several are matched by
   header stamp with message_filters, then converted back to project messages. Ports the
   stage marks ``latest`` keep one message (a busy node takes the newest frame, not a queue
-  of old ones);
+  of old ones). A wire format's held roles (a robot's /joint_states, from publishers of
+  their own) are not matched: each message takes the newest usable one stamped before it;
 * a watchdog warns when a subscription has received nothing, naming the silent topics,
   their publisher counts and any QoS incompatibility (a silent message_filters otherwise);
 * time: the node's ROS clock (``use_sim_time`` follows /clock); a clock-driving stage (the
@@ -33,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from kil.converters.factory import RclpyFactory
+from kil.converters.factory import RclpyFactory, time_ns
 from kil.converters.gripper import GripperCommandOptions, GripperGoal, gripper_goal
 from kil.converters.keypoints import NamesNotReceived
 from kil.converters.pose import tf_message, transform_from_ros
-from kil.converters.wire import TransformRouter
+from kil.converters.wire import TransformRouter, pick_held
 from kil.errors import ConfigError, KilError, MessageError, TransformError
 from kil.graph import GraphSpec, NodeSpec, QoSSpec, TopicSpec, load_graph
 from kil.paths import graph_path
@@ -64,6 +65,7 @@ PROFILE_PARAM = "kil.profile"
 # parameters rclpy declares itself.
 RESERVED_FIELDS = frozenset({"kil", "use_sim_time", "qos_overrides", "start_type_description_service"})
 LATCHED_QOS = QoSSpec(durability="transient_local", depth=1)
+HELD_HISTORY = 256  # recent messages kept per held role (/joint_states at 500 Hz: half a second)
 SPIN_TIMEOUT_S = 0.1  # how often the spin loop looks at the stop flag
 WATCHDOG_PERIOD_NS = 1_000_000_000
 
@@ -210,6 +212,7 @@ class StageShell:
         self._publishers: dict[str, dict[str, Any]] = {}
         self._latched_sent: dict[tuple[str, str], Any] = {}  # (port, role) -> the latched message last published
         self._latched_in: dict[tuple[str, str], Any] = {}  # (topic, role) -> the latched message last received
+        self._held_in: dict[tuple[str, str], deque] = {}  # (topic, role) -> its recent usable messages (WireFormat.held)
         self._action_clients: dict[str, Any] = {}  # action name -> rclpy ActionClient (gripper goals)
         self._inputs: list[_Input] = []
         self._keep: list[Any] = []  # message_filters objects must outlive this method
@@ -474,6 +477,21 @@ class StageShell:
                 self._add_input(sub, callback)
         for topic_name in sorted(set(self.spec.subscribe.values())):
             self._add_latched_inputs(self.graph.topics[topic_name])
+            self._add_held_inputs(self.graph.topics[topic_name])
+
+    def _add_held_inputs(self, topic: TopicSpec) -> None:
+        """Keep the recent usable messages of each held role of a subscribed topic (a robot's
+        /joint_states, from publishers of their own): each message of the topic is completed
+        with the newest one stamped at most held_max_age_s before it (wire.pick_held)."""
+        for role in (r for r in topic.wire.roles if r.name in topic.wire.held):
+            history = self._held_in[(topic.name, role.name)] = deque(maxlen=HELD_HISTORY)
+
+            def keep(msg: Any, role: str = role.name, history: deque = history) -> None:
+                if topic.wire.completes(role, msg, topic.options):
+                    history.append(msg)
+
+            self.node.create_subscription(self.factory.message_class(role.ros_type), topic.ros_topics[role.name], keep,
+                                          qos_profile(topic.qos))
 
     def _add_latched_inputs(self, topic: TopicSpec) -> None:
         """Keep the newest message of each latched role of a subscribed topic (the keypoint
@@ -490,7 +508,7 @@ class StageShell:
         for port in sub.ports:
             topic = self.graph.topics[self.spec.subscribe[port]]
             depth = 1 if port in sub.latest else topic.qos.depth
-            for role in topic.wire.input_roles():
+            for role in (r for r in topic.wire.input_roles() if r.name not in topic.wire.held):
                 channels.append(_Channel(port, role.name, topic.ros_topics[role.name], role.ros_type, topic, depth))
         entry = _Input(sub, self._counted(callback), channels)
         self._inputs.append(entry)
@@ -542,6 +560,8 @@ class StageShell:
             for role in topic.wire.latched_roles():
                 if (topic.name, role.name) in self._latched_in:
                     group[role.name] = self._latched_in[(topic.name, role.name)]
+            if not self._complete_held(topic, group):
+                return
             try:
                 messages.append(topic.wire.from_ros(group, topic.options, self.lookup_transform, now))
             except NamesNotReceived:  # just started: the latched names are on their way
@@ -553,6 +573,22 @@ class StageShell:
                 self._warn_once(f"{topic.name}: {type(err).__name__}", f"dropping input on {topic.name}: {err}")
                 return
         entry.callback(*messages)
+
+    def _complete_held(self, topic: TopicSpec, group: dict[str, Any]) -> bool:
+        """Add each held role's message to `group`; False (logged once) while one has none."""
+        if not topic.wire.held:
+            return True
+        stamp = time_ns(next(iter(group.values())).header.stamp)
+        for role in topic.wire.held:
+            msg = pick_held(self._held_in[(topic.name, role)], stamp, int(topic.wire.held_max_age_s * 1e9))
+            if msg is None:
+                if f"held:{topic.name}" not in self._warned:  # at start-up the first poses come before any joint state
+                    self._warned.add(f"held:{topic.name}")
+                    self.node.get_logger().info(f"{topic.name}: waiting for {topic.ros_topics[role]} stamped within "
+                                                f"{topic.wire.held_max_age_s} s of it")
+                return False
+            group[role] = msg
+        return True
 
     def _check_inputs(self) -> None:
         """Warn (once per cause) about subscriptions that have never fired within the timeout
