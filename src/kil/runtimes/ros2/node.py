@@ -213,6 +213,7 @@ class StageShell:
         self._latched_sent: dict[tuple[str, str], Any] = {}  # (port, role) -> the latched message last published
         self._latched_in: dict[tuple[str, str], Any] = {}  # (topic, role) -> the latched message last received
         self._held_in: dict[tuple[str, str], deque] = {}  # (topic, role) -> its recent usable messages (WireFormat.held)
+        self._held_missing: set[str] = set()  # topics whose messages were dropped for want of a held role's
         self._action_clients: dict[str, Any] = {}  # action name -> rclpy ActionClient (gripper goals)
         self._inputs: list[_Input] = []
         self._keep: list[Any] = []  # message_filters objects must outlive this method
@@ -582,6 +583,7 @@ class StageShell:
         for role in topic.wire.held:
             msg = pick_held(self._held_in[(topic.name, role)], stamp, int(topic.wire.held_max_age_s * 1e9))
             if msg is None:
+                self._held_missing.add(topic.name)
                 if f"held:{topic.name}" not in self._warned:  # at start-up the first poses come before any joint state
                     self._warned.add(f"held:{topic.name}")
                     self.node.get_logger().info(f"{topic.name}: waiting for {topic.ros_topics[role]} stamped within "
@@ -609,6 +611,13 @@ class StageShell:
                 detail = f"incompatible QoS ({problems[0]})" if problems else f"{len(infos)} publisher(s)"
                 self._warn_once(f"silent:{c.ros_topic}", f"nothing received on {c.ros_topic} ({c.port}): {detail}")
             if all(entry.received[i] for i in range(len(entry.channels))):
+                starved = [c.topic for c in entry.channels if c.topic.name in self._held_missing]
+                if starved:  # the held role (a robot's /joint_states) never had a usable message
+                    t = starved[0]
+                    held = " + ".join(t.ros_topics[r] for r in t.wire.held)
+                    self._warn_once(f"held:{entry.subscription.method}", f"messages arrive on {entry.channels[0].ros_topic} but {held} had none "
+                                    f"usable stamped within {t.wire.held_max_age_s} s of them (silent, or without the joints its options name)")
+                    continue
                 topics = ", ".join(c.ros_topic for c in entry.channels)
                 self._warn_once(f"unmatched:{entry.subscription.method}", f"messages arrive on {topics} but their header stamps never match")
 
