@@ -12,9 +12,9 @@ Topics are read with the names of the rig an episode was recorded on (its kil_ep
 or `rig`), derived from the rig file (`config/graphs/rig_recording.yaml` + the rig's
 names), or with an explicit graph description. Every directory is accounted for: kept
 (possibly trimmed at its start and end), excluded (not a saved, successful demonstration:
-failed, `success` unknown, unsaved, recovered or failed recordings, another task; kept with
-`include_unsuccessful`), broken (unreadable, missing topics, streams that do not overlap)
-or ignored (not a recording). Setup problems (output directory, weights, graph, rig, spec)
+unsuccessful, `success` unknown, never saved, recovered, its recorder failed, or another
+task's; all but the last kept with `include_unsuccessful`), broken (unreadable, missing
+topics, streams that do not overlap) or ignored (not a recording). Setup problems (output directory, weights, graph, rig, spec)
 are one-line errors before any episode is read; a build that keeps no episode is an error.
 """
 
