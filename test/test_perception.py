@@ -157,6 +157,30 @@ def test_depth_read_ignores_invalid_values_and_reports_invisible():
         assert not visible.any() and np.isnan(xyz).all()
 
 
+def test_depth_read_at_an_edge_takes_one_surface_or_none():
+    """An invalid seam between an object (0.5 m) and the background (2.0 m), as real RGB-D
+    cameras leave along edges: a keypoint on it takes the surface of its nearest readings,
+    or is invisible when they are on both; never the 1.25 m between them (a point in mid-air)."""
+    depth = np.full((20, 20), 2.0, np.float32)
+    depth[:, :10] = 0.5
+    depth[:, 10] = np.nan  # a one-pixel seam
+    depth[:, 11:13] = np.nan  # widening to three pixels in the lower half
+    depth[:10, 11:13] = 2.0
+    got = read_depth(depth, np.array([[10, 5], [10, 15], [11, 15], [12, 15], [0, 3], [19, 19], [9, 0]]), radius=3)
+    assert np.isnan(got[0]) and np.isnan(got[2])  # object and background equally near: on the seam, neither for sure
+    assert got[1] == pytest.approx(0.5)  # nearer the object
+    assert got[3] == pytest.approx(2.0)  # nearer the background
+    assert got[4] == pytest.approx(0.5) and got[5] == pytest.approx(2.0) and got[6] == pytest.approx(0.5)  # valid pixels, partial windows
+    corner = np.full((8, 8), np.nan, np.float32)
+    corner[0, 2], corner[2, 0] = 0.6, 1.8  # a partial window at the image corner, both surfaces 2 px away
+    assert np.isnan(read_depth(corner, np.array([[0, 0]]), radius=3)[0])
+    corner[1, 1] = 0.62  # a reading one pixel away: its surface
+    assert read_depth(corner, np.array([[0, 0]]), radius=3)[0] == pytest.approx(0.62)
+    sloped = np.linspace(0.9, 1.1, 20, dtype=np.float32)[None].repeat(20, 0)  # one tilted surface: no edge inside
+    sloped[10, 10] = np.nan
+    assert read_depth(sloped, np.array([[10, 10]]), radius=3)[0] == pytest.approx(sloped[10, 9:12:2].mean(), abs=1e-6)
+
+
 # ---------------------------------------------------------------- reference spec
 
 

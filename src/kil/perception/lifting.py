@@ -30,13 +30,39 @@ def depth_in_metres(depth: np.ndarray) -> np.ndarray:
     return metres
 
 
+EDGE_GAP_M = 0.02  # depth readings further apart than this (or EDGE_GAP_REL of the depth) lie on different surfaces
+EDGE_GAP_REL = 0.03
+
+
+def surface_depth(values: np.ndarray, distances: np.ndarray) -> float:
+    """The depth of the surface a pixel without a reading of its own belongs to, from the
+    valid readings around it: `values` (M,) metres and their `distances` (M,) to the pixel.
+
+    Readings split into surfaces at depth jumps (> EDGE_GAP_M and > EDGE_GAP_REL of the
+    depth); the surface of the nearest reading counts, its median is the depth. When the
+    nearest readings lie on different surfaces (a pixel on an invalid seam between an
+    object and the background) the pixel belongs to neither for sure: NaN. Never a depth
+    between two surfaces, which is a point in mid-air.
+    """
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    jumps = np.diff(sorted_values) > np.maximum(EDGE_GAP_M, EDGE_GAP_REL * sorted_values[:-1])
+    surface = np.empty(len(values), np.int64)
+    surface[order] = np.concatenate([[0], np.cumsum(jumps)])
+    nearest = surface[distances <= distances.min() + 1e-9]
+    if np.any(nearest != nearest[0]):
+        return float("nan")
+    return float(np.median(values[surface == nearest[0]]))
+
+
 def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray:
     """Depth at each pixel, (N,) metres, NaN where none is valid within `radius` pixels.
 
     depth: (H, W) float metres (NaN, +-inf and <= 0 invalid); uv: (N, 2) pixels (u, v).
-    The centre pixel is used when valid; otherwise the median of the valid readings in the
-    smallest window (3x3, 5x5, ...) holding any. Growing the window only as far as needed keeps
-    a point near an object's edge on the object instead of averaging it with the background.
+    The centre pixel is used when valid; otherwise the smallest window (3x3, 5x5, ...)
+    holding valid readings gives the depth of the surface the pixel belongs to
+    (`surface_depth`): at an object's edge, the object or the background, never a depth
+    between them; NaN when the pixel lies on a seam between the two.
     """
     H, W = depth.shape
     out = np.full(len(uv), np.nan, np.float32)
@@ -47,10 +73,13 @@ def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray
         if not (0 <= x < W and 0 <= y < H):
             continue
         for r in range(radius + 1):
-            window = depth[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1]
-            valid = window[np.isfinite(window) & (window > 0)]
-            if valid.size:
-                out[k] = np.median(valid)
+            y0, x0 = max(y - r, 0), max(x - r, 0)
+            window = depth[y0: y + r + 1, x0: x + r + 1]
+            valid = np.isfinite(window) & (window > 0)
+            if valid.any():
+                rows, cols = np.nonzero(valid)
+                distances = np.hypot(rows + y0 - y, cols + x0 - x)
+                out[k] = surface_depth(window[valid], distances)
                 break
     return out
 
