@@ -58,8 +58,43 @@ def test_fast_matcher_is_exact_on_random_feature_maps(shape):
     features = rng.standard_normal((B, C, h, w)).astype(np.float32)
     refs = rng.standard_normal((6, C)).astype(np.float32)
     fast = Matcher(refs).similarity(features, (H, W))
-    np.testing.assert_allclose(fast.numpy(), naive_similarity(refs, features, (H, W)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(fast, naive_similarity(refs, features, (H, W)).numpy(), atol=1e-5)
     assert_same_matches(refs, features, (H, W))
+
+
+@pytest.mark.parametrize("sizes", [(6, 8, 48, 64), (30, 40, 480, 640), (90, 120, 480, 640)])
+def test_scores_stay_cosines_where_neighbouring_features_cancel(sizes):
+    """Neighbouring patch features of opposite sign (a checkerboard, plus near-exact
+    cancellation along one column): interpolated vectors shrink towards zero between them,
+    where a Gram expansion with mismatched or rounded weights gives scores far outside
+    [-1, 1]. Every score is a cosine, within 2e-6 of the float64 truth, and equal to the
+    naive float32 computation within 1e-5 wherever that one is itself within 5e-6 of the
+    truth (next to an exact zero crossing the naive path's own rounding dominates)."""
+    h, w, H, W = sizes
+    rng = np.random.default_rng(h)
+    C = 32
+    base = rng.standard_normal(C).astype(np.float32)
+    sign = np.where((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    features = (base[:, None, None] * sign[None] * rng.uniform(0.5, 2.0, (1, h, w)) + 1e-3 * rng.standard_normal((C, h, w)))
+    features[:, :, 2] = -features[:, :, 1] * (1 + 1e-6)  # a column of near-exact cancellation
+    features = features[None].astype(np.float32)
+    refs = np.concatenate([base[None], rng.standard_normal((5, C))]).astype(np.float32)
+    fast = Matcher(refs).similarity(features, (H, W))
+    naive = naive_similarity(refs, features, (H, W)).numpy()
+    up = torch.nn.functional.interpolate(torch.from_numpy(features).double(), size=(H, W), mode="bilinear", align_corners=False)
+    unit = torch.from_numpy(refs).double()
+    truth = torch.einsum("nc,bchw->bnhw", unit / unit.norm(dim=1, keepdim=True), up / up.norm(dim=1, keepdim=True)).numpy()
+    assert np.abs(fast).max() <= 1.0
+    assert np.abs(fast - truth).max() <= 2e-6
+    meaningful = np.abs(naive - truth) <= 5e-6
+    assert meaningful.mean() > 0.999
+    assert np.abs(fast - naive)[meaningful].max() <= 1e-5
+    matches = Matcher(refs).match(features, (H, W))
+    assert np.abs(matches.score).max() <= 1.0
+    best = truth.reshape(1, len(refs), -1).max(2)
+    np.testing.assert_allclose(matches.score, best, atol=2e-6)
+    u, v = matches.uv[0].astype(int).T
+    assert (truth[0, np.arange(len(refs)), v, u] >= best[0] - 2e-6).all()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -71,7 +106,7 @@ def test_pruned_search_is_exact_on_smooth_feature_maps(seed):
 
     features, refs = synthetic_features("smooth", 64, 24, 32, 6, seed=seed)
     matcher = Matcher(refs)
-    terms = _patch_terms(matcher.references, features)
+    terms = _patch_terms(matcher.references, features.contiguous())
     assert _search_frame(terms, 0, _axis(240, 24), _axis(320, 32), 320) is not None  # pruned, not dense
     assert_same_matches(refs, features, (240, 320))
 
@@ -542,3 +577,70 @@ def test_features_node_rate_limits_by_stamp_and_survives_stamps_going_back(tmp_p
     for k in range(30):
         node.on_frame(frame(210.0 + k / 15))
     assert len(io.published) == 10
+
+
+# ---------------------------------------------------------------- verification and visibility
+
+
+def test_geometric_verification_takes_the_candidate_that_keeps_the_object_together():
+    """Four keypoints of one object, moved by a similarity transform (scaled 1.3, turned 40
+    deg, shifted). One keypoint's best match jumped to clutter 120 px away; its true place
+    is its third candidate: verification takes that one. A keypoint with no agreeing
+    candidate is rejected; with fewer than three agreeing keypoints everything is."""
+    from kil.perception.verification import verify_object
+
+    reference = np.array([[100.0, 100.0], [110.0, 100.0], [100.0, 112.0], [111.0, 113.0]])
+    angle, scale, shift = np.radians(40), 1.3, np.array([250.0, 80.0])
+    R = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    true = reference @ R.T + shift
+    rng = np.random.default_rng(0)
+    candidates = true[:, None, :] + rng.uniform(40, 200, (4, 3, 2))  # other places: far off
+    candidates[:, 0] = true + rng.uniform(-1, 1, (4, 2))
+    candidates[2, 0] = true[2] + [120.0, -15.0]  # its best match is on clutter...
+    candidates[2, 2] = true[2] + [0.5, -0.5]  # ...its true place is the third candidate
+    scores = np.array([[0.95, 0.6, 0.5], [0.93, 0.55, 0.5], [0.97, 0.7, 0.8], [0.9, 0.5, 0.4]])
+    usable = np.ones_like(scores, bool)
+    np.testing.assert_array_equal(verify_object(reference, candidates, scores, usable), [0, 0, 2, 0])
+
+    lost = candidates.copy()
+    lost[3] = true[3] + [90.0, 90.0]  # nothing near its place: rejected, the others kept
+    np.testing.assert_array_equal(verify_object(reference, lost, scores, usable), [0, 0, 2, -1])
+
+    scattered = true[:, None, :] + rng.uniform(60, 300, (4, 3, 2))  # hidden object: clutter only
+    scattered[0, 0] = true[0]
+    scattered[1, 0] = true[1]
+    assert (verify_object(reference, scattered, scores, usable) == -1).all()
+    assert (verify_object(reference, candidates, scores, np.zeros_like(usable)) == -1).all()
+
+
+def test_visibility_threshold_calibration_reaches_the_asked_precision():
+    from kil.perception.calibration import calibrate_min_score
+
+    rng = np.random.default_rng(0)
+    seen = rng.uniform(0.7, 1.0, 400)
+    hidden = rng.uniform(0.2, 0.8, 100)  # overlaps the seen ones between 0.7 and 0.8
+    score = np.concatenate([seen, hidden])
+    is_hidden = np.r_[np.zeros(400, bool), np.ones(100, bool)]
+    other = np.zeros(500, bool)
+    result = calibrate_min_score(score, is_hidden, other, 0.9)
+    flagged = score < result.threshold
+    assert (flagged & is_hidden).sum() / flagged.sum() >= 0.9
+    assert result.recall == pytest.approx((flagged & is_hidden).sum() / 100)
+    assert 0.7 < result.threshold <= 0.8 and result.recall > 0.8
+    # flags raised by verification count: here they are all wrong, so no threshold is needed to reach 0.9
+    strict = calibrate_min_score(score, is_hidden, np.r_[np.zeros(400, bool), np.ones(100, bool)], 0.9)
+    assert strict.recall == 1.0 and strict.threshold <= result.threshold
+    with pytest.raises(ValueError, match="no hidden keypoint"):
+        calibrate_min_score(seen, np.zeros(400, bool), np.zeros(400, bool))
+
+
+def test_calibrated_threshold_is_written_into_the_model_config(tmp_path):
+    from kil.perception.calibration import write_min_score
+
+    config = tmp_path / "net.yaml"
+    config.write_text("# my model\nbackend: descriptor_net\nweights: net.safetensors  # keep\n")
+    write_min_score(config, 0.61234, "calibrated")
+    write_min_score(config, 0.7, "calibrated again")
+    text = config.read_text()
+    assert text.count("min_score") == 1 and "min_score: 0.7000  # calibrated again" in text and "# keep" in text
+    assert yaml.safe_load(text)["min_score"] == 0.7

@@ -1,119 +1,169 @@
-"""Keypoint quality on held-out simulated frames with ground truth.
+"""Keypoint quality on held-out simulated frames with ground truth, through the detector the
+keypoints node and the dataset builder use (matching, geometric verification, calibrated
+visibility, lifting).
 
-Per task, one reference frame (variation `in`) gives the reference keypoints: the true named
-points of the task object and the fixture, where visible. Each evaluation frame (variations
-in, obj, scene; seeds disjoint from training and from the reference) is matched with a
-backend; a keypoint counts where the truth sees it. Reported per backend and variation: the
-share of keypoints within 5 and 10 px of the truth, the median pixel error, and the median
-3D error in mm after lifting with the frame's depth (a keypoint without valid depth counts
-as a failure in every figure).
+Per task, one reference frame (variation `in`, arm away) gives the reference keypoints: the
+true named points of the task objects and the fixture, where visible. Evaluation frames
+(variations in, obj, scene; seeds disjoint from training, calibration and the reference)
+cycle the arm through away / between the camera and an object (hiding some or all of its
+points) / anywhere. Reported per backend, variation and keypoint:
+
+- pixel and 3-D error (median, p90, max) of the keypoints the truth sees and the detector
+  reports visible, and the share of truly visible ones the detector dropped;
+- visibility: precision and recall of `visible=false` for the keypoints the truth does not
+  see (hidden by the arm, the gripper or clutter, or out of view).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from kil.perception.lifting import lift
-from kil.perception.matching import Matcher, sample_descriptors
+from kil.perception.keypoints import DetectorConfig, KeypointDetector, ReferenceSet
+from kil.perception.matching import sample_descriptors
+from kil.sim.truth import TruthFrame, render_truth_frame
 
 EVAL_SEED_BASE = 700_000  # disjoint from training views (500_000+) and the expert benchmark
+CALIBRATION_SEED_BASE = 800_000  # frames `kil keypoints calibrate` fits thresholds on
 REFERENCE_SEED = 699_999
+ARM_CYCLE = ("away", "occluding", "random")
 
 
-@dataclass(frozen=True)
-class TruthFrame:
-    """A rendered frame with its true keypoints: names; uv (N, 2) px; xyz (N, 3) m; visible (N,)."""
+def truth_frames(tasks: list[str], variations: list[str], frames: int, seed_base: int, robot: str = "panda",
+                 progress=None) -> tuple[dict[str, TruthFrame], list[TruthFrame]]:
+    """(one reference frame per task, `frames` frames per task and variation, the arm
+    cycling through ARM_CYCLE)."""
+    references, out = {}, []
+    for t, task in enumerate(tasks):
+        references[task] = render_truth_frame(task, "in", REFERENCE_SEED - t, robot)
+        if progress:
+            progress()
+        for v, variation in enumerate(variations):
+            for i in range(frames):
+                out.append(render_truth_frame(task, variation, seed_base + 10_000 * v + 100 * t + i, robot, ARM_CYCLE[i % len(ARM_CYCLE)]))
+                if progress:
+                    progress()
+    return references, out
 
-    task: str
-    variation: str
-    seed: int
-    rgb: np.ndarray
-    depth: np.ndarray
-    K: np.ndarray
-    T_base_camera: np.ndarray
-    names: tuple[str, ...]
-    uv: np.ndarray
-    xyz: np.ndarray
-    visible: np.ndarray
 
-
-def render_truth_frame(task: str, variation: str, seed: int, robot: str = "panda") -> TruthFrame:
-    from kil.sim.episode import make_world
-
-    world = make_world(task, robot, variation, seed)
-    try:
-        rgb, depth = world.render()
-        truth = world.projected_keypoints(depth)
-        return TruthFrame(task, variation, seed, rgb, depth, world.K.copy(), world.T_base_camera.copy(),
-                          truth.names, truth.uv, truth.xyz, truth.visible)
-    finally:
-        world.close()
+def truth_references(extractor, reference: TruthFrame) -> tuple[ReferenceSet, list[int]]:
+    """The reference set of a truth frame's visible keypoints (one group per object) and
+    their indices into the frame's keypoint list."""
+    keep = np.flatnonzero(reference.visible)
+    descriptors = sample_descriptors(extractor.extract(reference.rgb)[0], reference.uv[keep], reference.rgb.shape[:2])
+    names = tuple(reference.names[i] for i in keep)
+    return ReferenceSet(names, reference.instance[keep].astype(np.int32), descriptors.astype(np.float32), extractor.name,
+                        reference.uv[keep].astype(np.float64), reference.instance[keep], extractor.config.min_score), list(keep)
 
 
 @dataclass
-class Errors:
-    pixel: list[float]
-    metres: list[float]
+class Observations:
+    """Per detected keypoint of the evaluated frames (flat lists)."""
 
-    def row(self) -> list[str]:
-        px, mm = np.array(self.pixel), np.array(self.metres) * 1000
-        if len(px) == 0:
-            return ["0", "-", "-", "-", "-"]
-        return [str(len(px)), f"{np.mean(px <= 5) * 100:.0f}%", f"{np.mean(px <= 10) * 100:.0f}%", f"{np.median(px):.1f}", f"{np.median(mm):.0f}"]
+    variation: list[str] = field(default_factory=list)
+    name: list[str] = field(default_factory=list)
+    truly_visible: list[bool] = field(default_factory=list)
+    reported_visible: list[bool] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    verified: list[bool] = field(default_factory=list)  # kept by the geometric verification
+    has_depth: list[bool] = field(default_factory=list)
+    pixel: list[float] = field(default_factory=list)  # error of the reported place (inf where the truth is out of view)
+    metres: list[float] = field(default_factory=list)  # 3-D error (inf without a lifted point)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
 
 
-def score_backend(extractor, references: dict[str, TruthFrame], frames: list[TruthFrame]) -> dict[str, Errors]:
-    """Errors per variation of one feature backend."""
-    out: dict[str, Errors] = {}
-    matchers = {}
+def observe(extractor, references: dict[str, TruthFrame], frames: list[TruthFrame], detector_config: DetectorConfig = DetectorConfig(),
+            progress=None) -> Observations:
+    """Run the detector on every frame and compare with the truth."""
+    detectors = {}
     for task, ref in references.items():
-        keep = np.flatnonzero(ref.visible)
-        descriptors = sample_descriptors(extractor.extract(ref.rgb)[0], ref.uv[keep], ref.rgb.shape[:2])
-        matchers[task] = (Matcher(descriptors), [ref.names[i] for i in keep])
+        ref_set, _ = truth_references(extractor, ref)
+        detectors[task] = KeypointDetector(ref_set, detector_config)
+    out = Observations()
     for frame in frames:
-        matcher, names = matchers[frame.task]
-        found = matcher.match(extractor.extract(frame.rgb), frame.rgb.shape[:2])
-        xyz, has_depth = lift(found.uv[0], frame.depth, frame.K, frame.T_base_camera)
-        errors = out.setdefault(frame.variation, Errors([], []))
-        for k, name in enumerate(names):
+        detector = detectors[frame.task]
+        rgbd = frame.rgbd()
+        keypoints, reasons = detector.detect_with_reasons([rgbd], extractor.extract(frame.rgb))[0]
+        for k, name in enumerate(keypoints.names):
             i = frame.names.index(name)
-            if not frame.visible[i]:
-                continue
-            errors.pixel.append(float(np.linalg.norm(found.uv[0, k] - frame.uv[i])))
-            errors.metres.append(float(np.linalg.norm(xyz[k] - frame.xyz[i])) if has_depth[k] else np.inf)
+            inside = bool(np.any(frame.uv[i] != 0))
+            out.variation.append(frame.variation)
+            out.name.append(name)
+            out.truly_visible.append(bool(frame.visible[i]))
+            out.reported_visible.append(bool(keypoints.visible[k]))
+            out.score.append(float(keypoints.score[k]))
+            out.verified.append(bool(reasons.verified[k]))
+            out.has_depth.append(bool(reasons.has_depth[k]))
+            out.pixel.append(float(np.linalg.norm(keypoints.uv[k] - frame.uv[i])) if inside else np.inf)
+            out.metres.append(float(np.linalg.norm(keypoints.xyz[k] - frame.xyz[i])) if keypoints.visible[k] else np.inf)
+        if progress:
+            progress()
+    return out
+
+
+def _stats(values: np.ndarray, scale: float, digits: int) -> str:
+    if len(values) == 0:
+        return "-"
+    v = values * scale
+    return " / ".join(f"{x:.{digits}f}" for x in (np.median(v), np.percentile(v, 90), v.max()))
+
+
+def visibility_figures(truly_visible: np.ndarray, reported_visible: np.ndarray) -> tuple[int, float, float]:
+    """(hidden keypoints, precision, recall) of `visible=false` for the hidden ones."""
+    hidden, flagged = ~truly_visible, ~reported_visible
+    tp = int((hidden & flagged).sum())
+    precision = tp / max(int(flagged.sum()), 1) if flagged.any() else float("nan")
+    recall = tp / max(int(hidden.sum()), 1) if hidden.any() else float("nan")
+    return int(hidden.sum()), precision, recall
+
+
+def rows(obs: Observations, variations: list[str]) -> list[list[str]]:
+    """Table rows: per variation all keypoints, then each keypoint."""
+    a = obs.arrays()
+    out = []
+    for variation in variations:
+        in_variation = a["variation"] == variation
+        names = sorted(set(a["name"][in_variation]))
+        for name in ["all", *names]:
+            sel = in_variation & ((a["name"] == name) if name != "all" else True)
+            seen = sel & a["truly_visible"]
+            reported = seen & a["reported_visible"]
+            hidden, precision, recall = visibility_figures(a["truly_visible"][sel], a["reported_visible"][sel])
+            out.append([variation if name == "all" else "", name, str(int(seen.sum())),
+                        _stats(a["pixel"][reported], 1, 1), _stats(a["metres"][reported], 1000, 0),
+                        f"{100 * (1 - reported.sum() / max(seen.sum(), 1)):.0f}%",
+                        str(hidden), "-" if np.isnan(precision) else f"{100 * precision:.0f}%",
+                        "-" if np.isnan(recall) else f"{100 * recall:.0f}%"])
     return out
 
 
 def run(backends: list[str], tasks: list[str], variations: list[str], frames: int, robot: str = "panda") -> int:
     from kil.perception.features.base import load_extractor
 
-    console = Console(width=160)
+    console = Console(width=170)
     extractors = {name: load_extractor(name) for name in backends}
     with Progress(console=console) as progress:
         bar = progress.add_task("rendering held-out frames", total=len(tasks) * (1 + frames * len(variations)))
-        references = {}
-        truth: list[TruthFrame] = []
-        for t, task in enumerate(tasks):
-            references[task] = render_truth_frame(task, "in", REFERENCE_SEED - t, robot)
-            progress.advance(bar)
-            for v, variation in enumerate(variations):
-                for i in range(frames):
-                    truth.append(render_truth_frame(task, variation, EVAL_SEED_BASE + 10_000 * v + 100 * t + i, robot))
-                    progress.advance(bar)
+        references, truth = truth_frames(tasks, variations, frames, EVAL_SEED_BASE, robot, lambda: progress.advance(bar))
         scored = {}
-        bar = progress.add_task("matching", total=len(extractors))
         for name, extractor in extractors.items():
-            scored[name] = score_backend(extractor, references, truth)
-            progress.advance(bar)
-    table = Table("backend", "variation", "keypoints", "within 5 px", "within 10 px", "median px", "median 3D mm",
-                  title=f"keypoint quality: {', '.join(tasks)} ({robot}), {frames} frames per variation, one `in` reference per task")
-    for name, by_variation in scored.items():
-        for variation in variations:
-            table.add_row(name, variation, *by_variation.get(variation, Errors([], [])).row())
-    console.print(table)
+            bar = progress.add_task(f"detecting ({name})", total=len(truth))
+            scored[name] = observe(extractor, references, truth, progress=lambda: progress.advance(bar))
+    for name, obs in scored.items():
+        extractor = extractors[name]
+        table = Table("variation", "keypoint", "seen", "px median / p90 / max", "3-D mm median / p90 / max", "dropped",
+                      "hidden", "hidden flagged: precision", "recall",
+                      title=f"keypoints by {name} (min_score {extractor.config.min_score:.3f}): {', '.join(tasks)} ({robot}), "
+                            f"{frames} frames per variation, arm {'/'.join(ARM_CYCLE)}, one `in` reference per task")
+        for row in rows(obs, variations):
+            table.add_row(*row)
+        console.print(table)
+    console.print("px and mm over keypoints the truth sees and the detector reports visible; dropped: seen but reported "
+                  "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
     return 0

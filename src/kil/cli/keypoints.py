@@ -3,7 +3,10 @@ episode by a feature backend, drawn on the frames, as one PNG (what the keypoint
 
 `kil keypoints select`: ATK selection (paper 003): train a policy jointly with a sparse
 Gumbel-softmax mask over the candidate keypoints of a dataset (built with a spec of many
-candidates) and write the selected subset into the spec (the candidates kept beside it)."""
+candidates) and write the selected subset into the spec (the candidates kept beside it).
+
+`kil keypoints calibrate`: the visibility threshold (min_score) of a feature model, fitted
+on simulated frames with ground truth (kil.perception.calibration)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show.add_argument("--out", required=True, help="PNG to write")
     show.set_defaults(run_action=_show)
 
+    calibrate = actions.add_parser("calibrate", help="visibility threshold of a feature model, from simulated frames with ground truth")
+    calibrate.add_argument("--model", default="descriptor_net", help="feature backend config (config/features/)")
+    calibrate.add_argument("--tasks", default="pick_place,place_upright", help="simulated tasks to render frames of")
+    calibrate.add_argument("--variations", default="in,obj,scene")
+    calibrate.add_argument("--frames", type=int, default=9, help="frames per task and variation (the arm cycling away / in front of an object / anywhere)")
+    calibrate.add_argument("--precision", type=float, default=0.95, help="share of keypoints reported not visible that must truly be hidden")
+    calibrate.add_argument("--robot", default="panda")
+    calibrate.add_argument("--write", action="store_true", help="store the threshold as min_score in the model's config")
+    calibrate.set_defaults(run_action=_calibrate)
+
     select = actions.add_parser("select", help="ATK: learn a sparse keypoint subset jointly with a policy; write it into the spec")
     select.add_argument("--dataset", required=True, help="training store built with the candidate keypoints")
     select.add_argument("--config", default="cpu-small", help="policy/training preset or YAML (default cpu-small)")
@@ -34,6 +47,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     return args.run_action(args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.progress import Progress
+
+    from kil.bench.keypoints import CALIBRATION_SEED_BASE, observe, truth_frames
+    from kil.errors import ConfigError
+    from kil.perception.calibration import calibrate_min_score, write_min_score
+    from kil.perception.features.base import load_config, load_extractor
+    from kil.perception.keypoints import DetectorConfig
+
+    if args.frames < 1:
+        raise ConfigError(f"--frames: must be >= 1, got {args.frames}")
+    if not 0 < args.precision <= 1:
+        raise ConfigError(f"--precision: a share in (0, 1], got {args.precision}")
+    _, _, config_file = load_config(args.model)
+    extractor = load_extractor(args.model)
+    tasks, variations = [t for t in args.tasks.split(",") if t], [v for v in args.variations.split(",") if v]
+    with Progress() as progress:
+        bar = progress.add_task("rendering calibration frames", total=len(tasks) * (1 + args.frames * len(variations)))
+        references, frames = truth_frames(tasks, variations, args.frames, CALIBRATION_SEED_BASE, args.robot, lambda: progress.advance(bar))
+        bar = progress.add_task("detecting", total=len(frames))
+        obs = observe(extractor, references, frames, DetectorConfig(min_score=-1.0), lambda: progress.advance(bar)).arrays()
+    try:
+        result = calibrate_min_score(obs["score"], ~obs["truly_visible"], ~(obs["verified"] & obs["has_depth"]), args.precision)
+    except ValueError as err:
+        raise ConfigError(f"--frames: {err}") from None
+    visible_scores = obs["score"][obs["truly_visible"]]
+    print(f"{args.model}: min_score {result.threshold:.4f}: of {result.hidden} hidden keypoints (of {result.keypoints}) "
+          f"{100 * result.recall:.0f}% reported not visible, at {100 * result.precision:.0f}% precision "
+          f"(scores of seen keypoints: median {np.median(visible_scores):.3f}, 10th percentile {np.percentile(visible_scores, 10):.3f})")
+    if args.write:
+        note = (f"calibrated by kil keypoints calibrate ({', '.join(tasks)}; {', '.join(variations)}; {len(frames)} frames): "
+                f"recall {100 * result.recall:.0f}% at precision {100 * result.precision:.0f}%")
+        write_min_score(config_file, result.threshold, note)
+        print(f"wrote min_score to {config_file}")
+    return 0
 
 
 def _select(args: argparse.Namespace) -> int:

@@ -170,7 +170,10 @@ class KeypointSource:
             from kil.perception.features.base import load_config, resolve_weights
 
             _, backend_config, source = load_config(self.config.feature_model)
+            from kil.perception.keypoints import DETECTION_VERSION
+
             parts["backend"] = json.dumps(to_plain(backend_config), sort_keys=True)
+            parts["detector"] = [DETECTION_VERSION, json.dumps(to_plain(self._detector_config()), sort_keys=True)]
             weights = resolve_weights(backend_config.weights, source) if backend_config.weights else None
             if isinstance(weights, Path) and weights.is_file():
                 parts["weights"] = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -179,12 +182,17 @@ class KeypointSource:
     def _image_detector(self):
         if self._detector is None:
             from kil.perception.features.base import load_extractor
-            from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
+            from kil.perception.keypoints import KeypointDetector, reference_set
 
             self._extractor = load_extractor(self.config.feature_model, {"device": self.config.device})
             references = reference_set(self.spec, self._extractor)
-            self._detector = KeypointDetector(references, DetectorConfig(similarity_vectors=self.config.similarity_vectors))
+            self._detector = KeypointDetector(references, self._detector_config())
         return self._extractor, self._detector
+
+    def _detector_config(self):
+        from kil.perception.keypoints import DetectorConfig
+
+        return DetectorConfig(similarity_vectors=self.config.similarity_vectors)
 
     def extract(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
         """keypoints (T, N, 3), visible (T, N), score (T, N) and optionally similarity (T, N, N)."""

@@ -1,5 +1,13 @@
 """Keypoint extraction by image matching: reference descriptors from the annotated reference
-images, matched in each frame's features, lifted to the base frame with depth.
+images, matched in each frame's features, verified against each other, lifted to the base
+frame with depth.
+
+A keypoint is visible only when (1) its best match scores at least `min_score` (by default
+the threshold calibrated for the feature model, `kil keypoints calibrate`), (2) it sits
+where the reference has it relative to the other keypoints of its object
+(`kil.perception.verification`; a keypoint whose best match breaks that takes its best
+candidate that agrees, or none), and (3) depth has a surface there. Otherwise it is
+reported `visible=false` at its best match, never placed elsewhere.
 
 Shared by the keypoints node (one frame at a time) and the dataset builder (batches).
 """
@@ -16,38 +24,67 @@ from kil.perception.features.base import FeatureExtractor
 from kil.perception.lifting import lift
 from kil.perception.matching import Matcher, sample_descriptors
 from kil.perception.spec import LoadedSpec
+from kil.perception.verification import GeometryConfig, verify_object
+
+
+DETECTION_VERSION = 2  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
 @dataclass(frozen=True)
 class ReferenceSet:
     """The keypoints a spec defines and their descriptors under one feature backend.
 
-    names: N keypoint names; instance: (N,) int32; descriptors: (N, C) float32.
+    names: N keypoint names; instance: (N,) int32; descriptors: (N, C) float32; uv: (N, 2)
+    px in their reference image; group: (N,) int, the reference image (one object) each
+    keypoint was annotated on; min_score: the feature model's calibrated visibility
+    threshold.
     """
 
     names: tuple[str, ...]
     instance: np.ndarray
     descriptors: np.ndarray
     backend: str
+    uv: np.ndarray | None = None
+    group: np.ndarray | None = None
+    min_score: float = -1.0
 
 
 def reference_set(spec: LoadedSpec, extractor: FeatureExtractor) -> ReferenceSet:
     """Descriptors of every reference keypoint: the reference image's features, upsampled
     (bilinearly, as in matching) and sampled at the annotated pixels."""
     layout = spec.layout()
-    rows = []
-    for ref, uv in spec.references():
+    rows, uvs, groups = [], [], []
+    for g, (ref, uv) in enumerate(spec.references()):
         image = spec.image(ref)
         features = extractor.extract(image)[0]
         rows.append(sample_descriptors(features, uv, image.shape[:2]))
-    return ReferenceSet(layout.names, layout.instance, np.concatenate(rows).astype(np.float32), extractor.name)
+        uvs.append(uv)
+        groups.append(np.full(len(uv), g))
+    return ReferenceSet(layout.names, layout.instance, np.concatenate(rows).astype(np.float32), extractor.name,
+                        np.concatenate(uvs), np.concatenate(groups), extractor.config.min_score)
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """Per keypoint (N,) bool: scored at least min_score; kept by the geometric verification;
+    depth has a surface at its pixel. Visible = all three (and finite features)."""
+
+    scored: np.ndarray
+    verified: np.ndarray
+    has_depth: np.ndarray
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    depth_radius: int = 3  # pixels searched for a valid depth reading around a match
-    min_score: float = -1.0  # matches scoring lower are reported not visible
+    """depth_radius: pixels searched for a valid depth reading around a match; min_score:
+    matches scoring lower are not visible (None: the feature model's calibrated threshold);
+    candidates: places per keypoint the geometric verification may choose from (1: none)."""
+
+    depth_radius: int = 3
+    min_score: float | None = None
     similarity_vectors: bool = False
+    candidates: int = 5
+    geometry: GeometryConfig = GeometryConfig()
 
 
 class KeypointDetector:
@@ -57,31 +94,56 @@ class KeypointDetector:
         self.references = references
         self.config = config
         self.matcher = Matcher(references.descriptors)
+        self.min_score = references.min_score if config.min_score is None else config.min_score
+        groups = references.group if references.group is not None else np.arange(len(references.names))
+        self._groups = [np.flatnonzero(groups == g) for g in np.unique(groups)]
 
     @property
     def channels(self) -> int:
         return self.matcher.channels
 
+    def _choose(self, candidate_uv: np.ndarray, candidate_score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uv (N, 2), score (N,), verified (N,)) of one frame from its candidates (N, K, ...)."""
+        usable = candidate_score >= self.min_score
+        N = len(candidate_score)
+        choice = np.zeros(N, int)
+        verified = np.ones(N, bool)
+        if self.references.uv is not None and candidate_score.shape[1] > 1:
+            for members in self._groups:
+                picked = verify_object(self.references.uv[members], candidate_uv[members], candidate_score[members],
+                                       usable[members], self.config.geometry)
+                choice[members] = np.maximum(picked, 0)
+                verified[members] = picked >= 0
+        rows = np.arange(N)
+        return candidate_uv[rows, choice], candidate_score[rows, choice], verified
+
     def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor) -> list[Keypoints]:
         """Keypoints of B frames from their (B, C, h, w) patch features (one image size)."""
+        return [keypoints for keypoints, _ in self.detect_with_reasons(frames, features)]
+
+    def detect_with_reasons(self, frames: list[RGBD], features: np.ndarray | torch.Tensor) -> list[tuple[Keypoints, Reasons]]:
+        """Like `detect`, with why each keypoint is visible or not."""
         sizes = {f.size for f in frames}
         if len(sizes) != 1:
             raise ValueError(f"frames: one image size per batch, got {sorted(sizes)}")
-        matches = self.matcher.match(features, sizes.pop(), similarity_vectors=self.config.similarity_vectors)
+        matches = self.matcher.match(features, sizes.pop(), similarity_vectors=self.config.similarity_vectors,
+                                     candidates=max(self.config.candidates, 1))
         out = []
         for b, frame in enumerate(frames):
-            xyz, has_depth = lift(matches.uv[b], frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
-            visible = has_depth & matches.valid[b] & (matches.score[b] >= self.config.min_score)
+            uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b])
+            xyz, has_depth = lift(uv, frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
+            visible = has_depth & matches.valid[b] & (score >= self.min_score) & verified
             xyz[~visible] = np.nan
-            out.append(Keypoints(
+            reasons = Reasons(score >= self.min_score, verified, has_depth)
+            out.append((Keypoints(
                 stamp_ns=frame.stamp_ns,
                 frame_id=frame.base_frame_id,
                 names=self.references.names,
-                uv=matches.uv[b],
+                uv=uv,
                 xyz=xyz,
-                score=matches.score[b],
+                score=np.where(np.isfinite(score), score, 0).astype(np.float32),
                 visible=visible,
                 instance=self.references.instance,
                 similarity=None if matches.similarity is None else matches.similarity[b],
-            ))
+            ), reasons))
         return out

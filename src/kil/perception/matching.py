@@ -17,6 +17,17 @@ from above; only cells whose bound reaches the best similarity found at one pixe
 are evaluated pixel by pixel. Where the bounds prune too little, every pixel is evaluated
 (`similarity`), still at scalar cost. `naive_similarity` is the straightforward
 full-resolution computation the tests and the benchmark compare against.
+
+Exactness. The numerator and the norm use one set of interpolation weights, torch's own
+(float32, `_axis`), so a score is a cosine of one vector. Where the four corners nearly
+cancel (|f|^2 below `_CANCELLING` of (sum_k w_k |F_k|)^2) the Gram expansion loses the
+digits that matter, so those pixels are recomputed from the interpolated C-vector itself,
+as the naive path does; scores are clipped to [-1, 1] against the last rounding.
+
+Speed. The pixel-level work is numpy (single-threaded by construction): it is a few dozen
+small element-wise passes, and torch's intra-op threads made each of them wait on a
+thread barrier, so that on a busy machine the search took many times longer with the
+default threads than with one. The only torch operation left is one matrix product.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import torch.nn.functional as F
 _EPS = 1e-12
 _MARGIN = 1e-5  # slack on the bounds for float rounding
 _DENSE_SHARE = 0.2  # evaluate every pixel when candidate cells cover more of the image than this
+_CANCELLING = 0.05  # |f|^2 below this share of (sum_k w_k |F_k|)^2: recompute from the C-vector
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,18 @@ class Matches:
     valid: (B, N) bool, false where the frame's features were not finite (or the mask empty).
     similarity: (B, N, N) float32 or None; [b, i, j] is the cosine similarity of keypoint i's
         matched pixel to reference j (paper 000's similarity vectors).
+    candidate_uv: (B, N, K, 2) float32 or None: the K best distinct places of each reference,
+        best first (the first is `uv`): the exact best pixel, then the other local maxima of
+        the similarity at patch resolution, each refined to its exact best pixel nearby.
+    candidate_score: (B, N, K) float32 or None, -inf where there are fewer places.
     """
 
     uv: np.ndarray
     score: np.ndarray
     valid: np.ndarray
     similarity: np.ndarray | None = None
+    candidate_uv: np.ndarray | None = None
+    candidate_score: np.ndarray | None = None
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -72,14 +90,14 @@ def sample_descriptors(features: np.ndarray | torch.Tensor, uv: np.ndarray, imag
     return out[0, :, 0].T.contiguous().numpy()
 
 
-def _source_index(out_size: int, in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each output pixel: the lower source index and the weights of the lower and upper
-    source (torch's bilinear upsampling rule with align_corners=False; the upper source is
-    clamped to the last one, as torch does)."""
-    src = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    lo = src.floor().long().clamp(max=in_size - 1)
-    upper = (src - lo).float()
-    return lo, 1 - upper, upper
+def _torch_weights(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output pixel: the lower source index and the upper source's weight, computed as
+    torch's bilinear upsampling does (align_corners=False, float32 arithmetic, negative
+    source positions clamped to 0, truncation; the upper source clamped to the last one)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    real = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    lo = np.minimum(real.astype(np.int64), in_size - 1)
+    return lo, (real - lo.astype(np.float32)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -87,57 +105,73 @@ class _Axis:
     """One image axis: per pixel its cell (lower source index) and the two weights; per cell
     the first pixel and the number of pixels in it."""
 
-    cell: torch.Tensor
-    w0: torch.Tensor
-    w1: torch.Tensor
-    start: torch.Tensor
-    count: torch.Tensor
+    cell: np.ndarray
+    w0: np.ndarray
+    w1: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
 
 
 @functools.lru_cache(maxsize=16)
 def _axis(out_size: int, in_size: int) -> _Axis:
-    cell, w0, w1 = _source_index(out_size, in_size)
-    count = torch.bincount(cell, minlength=in_size)
-    start = torch.cumsum(count, 0) - count
-    return _Axis(cell, w0, w1, start, count)
+    cell, w1 = _torch_weights(out_size, in_size)
+    count = np.bincount(cell, minlength=in_size)
+    start = np.cumsum(count) - count
+    return _Axis(cell, np.float32(1) - w1, w1, start, count)
 
 
 @dataclass(frozen=True)
 class _PatchTerms:
-    """Everything the similarity at a pixel needs, at patch resolution, for one frame batch.
+    """Everything the similarity at a pixel needs, at patch resolution, for one frame batch
+    (numpy float32).
 
-    dots: (B, N, h+1, w+1) reference . patch feature, last row/column repeated (torch clamps
-    there); sq: (B, h+1, w+1) |F|^2; right: (B, h+1, w) <F[r, j], F[r, j+1]>; and per cell
-    with corners a=(i,j), b=(i,j+1), c=(i+1,j), d=(i+1,j+1): ac, ad, bc, bd (B, h, w).
+    padded: (B, C, h+1, w+1) float64 features with the last row/column repeated (torch
+    clamps there); references (N, C) float64; dots: (B, N, h+1, w+1) reference . patch feature; sq: (B, h+1, w+1) |F|^2;
+    length: |F|; right: (B, h+1, w) <F[r, j], F[r, j+1]>; and per cell with corners
+    a=(i,j), b=(i,j+1), c=(i+1,j), d=(i+1,j+1): ac, ad, bc, bd (B, h, w); references (N, C).
     """
 
-    dots: torch.Tensor
-    sq: torch.Tensor
-    right: torch.Tensor
-    ac: torch.Tensor
-    ad: torch.Tensor
-    bc: torch.Tensor
-    bd: torch.Tensor
+    padded: np.ndarray
+    references: np.ndarray
+    dots: np.ndarray
+    sq: np.ndarray
+    length: np.ndarray
+    right: np.ndarray
+    ac: np.ndarray
+    ad: np.ndarray
+    bc: np.ndarray
+    bd: np.ndarray
+
+
+def _inner(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Channel-wise inner products of (B, C, ...) arrays -> (B, ...)."""
+    return np.einsum("bc...,bc...->b...", x, y)
 
 
 def _patch_terms(references: torch.Tensor, feats: torch.Tensor) -> _PatchTerms:
-    p = F.pad(feats, (0, 1, 0, 1), mode="replicate")
+    """The patch-level terms, summed over channels in float64 (a sum over hundreds of
+    channels in float32 carries errors the cancellation test would amplify) and stored in
+    float32 for the pixel-level passes."""
+    p = F.pad(feats, (0, 1, 0, 1), mode="replicate").double()
+    refs = references.double()
+    dots = torch.einsum("nc,bchw->bnhw", refs, p).float().numpy()  # the one matrix product
+    p, refs = p.numpy(), refs.numpy()
     a, b, c, d = p[:, :, :-1, :-1], p[:, :, :-1, 1:], p[:, :, 1:, :-1], p[:, :, 1:, 1:]
-    return _PatchTerms(
-        dots=torch.einsum("nc,bchw->bnhw", references, p),
-        sq=(p * p).sum(1),
-        right=(p[..., :-1] * p[..., 1:]).sum(1),
-        ac=(a * c).sum(1), ad=(a * d).sum(1), bc=(b * c).sum(1), bd=(b * d).sum(1),
-    )
+    sq = _inner(p, p)
+
+    def f32(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32)
+
+    return _PatchTerms(padded=p, references=refs, dots=dots, sq=f32(sq), length=f32(np.sqrt(sq)), right=f32(_inner(p[..., :-1], p[..., 1:])),
+                       ac=f32(_inner(a, c)), ad=f32(_inner(a, d)), bc=f32(_inner(b, c)), bd=f32(_inner(b, d)))
 
 
-def _similarity_at(t: _PatchTerms, b: int, n: torch.Tensor | slice, y: _Axis, x: _Axis, rows: torch.Tensor,
-                   cols: torch.Tensor) -> torch.Tensor:
+def _similarity_at(t: _PatchTerms, b: int, n, y: _Axis, x: _Axis, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Cosine similarity of references `n` at pixels (rows, cols) of frame b (broadcasting)."""
     return _similarity_in_cells(t, b, n, y.cell[rows], x.cell[cols], y.w0[rows], y.w1[rows], x.w0[cols], x.w1[cols])
 
 
-def _similarity_in_cells(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> torch.Tensor:
+def _similarity_in_cells(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.ndarray:
     """Similarity of references `n` in cells (i, j) at row weights (y0, y1) and column weights
     (x0, x1), all broadcasting: the cell terms are gathered at the shape of (n, i, j) and only
     then spread over the pixels, so a block of pixels costs one gather per term.
@@ -146,48 +180,119 @@ def _similarity_in_cells(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> tor
     |f|^2 = y0^2 Q(i) + y1^2 Q(i+1) + 2 y0 y1 X(i), with Q(r) = |x0 F[r,j] + x1 F[r,j+1]|^2 and
     X(i) = <x0 a + x1 b, x0 c + x1 d> for the cell's corners a, b (row i) and c, d (row i+1).
     """
-    D, sq, right = t.dots[b], t.sq[b], t.right[b]
+    D, sq, right, length = t.dots[b], t.sq[b], t.right[b], t.length[b]
     dots = y0 * (x0 * D[n, i, j] + x1 * D[n, i, j + 1]) + y1 * (x0 * D[n, i + 1, j] + x1 * D[n, i + 1, j + 1])
     xx0, xx1, x01 = x0 * x0, x1 * x1, 2 * x0 * x1
     q_top = xx0 * sq[i, j] + xx1 * sq[i, j + 1] + x01 * right[i, j]
     q_bottom = xx0 * sq[i + 1, j] + xx1 * sq[i + 1, j + 1] + x01 * right[i + 1, j]
     cross = xx0 * t.ac[b, i, j] + 0.5 * x01 * (t.ad[b, i, j] + t.bc[b, i, j]) + xx1 * t.bd[b, i, j]
     norm2 = y0 * y0 * q_top + y1 * y1 * q_bottom + 2 * y0 * y1 * cross
-    return dots / norm2.clamp(min=_EPS * _EPS).sqrt()
+    scale = y0 * (x0 * length[i, j] + x1 * length[i, j + 1]) + y1 * (x0 * length[i + 1, j] + x1 * length[i + 1, j + 1])
+    sim = dots / np.sqrt(np.maximum(norm2, _EPS * _EPS))
+    cancelling = norm2 < _CANCELLING * scale * scale
+    if cancelling.any():
+        parts = [i, j, y0, y1, x0, x1]
+        if isinstance(n, slice):  # the references form the leading axis of the result
+            n = np.arange(len(t.references))[n].reshape((-1,) + (1,) * (sim.ndim - 1))
+            parts = [np.asarray(part)[None] for part in parts]
+        at = np.nonzero(np.broadcast_to(cancelling, sim.shape))
+        sim[at] = _exact_similarity(t, b, *(np.broadcast_to(part, sim.shape)[at] for part in (n, *parts)))
+    return np.clip(sim, -1.0, 1.0)
 
 
-def _dense_similarity(t: _PatchTerms, b: int, y: _Axis, x: _Axis, image_size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) similarity at every pixel of frame b: the same formulas as `_similarity_at`,
-    arranged separably (interpolate along columns at patch-row resolution, then gather rows)."""
-    h, w = t.ac.shape[-2:]
-    dots_up = F.interpolate(t.dots[b:b + 1, :, :h, :w], size=image_size, mode="bilinear", align_corners=False)[0]
-    j, x0, x1 = x.cell, x.w0, x.w1
-    sq, right = t.sq[b], t.right[b]
-    row_norm2 = x0 * x0 * sq[:, j] + x1 * x1 * sq[:, j + 1] + 2 * x0 * x1 * right[:, j]  # Q: (h+1, W)
-    cross = x0 * x0 * t.ac[b][:, j] + x0 * x1 * (t.ad[b] + t.bc[b])[:, j] + x1 * x1 * t.bd[b][:, j]  # X: (h, W)
-    i, y0, y1 = y.cell, y.w0[:, None], y.w1[:, None]
-    norm2 = y0 * y0 * row_norm2[i] + y1 * y1 * row_norm2[i + 1] + 2 * y0 * y1 * cross[i]
-    return dots_up.mul_(norm2.clamp_(min=_EPS * _EPS).rsqrt_())
+def _exact_similarity(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.ndarray:
+    """(K,) similarity of references n (K,) at K pixels given by cell and weights, from the
+    interpolated C-vector itself (float64, as exact as the inputs allow)."""
+    P = t.padded[b]
+    y0, y1, x0, x1 = (np.asarray(w, np.float64) for w in (y0, y1, x0, x1))
+    f = y0 * (x0 * P[:, i, j] + x1 * P[:, i, j + 1]) + y1 * (x0 * P[:, i + 1, j] + x1 * P[:, i + 1, j + 1])  # (C, K)
+    f = f / np.maximum(np.sqrt((f * f).sum(0)), _EPS)
+    return np.einsum("kc,ck->k", t.references[n], f).astype(np.float32)
 
 
-def _cell_bounds(t: _PatchTerms, b: int) -> torch.Tensor:
+class _DenseRows:
+    """The similarity of every pixel, one cell row at a time (an (N, rows, W) block stays in
+    cache): the same formulas as `_similarity_at`, arranged separably. Along columns the
+    terms are interpolated once at patch-row resolution; each image row then mixes two of
+    those rows with its weight y1 as a + y1 (b - a), which is y0 a + y1 b with y0 = 1 - y1."""
+
+    def __init__(self, t: _PatchTerms, b: int, y: _Axis, x: _Axis) -> None:
+        j, x0, x1 = x.cell, x.w0, x.w1
+        D, sq, right, length = t.dots[b], t.sq[b], t.right[b], t.length[b]
+        self.t, self.b, self.y, self.x = t, b, y, x
+        self.dots = x0 * D[:, :, j] + x1 * D[:, :, j + 1]  # (N, h+1, W)
+        self.dots_step = np.diff(self.dots, axis=1)  # (N, h, W)
+        self.row_norm2 = x0 * x0 * sq[:, j] + x1 * x1 * sq[:, j + 1] + 2 * x0 * x1 * right[:, j]  # Q: (h+1, W)
+        self.cross = x0 * x0 * t.ac[b][:, j] + x0 * x1 * (t.ad[b] + t.bc[b])[:, j] + x1 * x1 * t.bd[b][:, j]  # X: (h, W)
+        self.row_length = x0 * length[:, j] + x1 * length[:, j + 1]
+
+    def cells(self):
+        """Yields (first image row, similarity block (N, rows, W)) for each cell row with pixels."""
+        y = self.y
+        for i in np.flatnonzero(y.count):
+            rows = slice(int(y.start[i]), int(y.start[i] + y.count[i]))
+            y0, y1 = y.w0[rows, None], y.w1[rows, None]
+            block = self.dots_step[:, i, None] * y1
+            block += self.dots[:, i, None]
+            norm2 = y0 * y0 * self.row_norm2[i] + y1 * y1 * self.row_norm2[i + 1] + 2 * y0 * y1 * self.cross[i]
+            scale = y0 * self.row_length[i] + y1 * self.row_length[i + 1]
+            block *= 1 / np.sqrt(np.maximum(norm2, _EPS * _EPS))
+            r, c = np.nonzero(norm2 < _CANCELLING * scale * scale)
+            if len(r):
+                N = len(block)
+                n, r, c = np.repeat(np.arange(N), len(r)), np.tile(r, N), np.tile(c, N)
+                pr = r + rows.start
+                block[n, r, c] = _exact_similarity(self.t, self.b, n, y.cell[pr], self.x.cell[c], y.w0[pr], y.w1[pr],
+                                                   self.x.w0[c], self.x.w1[c])
+            yield rows.start, np.clip(block, -1.0, 1.0, out=block)
+
+
+def _dense_similarity(t: _PatchTerms, b: int, y: _Axis, x: _Axis) -> np.ndarray:
+    """(N, H, W) similarity at every pixel of frame b."""
+    out = np.empty((t.dots.shape[1], len(y.cell), len(x.cell)), np.float32)
+    for row, block in _DenseRows(t, b, y, x).cells():
+        out[:, row:row + block.shape[1]] = block
+    return out
+
+
+def _dense_best(t: _PatchTerms, b: int, y: _Axis, x: _Axis, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(score (N,), flat pixel index (N,)) of the first best pixel of every reference in frame
+    b, every pixel evaluated; mask: (H, W) bool or None (pixels outside never win)."""
+    N, W = t.dots.shape[1], len(x.cell)
+    score, index = np.full(N, -np.inf, np.float32), np.zeros(N, np.int64)
+    for row, block in _DenseRows(t, b, y, x).cells():
+        rows = block.shape[1]
+        if mask is not None:
+            block = np.where(mask[row:row + rows], block, -np.inf)
+        flat = block.reshape(N, -1)
+        best = flat.argmax(1)
+        value = flat[np.arange(N), best]
+        better = value > score  # strictly: an earlier row keeps a tie, as a row-major argmax does
+        score[better], index[better] = value[better], row * W + best[better]
+    return score, index
+
+
+def _cell_bounds(t: _PatchTerms, b: int) -> np.ndarray:
     """(N, h, w) upper bound of the similarity of each reference anywhere in each cell."""
     D = t.dots[b]
-    best_dot = torch.maximum(torch.maximum(D[:, :-1, :-1], D[:, :-1, 1:]), torch.maximum(D[:, 1:, :-1], D[:, 1:, 1:]))
+    best_dot = np.maximum(np.maximum(D[:, :-1, :-1], D[:, :-1, 1:]), np.maximum(D[:, 1:, :-1], D[:, 1:, 1:]))
     sq, right = t.sq[b], t.right[b]
     aa, bb, cc, dd = sq[:-1, :-1], sq[:-1, 1:], sq[1:, :-1], sq[1:, 1:]
     ab, cd = right[:-1], right[1:]
     ac, ad, bc, bd = t.ac[b], t.ad[b], t.bc[b], t.bd[b]
     # <F_k, s> for s = a + b + c + d, and |s|^2: |f| >= <f, s/|s|> >= min_k <F_k, s>/|s|.
-    towards = torch.stack([aa + ab + ac + ad, ab + bb + bc + bd, ac + bc + cc + cd, ad + bd + cd + dd])
+    towards = np.stack([aa + ab + ac + ad, ab + bb + bc + bd, ac + bc + cc + cd, ad + bd + cd + dd])
     total = towards.sum(0)
-    least_norm = towards.min(0).values.clamp(min=0) / total.clamp(min=_EPS).sqrt()
-    most_norm = torch.stack([aa, bb, cc, dd]).max(0).values.clamp(min=_EPS).sqrt()
-    upper = torch.where(least_norm > 0, best_dot / least_norm.clamp(min=_EPS), torch.full_like(least_norm, float("inf")))
-    return torch.where(best_dot > 0, upper, best_dot / most_norm)
+    least_norm = np.maximum(towards.min(0), 0) / np.sqrt(np.maximum(total, _EPS))
+    most_norm = np.sqrt(np.maximum(np.stack([aa, bb, cc, dd]).max(0), _EPS))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        upper = np.where(least_norm > 0, best_dot / np.maximum(least_norm, _EPS), np.inf)
+    # Where the corners nearly cancel, scores are recomputed exactly: never rule such a cell out.
+    upper = np.where(least_norm * least_norm < _CANCELLING * np.maximum(total, _EPS) / 16, np.inf, upper)
+    return np.where(best_dot > 0, upper, best_dot / most_norm)
 
 
-def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(score (N,), flat pixel index (N,)) of the best pixel of every reference in frame b,
     evaluating only the cells whose bound reaches a similarity already found; None when the
     bounds leave too much of the image to make this worthwhile."""
@@ -195,32 +300,86 @@ def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[t
     bound = _cell_bounds(t, b)
     # One pixel per cell (its middle) gives a similarity every best pixel must reach.
     # (clamped: with fewer pixels than patches along an axis, the last cells hold no pixel)
-    mid_rows = (y.start + y.count // 2).clamp(max=y.cell.numel() - 1)
-    mid_cols = (x.start + x.count // 2).clamp(max=W - 1)
+    mid_rows = np.minimum(y.start + y.count // 2, len(y.cell) - 1)
+    mid_cols = np.minimum(x.start + x.count // 2, W - 1)
     sampled = _similarity_at(t, b, slice(None), y, x, mid_rows[:, None], mid_cols[None, :])  # (N, h, w)
-    floor = sampled.flatten(1).max(1).values
+    floor = sampled.reshape(N, -1).max(1)
     candidates = bound >= (floor - _MARGIN)[:, None, None]
-    n_idx, i_idx, j_idx = torch.nonzero(candidates, as_tuple=True)
+    n_idx, i_idx, j_idx = np.nonzero(candidates)
     pixels = (y.count[i_idx] * x.count[j_idx]).sum()
-    if pixels > _DENSE_SHARE * N * y.cell.numel() * W:
+    if pixels > _DENSE_SHARE * N * len(y.cell) * W:
         return None
+    cell_best, cell_first = _evaluate_cells(t, b, y, x, W, n_idx, i_idx, j_idx)
+    score = np.full(N, -np.inf, np.float32)
+    np.maximum.at(score, n_idx, cell_best)
+    # Among pixels reaching the best score, the first in row-major order (as an argmax).
+    last = np.iinfo(np.int64).max
+    first = np.where(cell_best == score[n_idx], cell_first, last)
+    index = np.full(N, last, np.int64)
+    np.minimum.at(index, n_idx, first)
+    return score, index
+
+
+def _evaluate_cells(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int, n_idx: np.ndarray, i_idx: np.ndarray,
+                    j_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For K (reference, cell) entries: the best similarity over the cell's pixels and the
+    first (row-major) flat pixel index reaching it, each (K,)."""
     ry, rx = int(y.count.max()), int(x.count.max())
-    rows = y.start[i_idx][:, None] + torch.arange(ry)[None, :]  # (K, ry)
-    cols = x.start[j_idx][:, None] + torch.arange(rx)[None, :]  # (K, rx)
-    inside = (torch.arange(ry)[None, :] < y.count[i_idx][:, None])[:, :, None] & (torch.arange(rx)[None, :] < x.count[j_idx][:, None])[:, None, :]
-    rows_c, cols_c = rows.clamp(max=y.cell.numel() - 1), cols.clamp(max=W - 1)
+    rows = y.start[i_idx][:, None] + np.arange(ry)[None, :]  # (K, ry)
+    cols = x.start[j_idx][:, None] + np.arange(rx)[None, :]  # (K, rx)
+    inside = (np.arange(ry)[None, :] < y.count[i_idx][:, None])[:, :, None] & (np.arange(rx)[None, :] < x.count[j_idx][:, None])[:, None, :]
+    rows_c, cols_c = np.minimum(rows, len(y.cell) - 1), np.minimum(cols, W - 1)
     n3, i3, j3 = n_idx[:, None, None], i_idx[:, None, None], j_idx[:, None, None]
     sims = _similarity_in_cells(t, b, n3, i3, j3, y.w0[rows_c][:, :, None], y.w1[rows_c][:, :, None],
                                 x.w0[cols_c][:, None, :], x.w1[cols_c][:, None, :])
-    sims = sims.masked_fill(~inside, -float("inf"))
-    flat = rows_c[:, :, None] * W + cols_c[:, None, :]
-    score = torch.full((N,), -float("inf"))
-    score = score.scatter_reduce(0, n_idx, sims.flatten(1).max(1).values, reduce="amax")
-    # Among pixels reaching the best score, the first in row-major order (as torch.argmax).
-    at_best = sims == score[n_idx][:, None, None]
-    first = torch.where(at_best, flat, torch.full_like(flat, torch.iinfo(torch.int64).max)).flatten(1).min(1).values
-    index = torch.full((N,), torch.iinfo(torch.int64).max).scatter_reduce(0, n_idx, first, reduce="amin")
-    return score, index
+    sims = np.where(inside, sims, -np.inf).reshape(len(n_idx), -1)
+    flat = (rows_c[:, :, None] * W + cols_c[:, None, :]).reshape(len(n_idx), -1)
+    at = sims.argmax(1)
+    rows_k = np.arange(len(n_idx))
+    return sims[rows_k, at], flat[rows_k, at]
+
+
+def _grid_peaks(t: _PatchTerms, b: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to `count` local maxima (3x3) per reference of the similarity at the patch
+    centres, best first: (reference (P,), row (P,), column (P,)) of the patch grid."""
+    h, w = t.ac.shape[-2:]
+    grid = t.dots[b][:, :h, :w] / np.maximum(t.length[b][:h, :w], _EPS)  # (N, h, w)
+    padded = np.pad(grid, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    neighbours = np.stack([padded[:, 1 + di:1 + di + h, 1 + dj:1 + dj + w] for di in (-1, 0, 1) for dj in (-1, 0, 1) if di or dj])
+    peak = grid >= neighbours.max(0)
+    out = []
+    for n in range(len(grid)):
+        r, c = np.nonzero(peak[n])
+        order = np.argsort(-grid[n, r, c], kind="stable")[:count]
+        out.append((np.full(len(order), n), r[order], c[order]))
+    return tuple(np.concatenate(parts) for parts in zip(*out))
+
+
+def _frame_candidates(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int, best: tuple[np.ndarray, np.ndarray],
+                      count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uv (N, count, 2), score (N, count)) of frame b: the best pixel `best` (score (N,),
+    flat index (N,)) first, then other grid peaks refined in the four cells around them."""
+    N = t.dots.shape[1]
+    h, w = t.ac.shape[-2:]
+    uv = np.zeros((N, count, 2), np.float32)
+    score = np.full((N, count), -np.inf, np.float32)
+    n, r, c = _grid_peaks(t, b, count)
+    offsets = np.array([(-1, -1), (-1, 0), (0, -1), (0, 0)])  # the cells sharing the patch centre as a corner
+    cells_r = np.clip(r[:, None] + offsets[None, :, 0], 0, h - 1).ravel()
+    cells_c = np.clip(c[:, None] + offsets[None, :, 1], 0, w - 1).ravel()
+    value, index = _evaluate_cells(t, b, y, x, W, np.repeat(n, 4), cells_r, cells_c)
+    value, index = value.reshape(-1, 4), index.reshape(-1, 4)
+    pick = value.argmax(1)
+    value, index = value[np.arange(len(n)), pick], index[np.arange(len(n)), pick]
+    peak_uv = np.stack([index % W, index // W], -1).astype(np.float32)
+    for k in range(N):
+        best_uv = np.array([best[1][k] % W, best[1][k] // W], np.float32)
+        # a peak refined onto (or next to) the best pixel is the same place
+        other = np.flatnonzero((n == k) & (np.linalg.norm(peak_uv - best_uv, axis=1) > 1.5))
+        other = other[np.argsort(-value[other], kind="stable")][:count - 1]
+        uv[k, 0], score[k, 0] = best_uv, best[0][k]
+        uv[k, 1:1 + len(other)], score[k, 1:1 + len(other)] = peak_uv[other], value[other]
+    return uv, score
 
 
 class Matcher:
@@ -245,18 +404,18 @@ class Matcher:
         feats = _as_tensor(features).float()
         if feats.ndim != 4 or feats.shape[1] != self.channels:
             raise ValueError(f"features: expected (B, {self.channels}, h, w), got {tuple(feats.shape)}")
-        return feats
+        return feats.contiguous()
 
     @torch.inference_mode()
-    def similarity(self, features: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """(B, N, H, W) cosine similarity of every pixel to every reference (NaN-free input).
+    def similarity(self, features: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
+        """(B, N, H, W) float32 cosine similarity of every pixel to every reference (NaN-free input).
 
         features: (B, C, h, w) patch features of B images of `image_size` (H, W).
         """
         feats = self._features(features)
         t = _patch_terms(self.references, feats)
         y, x = _axis(image_size[0], feats.shape[2]), _axis(image_size[1], feats.shape[3])
-        return torch.stack([_dense_similarity(t, b, y, x, image_size) for b in range(len(feats))])
+        return np.stack([_dense_similarity(t, b, y, x) for b in range(len(feats))])
 
     @torch.inference_mode()
     def match(
@@ -265,46 +424,54 @@ class Matcher:
         image_size: tuple[int, int],
         similarity_vectors: bool = False,
         mask: np.ndarray | None = None,
+        candidates: int = 0,
     ) -> Matches:
         """Best pixel per reference in each of B frames.
 
         features: (B, C, h, w) patch features; image_size: (H, W) pixels.
         mask: optional (B, H, W) bool; matches are searched only where it is true (every
             pixel is evaluated then).
+        candidates: also return this many best distinct places per reference (no mask).
         """
         feats = self._features(features)
         B, N = feats.shape[0], self.references.shape[0]
         H, W = image_size
-        finite = torch.isfinite(feats.sum(dim=(1, 2, 3)))  # NaN and inf propagate into the sum
-        if not bool(finite.all()):  # such frames are matched on zeros and reported invalid
-            feats = torch.where(finite[:, None, None, None], feats, torch.zeros((), dtype=feats.dtype))
+        finite = torch.isfinite(feats.sum(dim=(1, 2, 3))).numpy()  # NaN and inf propagate into the sum
+        if not finite.all():  # such frames are matched on zeros and reported invalid
+            feats = torch.where(torch.from_numpy(finite)[:, None, None, None], feats, torch.zeros((), dtype=feats.dtype))
         t = _patch_terms(self.references, feats)
         y, x = _axis(H, feats.shape[2]), _axis(W, feats.shape[3])
-        valid = finite[:, None].expand(B, N).clone()
-        masks = None if mask is None else torch.as_tensor(np.asarray(mask, bool))
-        if masks is not None and tuple(masks.shape) != (B, H, W):
-            raise ValueError(f"mask: expected shape {(B, H, W)} (frames, height, width), got {tuple(masks.shape)}")
-        score, index = torch.empty(B, N), torch.empty(B, N, dtype=torch.int64)
+        valid = np.repeat(finite[:, None], N, axis=1)
+        masks = None if mask is None else np.asarray(mask, bool)
+        if masks is not None and masks.shape != (B, H, W):
+            raise ValueError(f"mask: expected shape {(B, H, W)} (frames, height, width), got {masks.shape}")
+        if candidates and masks is not None:
+            raise ValueError("candidates: not with a mask")
+        score, index = np.empty((B, N), np.float32), np.empty((B, N), np.int64)
+        candidate_uv = np.zeros((B, N, candidates, 2), np.float32) if candidates else None
+        candidate_score = np.zeros((B, N, candidates), np.float32) if candidates else None
         for b in range(B):
             found = _search_frame(t, b, y, x, W) if masks is None else None
             if found is None:
-                sim = _dense_similarity(t, b, y, x, image_size)
+                found = _dense_best(t, b, y, x, None if masks is None else masks[b])
                 if masks is not None:
-                    sim = sim.masked_fill(~masks[b], -float("inf"))
                     valid[b] &= bool(masks[b].any())
-                found = sim.flatten(1).max(dim=1)  # first maximum, as torch.argmax
-            score[b], index[b] = found[0], found[1]
-        uv = torch.stack([index % W, index // W], dim=-1)
+            score[b], index[b] = found
+            if candidates:
+                candidate_uv[b], candidate_score[b] = _frame_candidates(t, b, y, x, W, found, candidates)
+        uv = np.stack([index % W, index // W], axis=-1)
         sims = None
         if similarity_vectors:
-            sims = torch.stack([_similarity_at(t, b, slice(None), y, x, uv[b, :, 1], uv[b, :, 0]).T for b in range(B)])
-            sims = torch.where(valid[:, :, None], sims, torch.zeros(()))
-        score = torch.where(valid, score, torch.zeros(()))
+            sims = np.stack([_similarity_at(t, b, slice(None), y, x, uv[b, :, 1], uv[b, :, 0]).T for b in range(B)])
+            sims = np.where(valid[:, :, None], sims, 0)
+        score = np.where(valid, score, 0)
         return Matches(
-            uv=uv.float().numpy(),
-            score=score.numpy().astype(np.float32),
-            valid=valid.numpy(),
-            similarity=None if sims is None else sims.numpy().astype(np.float32),
+            uv=uv.astype(np.float32),
+            score=score.astype(np.float32),
+            valid=valid,
+            similarity=None if sims is None else sims.astype(np.float32),
+            candidate_uv=candidate_uv,
+            candidate_score=None if candidate_score is None else np.where(valid[:, :, None], candidate_score, -np.inf).astype(np.float32),
         )
 
 

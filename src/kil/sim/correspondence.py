@@ -26,7 +26,7 @@ class View:
     int32 MuJoCo body id per pixel (-1 none); K (3, 3); T_base_camera (4, 4) optical frame
     in the base frame; body_poses: body id -> (4, 4) pose in the base frame at render time;
     objects: the category and half extents of each task object's body (and the fixture's);
-    robot: the arm's and gripper's bodies."""
+    robot: the arm's and gripper's bodies; distractors: the clutter's bodies."""
 
     rgb: np.ndarray
     depth: np.ndarray
@@ -36,6 +36,7 @@ class View:
     body_poses: dict[int, np.ndarray]
     objects: dict[int, tuple[str, np.ndarray]] = field(default_factory=dict)  # body id -> (category, (3,) half extents)
     robot: frozenset[int] = frozenset()  # body ids of the arm and its gripper
+    distractors: frozenset[int] = frozenset()  # body ids of clutter (scene variation)
 
 
 def correspondences(a: View, b: View, uv_a: np.ndarray, depth_tolerance: float = 0.004) -> tuple[np.ndarray, np.ndarray]:

@@ -270,15 +270,19 @@ class SimWorld:
 
     def projected_keypoints(self, depth: np.ndarray, tolerance: float = 0.01) -> ProjectedKeypoints:
         """The true named points seen by the camera now: a point is visible where it projects
-        into the image and `depth` (this camera's render) agrees within `tolerance` metres."""
+        into the image and `depth` (this camera's render) agrees within `tolerance` metres at
+        its pixel or a neighbouring one (points on an object's edge, like a block's corner,
+        fall on either side of it)."""
         names, xyz, instance = self.keypoints()
         uv, z = project(self.K, self.T_base_camera, xyz)
         h, w = depth.shape
         px = np.round(np.nan_to_num(uv, nan=-1.0)).astype(int)
         inside = (z > 0) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
-        seen = np.full(len(z), np.nan)
-        seen[inside] = depth[px[inside, 1], px[inside, 0]]
-        visible = inside & (np.abs(seen - z) < tolerance)
+        visible = np.zeros(len(z), bool)
+        for k in np.flatnonzero(inside):
+            u, v = px[k]
+            window = depth[max(v - 1, 0): v + 2, max(u - 1, 0): u + 2]
+            visible[k] = bool(np.any(np.abs(window - z[k]) < tolerance))
         return ProjectedKeypoints(tuple(names), xyz, instance, np.where(inside[:, None], uv, 0.0), inside, visible)
 
     def capture_view(self) -> View:
@@ -286,7 +290,13 @@ class SimWorld:
         rgb, depth = self.render()
         bodies = self.render_segmentation()
         poses = {int(b): self.T_base_world @ body_pose(self.sim, self.sim.model.body_id2name(int(b))) for b in np.unique(bodies) if b >= 0}
-        return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses, self.object_bodies(), self.robot_bodies())
+        return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses, self.object_bodies(), self.robot_bodies(),
+                    self.distractor_bodies())
+
+    def distractor_bodies(self) -> frozenset[int]:
+        """MuJoCo body ids of the scene's distractors (clutter that is no task object)."""
+        model = self.sim.model
+        return frozenset(i for i in range(model.nbody) if (model.body_id2name(i) or "").startswith("distractor"))
 
     def robot_bodies(self) -> frozenset[int]:
         """MuJoCo body ids of the arm and its gripper."""

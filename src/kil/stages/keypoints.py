@@ -27,15 +27,17 @@ class KeypointsConfig:
     model: str = "descriptor_net"  # the features node's backend config
     device: str = "auto"
     depth_radius: int = 3
-    min_score: float = -1.0
+    min_score: float | None = None  # None: the threshold calibrated for the feature model (kil keypoints calibrate)
     similarity_vectors: bool = False
+    candidates: int = 5  # places per keypoint its object's geometric verification chooses from (1: no verification)
     annotate: bool = True  # publish the frame with keypoints drawn
     threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
     def __post_init__(self) -> None:
         require(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         require(self.depth_radius >= 0, "depth_radius", f"must be >= 0, got {self.depth_radius}")
-        require(-1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
+        require(self.min_score is None or -1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
+        require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
 
 
 class KeypointsNode(Stage):
@@ -49,7 +51,8 @@ class KeypointsNode(Stage):
         extractor = load_extractor(config.model, {"device": config.device})
         references = reference_set(spec, extractor)
         del extractor  # only the features node keeps a model in memory
-        self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors))
+        self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
+                                                                          config.candidates))
         self._reported: set[str] = set()
 
     def _report_once(self, reason: str, message: str, *args) -> None:

@@ -6,10 +6,13 @@ pairs, two scenes with different instances of one category related by their scal
 frames (so descriptors carry the category's semantics, not one instance's colour or size).
 Images are colour-augmented independently (channel permutation, brightness, contrast,
 saturation, noise). The pixelwise contrastive loss pulls matching descriptors together and
-pushes non-matches (random pixels anywhere, and pixels on the objects, arm included) at
-least `margin` apart, averaging the non-match term over the violating pairs only (hard
-negatives) as dense object nets do. Descriptors are unit-normalised, matching the cosine
-similarity used at run time.
+pushes non-matches at least `margin` apart, averaging the non-match term over the violating
+pairs only, as dense object nets do. Non-matches are random pixels anywhere plus mined hard
+negatives: of a pool of pixels on the task objects, the arm and gripper, and the scene's
+distractors, the ones the current net finds most similar to the match (what a keypoint
+jumps to in clutter or when the gripper covers it). Descriptors are unit-normalised, so a
+margin m caps a non-match's cosine similarity at 1 - m^2/2 (0.5 for the default m = 1),
+which leaves room for a calibrated visibility threshold at run time.
 """
 
 from __future__ import annotations
@@ -37,14 +40,15 @@ class DescriptorTrainConfig:
     image_size: tuple[int, int] = (240, 320)  # (height, width) of the training renders
     tasks: tuple[str, ...] = ("pick_place", "place_upright", "pick_place_two")
     robots: tuple[str, ...] = ("panda", "ur5e")
-    variations: tuple[str, ...] = ("in", "scene", "rot")
+    variations: tuple[str, ...] = ("in", "scene", "rot", "scene")  # clutter, table colours, light: half the scenes
     steps: int = 2000
     pairs_per_step: int = 6
     matches_per_pair: int = 256
-    non_matches: int = 96  # per match
+    non_matches: int = 96  # per match: half random pixels, half mined hard negatives
+    hard_pool: int = 3  # hard negatives are the most similar of hard_pool times as many candidates
     object_share: float = 0.75  # of match pixels sampled on task objects / fixture
     cross_instance_share: float = 0.4  # of pairs across scenes with other instances of a category
-    margin: float = 0.5  # minimum distance of unit descriptors that do not correspond
+    margin: float = 1.0  # minimum distance of unit descriptors that do not correspond (cosine <= 0.5)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -55,6 +59,8 @@ class DescriptorTrainConfig:
         require(self.scenes >= 2 and self.views_per_scene >= 2, "scenes", "need at least 2 scenes of at least 2 views")
         require(self.steps >= 1 and self.pairs_per_step >= 1, "steps", "must be >= 1")
         require(0 <= self.cross_instance_share <= 1 and 0 <= self.object_share <= 1, "cross_instance_share", "shares lie in [0, 1]")
+        require(self.hard_pool >= 1, "hard_pool", f"must be >= 1, got {self.hard_pool}")
+        require(0 < self.margin <= 2, "margin", f"unit descriptors are at most 2 apart, got {self.margin}")
 
 
 @dataclass
@@ -63,8 +69,10 @@ class Pair:
     rgb_b: np.ndarray
     uv_a: np.ndarray  # (M, 2) pixels
     uv_b: np.ndarray  # (M, 2) pixels
-    negatives: np.ndarray  # (M, K, 2) pixels in B that do not correspond
-    negative_weight: np.ndarray  # (M, K) 1, or 0 on another instance of the match's category
+    negatives: np.ndarray  # (M, K + P, 2) pixels in B that do not correspond: K random, then a pool of P hard candidates
+    negative_weight: np.ndarray  # (M, K + P) 1, or 0 on another instance of the match's category
+    random_negatives: int  # K
+    hard_negatives: int  # how many of the pool count per match (the most similar)
 
 
 def _pixels(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,10 +102,11 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     uv_a, uv_b = candidates[keep].astype(np.float64), uv_b[keep]
     h, w = b.depth.shape
     m, k = len(keep), config.non_matches
-    hard_mask = np.isin(b.bodies, list(b.objects) + list(b.robot))  # the objects and the arm
+    hard_mask = np.isin(b.bodies, list(b.objects) + list(b.robot) + list(b.distractors))
     k_hard = k - k // 2 if hard_mask.any() else 0
     anywhere = np.stack([rng.integers(w, size=(m, k - k_hard)), rng.integers(h, size=(m, k - k_hard))], axis=-1)
-    hard = _pixels(hard_mask, m * k_hard, rng).reshape(m, k_hard, 2)
+    pool = k_hard * config.hard_pool
+    hard = _pixels(hard_mask, m * pool, rng).reshape(m, pool, 2)
     negatives = np.concatenate([anywhere, hard], axis=1).astype(np.float64)
     # A "non-match" within a few pixels of the true match is a match: push it away.
     close = np.linalg.norm(negatives - uv_b[:, None], axis=-1) < 6
@@ -112,7 +121,7 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     neg = negatives.astype(int)
     neg_category, neg_body = category_b[neg[..., 1], neg[..., 0]], b.bodies[neg[..., 1], neg[..., 0]]
     other_instance = (neg_category == match_category[:, None]) & (match_category[:, None] >= 0) & (neg_body != match_body[:, None])
-    return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives, (~other_instance).astype(np.float32))
+    return Pair(a.rgb, b.rgb, uv_a, uv_b, negatives, (~other_instance).astype(np.float32), k - k_hard, k_hard)
 
 
 def _keep_shares(valid: np.ndarray, n_first: int, m: int, first_share: float, rng: np.random.Generator) -> np.ndarray:
@@ -163,10 +172,19 @@ def sample(descriptors: torch.Tensor, uv: torch.Tensor, image_size: tuple[int, i
 def contrastive_loss(desc_a, desc_b, pair: Pair, margin: float, image_size) -> tuple[torch.Tensor, dict[str, float]]:
     da = sample(desc_a, torch.from_numpy(pair.uv_a), image_size)
     db = sample(desc_b, torch.from_numpy(pair.uv_b), image_size)
-    dn = sample(desc_b, torch.from_numpy(pair.negatives), image_size)  # (M, K, D)
+    dn = sample(desc_b, torch.from_numpy(pair.negatives), image_size)  # (M, K + P, D)
+    weight = torch.from_numpy(pair.negative_weight)
     match = (da - db).pow(2).sum(-1).mean()
     distance = (da[:, None] - dn).pow(2).sum(-1).clamp(min=1e-12).sqrt()
-    hinge = F.relu(margin - distance).pow(2) * torch.from_numpy(pair.negative_weight)
+    k = pair.random_negatives
+    if pair.hard_negatives:  # mining: of the pool, the closest (weighted-out ones never count)
+        pool = distance[:, k:].detach().masked_fill(weight[:, k:] == 0, float("inf"))
+        hardest = k + pool.topk(pair.hard_negatives, dim=1, largest=False).indices
+        keep = torch.cat([torch.arange(k).expand(len(distance), k), hardest], dim=1)
+        distance, weight = distance.gather(1, keep), weight.gather(1, keep)
+    else:
+        distance, weight = distance[:, :k], weight[:, :k]
+    hinge = F.relu(margin - distance).pow(2) * weight
     hard = (hinge > 0).sum().clamp(min=1)
     non_match = hinge.sum() / hard
     return match + non_match, {"match": match.item(), "non_match": non_match.item(), "hard_share": hard.item() / hinge.numel()}

@@ -46,9 +46,11 @@ class BackendConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = 4
+    min_score: float = -1.0  # keypoint matches scoring lower are not visible; calibrated per model by `kil keypoints calibrate`
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(-1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
         if self.input_size is not None:
             require(all(s > 0 for s in self.input_size), "input_size", f"must be positive, got {self.input_size}")
 
