@@ -106,3 +106,54 @@ def test_train_and_build_dataset_errors_are_one_line(tmp_path, capsys):
     assert "no rosbag2 episodes" in capsys.readouterr().err
     assert main(["build-dataset", str(tmp_path / "empty"), "--task", "pick_place", "--out", str(tmp_path / "ds"), "--images", "big"]) != 0
     assert "--images: expected HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+def test_keypoint_bench_and_calibration_on_simulated_frames(tmp_path):
+    """`kil bench keypoints` prints per variation and keypoint the error tails and the
+    visibility figures; `kil keypoints calibrate --write` stores a threshold in the model's
+    config, which the bench then uses."""
+    config = tmp_path / "sift_copy.yaml"
+    config.write_text("# a copy of the SIFT backend\nbackend: sift\ninput_size: [240, 320]\n")
+    calibrate = kil("keypoints", "calibrate", "--model", str(config), "--tasks", "pick_place", "--variations", "in",
+                    "--frames", "3", "--precision", "0.5", "--write")
+    assert calibrate.returncode == 0, calibrate.stderr
+    assert "hidden keypoints" in calibrate.stdout and "wrote min_score" in calibrate.stdout
+    written = config.read_text()
+    assert written.startswith("# a copy of the SIFT backend") and "min_score: " in written
+    bench = kil("bench", "keypoints", "--backends", str(config), "--tasks", "pick_place", "--variations", "in,scene", "--frames", "3")
+    assert bench.returncode == 0, bench.stderr
+    out = bench.stdout
+    assert "px median / p90 / max" in out and "precision" in out and "block/top_center" in out and "tray/corner" in out
+    threshold = float(written.split("min_score: ")[1].split()[0])
+    assert f"min_score {threshold:.3f}" in " ".join(out.split())
+
+
+def test_match_bench_compares_thread_settings():
+    result = kil("bench", "match", "--channels", "16", "--keypoints", "3", "--repeats", "3", "--no-backends")
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "1 (default)" in out or "2 (default)" in out
+    assert out.count("fast") >= 4 and "naive" in out
+
+
+@pytest.mark.slow
+def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_path):
+    """The central-result suite end to end at toy sizes: demonstrations, one dataset with
+    keypoints and images, a keypoint and an RGB policy trained for the same steps, closed
+    loop on two variations, the side-by-side table; a second call reuses every stage."""
+    args = ("bench", "variations", "--out", str(tmp_path), "--demos", "1", "--episodes", "1", "--variations", "in,scene",
+            "--steps", "4", "--time-limit", "1")
+    first = subprocess.run([sys.executable, "-m", "kil", *args], capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = " ".join(first.stdout.split())
+    for stage in ("kil sim demos", "kil build-dataset", "kil train --config cpu-small", "kil train --config rgb-cpu-small"):
+        assert stage in out
+    assert "keypoint policy success" in out and "rgb policy success" in out
+    table = first.stdout[first.stdout.index("keypoint policy success"):]
+    assert "│ in " in table and "│ scene " in table and table.count("/1 = ") == 4 and "(colour images)" in table
+    from kil.data.store import Store
+
+    store = Store.open(tmp_path / "dataset").require_complete()
+    assert store.read_episode(store.episode_names[0]).rgb.shape[1:] == (72, 96, 3)  # the rgb-cpu-small input size
+    again = subprocess.run([sys.executable, "-m", "kil", *args], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "$ kil" not in again.stdout and "keypoint policy success" in again.stdout

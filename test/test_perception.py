@@ -194,7 +194,8 @@ def test_depth_read_ignores_invalid_values_and_reports_invisible():
 
 def test_depth_read_at_an_edge_takes_one_surface_or_none():
     """An invalid seam between an object (0.5 m) and the background (2.0 m), as real RGB-D
-    cameras leave along edges: a keypoint on it takes the surface of its nearest readings,
+    cameras leave along edges: a keypoint on a one-pixel seam is at the object's edge and
+    takes the object in front; on a wider seam it takes the surface of its nearest readings,
     or is invisible when they are on both; never the 1.25 m between them (a point in mid-air)."""
     depth = np.full((20, 20), 2.0, np.float32)
     depth[:, :10] = 0.5
@@ -202,7 +203,8 @@ def test_depth_read_at_an_edge_takes_one_surface_or_none():
     depth[:, 11:13] = np.nan  # widening to three pixels in the lower half
     depth[:10, 11:13] = 2.0
     got = read_depth(depth, np.array([[10, 5], [10, 15], [11, 15], [12, 15], [0, 3], [19, 19], [9, 0]]), radius=3)
-    assert np.isnan(got[0]) and np.isnan(got[2])  # object and background equally near: on the seam, neither for sure
+    assert got[0] == pytest.approx(0.5)  # one-pixel seam: the object in front
+    assert np.isnan(got[2])  # middle of a three-pixel seam, object and background equally near: neither for sure
     assert got[1] == pytest.approx(0.5)  # nearer the object
     assert got[3] == pytest.approx(2.0)  # nearer the background
     assert got[4] == pytest.approx(0.5) and got[5] == pytest.approx(2.0) and got[6] == pytest.approx(0.5)  # valid pixels, partial windows
@@ -211,6 +213,12 @@ def test_depth_read_at_an_edge_takes_one_surface_or_none():
     assert np.isnan(read_depth(corner, np.array([[0, 0]]), radius=3)[0])
     corner[1, 1] = 0.62  # a reading one pixel away: its surface
     assert read_depth(corner, np.array([[0, 0]]), radius=3)[0] == pytest.approx(0.62)
+    # A valid pixel just off an object's silhouette (a block's far edge, a tray's rim) takes
+    # the object; one or more pixels further (radius 1 is all) the background.
+    edge = np.full((9, 9), 1.3, np.float32)
+    edge[:, :4] = 1.0
+    got = read_depth(edge, np.array([[4, 4], [3, 4], [5, 4], [6, 4]]), radius=3)
+    np.testing.assert_allclose(got, [1.0, 1.0, 1.3, 1.3])
     sloped = np.linspace(0.9, 1.1, 20, dtype=np.float32)[None].repeat(20, 0)  # one tilted surface: no edge inside
     sloped[10, 10] = np.nan
     assert read_depth(sloped, np.array([[10, 10]]), radius=3)[0] == pytest.approx(sloped[10, 9:12:2].mean(), abs=1e-6)

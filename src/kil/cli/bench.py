@@ -2,7 +2,8 @@
 
   sim        render/control throughput, real-time factor, scripted-expert success rates
   match      naive vs exact fast image matcher (time, peak memory), feature-backend latency
-  keypoints  keypoint accuracy (px, mm) of feature backends on held-out simulated frames
+  keypoints  keypoint accuracy (px, mm: median, p90, max) and visibility precision/recall on held-out simulated frames
+  variations paper 001's central result: keypoint policy vs RGB baseline, same demonstrations, on in / obj / scene
   policy     closed-loop success of a trained policy in the sim (Clopper-Pearson intervals)
   live       the live graph in the local and/or ROS 2 runtime: interpolator jitter, end-to-end and per-node latency
   latency    policy inference latency: fast path vs a straightforward reference loop
@@ -46,6 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kp.add_argument("--frames", type=int, default=12, help="frames per task and variation")
     kp.add_argument("--robot", default="panda")
     kp.set_defaults(run_suite=_keypoints)
+
+    var = suites.add_parser("variations", help="paper 001's central result: keypoint policy vs RGB baseline on in / obj / scene")
+    var.add_argument("--out", required=True, help="directory for demonstrations, dataset, policies and results (a run continues there)")
+    var.add_argument("--task", default="pick_place")
+    var.add_argument("--robot", default="panda")
+    var.add_argument("--demos", type=int, default=50, help="in-distribution demonstrations both policies train on")
+    var.add_argument("--episodes", type=int, default=30, help="closed-loop episodes per variation and policy")
+    var.add_argument("--variations", default="in,obj,scene")
+    var.add_argument("--keypoint-preset", default="cpu-small")
+    var.add_argument("--rgb-preset", default="rgb-cpu-small")
+    var.add_argument("--steps", type=int, default=0, help="training steps of both policies (default: the presets')")
+    var.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds per closed-loop episode (default: the task's)")
+    var.set_defaults(run_suite=_variations)
 
     pol = suites.add_parser("policy", help="closed-loop success of a trained policy in the sim")
     pol.add_argument("--policy", required=True, help="run directory (kil train --out) or checkpoint")
@@ -119,6 +133,17 @@ def _live(args: argparse.Namespace) -> int:
         raise ConfigError(f"--real-time-factor: must be in (0, 10], got {args.real_time_factor:g}")
     return live(args.policy, args.duration, args.task, args.robot, seed=args.seed, runtimes=tuple(_split(args.runtime)),
                 real_time_factor=args.real_time_factor)
+
+
+def _variations(args: argparse.Namespace) -> int:
+    from kil.bench.variations import VariationsConfig, run
+
+    try:
+        config = VariationsConfig(args.task, args.robot, args.demos, args.episodes, tuple(_split(args.variations)),
+                                  args.keypoint_preset, args.rgb_preset, args.steps, time_limit_s=args.time_limit)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return run(config, args.out)
 
 
 def _policy(args: argparse.Namespace) -> int:

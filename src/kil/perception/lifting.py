@@ -1,7 +1,8 @@
 """3D lifting: keypoint pixels + depth + intrinsics + camera pose -> base-frame points.
 
-Depth reads are robust: NaN, +-inf and zero (no reading) are ignored, and a pixel without a
-valid reading nearby gives `visible=false` rather than a wrong point.
+Depth reads are robust: NaN, +-inf and zero (no reading) are ignored, a keypoint at a depth
+edge takes the surface in front, and a pixel without a valid reading nearby (or on a wide
+invalid seam between two surfaces) gives `visible=false` rather than a wrong point.
 """
 
 from __future__ import annotations
@@ -44,25 +45,37 @@ def surface_depth(values: np.ndarray, distances: np.ndarray) -> float:
     object and the background) the pixel belongs to neither for sure: NaN. Never a depth
     between two surfaces, which is a point in mid-air.
     """
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    jumps = np.diff(sorted_values) > np.maximum(EDGE_GAP_M, EDGE_GAP_REL * sorted_values[:-1])
-    surface = np.empty(len(values), np.int64)
-    surface[order] = np.concatenate([[0], np.cumsum(jumps)])
+    surface = _surface_labels(values)
     nearest = surface[distances <= distances.min() + 1e-9]
     if np.any(nearest != nearest[0]):
         return float("nan")
     return float(np.median(values[surface == nearest[0]]))
 
 
+def _surface_labels(values: np.ndarray) -> np.ndarray:
+    """(M,) surface index of each depth reading: readings split into surfaces at depth jumps
+    (> EDGE_GAP_M and > EDGE_GAP_REL of the depth); 0 is the surface nearest the camera."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    jumps = np.diff(sorted_values) > np.maximum(EDGE_GAP_M, EDGE_GAP_REL * sorted_values[:-1])
+    labels = np.empty(len(values), np.int64)
+    labels[order] = np.concatenate([[0], np.cumsum(jumps)])
+    return labels
+
+
 def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray:
     """Depth at each pixel, (N,) metres, NaN where none is valid within `radius` pixels.
 
     depth: (H, W) float metres (NaN, +-inf and <= 0 invalid); uv: (N, 2) pixels (u, v).
-    The centre pixel is used when valid; otherwise the smallest window (3x3, 5x5, ...)
-    holding valid readings gives the depth of the surface the pixel belongs to
-    (`surface_depth`): at an object's edge, the object or the background, never a depth
-    between them; NaN when the pixel lies on a seam between the two.
+
+    - At a depth edge (the readings within one pixel lie on two surfaces) the surface in
+      front counts: a keypoint sits on an object, an object's silhouette is the surface in
+      front of what lies behind it, and a match is only good to about a pixel. Read
+      naively, a block's far edge or a tray's rim lands on the table behind them.
+    - Otherwise the centre pixel is used when valid, and a pixel without a reading takes
+      the surface it belongs to from the smallest window (3x3, 5x5, ...) holding readings
+      (`surface_depth`): NaN where it lies on a wider invalid seam between two surfaces.
+    Never a depth between two surfaces, which is a point in mid-air.
     """
     H, W = depth.shape
     out = np.full(len(uv), np.nan, np.float32)
@@ -72,6 +85,13 @@ def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray
         x, y = int(round(u)), int(round(v))
         if not (0 <= x < W and 0 <= y < H):
             continue
+        if radius >= 1:
+            near = depth[max(y - 1, 0): y + 2, max(x - 1, 0): x + 2]
+            readings = near[np.isfinite(near) & (near > 0)]
+            labels = _surface_labels(readings) if len(readings) else np.zeros(0, np.int64)
+            if len(readings) and labels.max() > 0:  # an edge within a pixel: the surface in front
+                out[k] = float(np.median(readings[labels == 0]))
+                continue
         for r in range(radius + 1):
             y0, x0 = max(y - r, 0), max(x - r, 0)
             window = depth[y0: y + r + 1, x0: x + r + 1]

@@ -214,7 +214,8 @@ class _DenseRows:
     """The similarity of every pixel, one cell row at a time (an (N, rows, W) block stays in
     cache): the same formulas as `_similarity_at`, arranged separably. Along columns the
     terms are interpolated once at patch-row resolution; each image row then mixes two of
-    those rows with its weight y1 as a + y1 (b - a), which is y0 a + y1 b with y0 = 1 - y1."""
+    those rows with its weight y1 as a + y1 (b - a), which is y0 a + y1 b with y0 = 1 - y1.
+    The norms (shared by all references) are computed for the whole image at once."""
 
     def __init__(self, t: _PatchTerms, b: int, y: _Axis, x: _Axis) -> None:
         j, x0, x1 = x.cell, x.w0, x.w1
@@ -222,29 +223,32 @@ class _DenseRows:
         self.t, self.b, self.y, self.x = t, b, y, x
         self.dots = x0 * D[:, :, j] + x1 * D[:, :, j + 1]  # (N, h+1, W)
         self.dots_step = np.diff(self.dots, axis=1)  # (N, h, W)
-        self.row_norm2 = x0 * x0 * sq[:, j] + x1 * x1 * sq[:, j + 1] + 2 * x0 * x1 * right[:, j]  # Q: (h+1, W)
-        self.cross = x0 * x0 * t.ac[b][:, j] + x0 * x1 * (t.ad[b] + t.bc[b])[:, j] + x1 * x1 * t.bd[b][:, j]  # X: (h, W)
-        self.row_length = x0 * length[:, j] + x1 * length[:, j + 1]
+        row_norm2 = x0 * x0 * sq[:, j] + x1 * x1 * sq[:, j + 1] + 2 * x0 * x1 * right[:, j]  # Q: (h+1, W)
+        cross = x0 * x0 * t.ac[b][:, j] + x0 * x1 * (t.ad[b] + t.bc[b])[:, j] + x1 * x1 * t.bd[b][:, j]  # X: (h, W)
+        row_length = x0 * length[:, j] + x1 * length[:, j + 1]
+        i, y0, y1 = y.cell, y.w0[:, None], y.w1[:, None]
+        norm2 = y0 * y0 * row_norm2[i] + y1 * y1 * row_norm2[i + 1] + 2 * y0 * y1 * cross[i]  # (H, W)
+        scale = y0 * row_length[i] + y1 * row_length[i + 1]
+        self.inverse_norm = 1 / np.sqrt(np.maximum(norm2, _EPS * _EPS))
+        self.cancelling = norm2 < _CANCELLING * scale * scale
 
     def cells(self):
         """Yields (first image row, similarity block (N, rows, W)) for each cell row with pixels."""
         y = self.y
         for i in np.flatnonzero(y.count):
             rows = slice(int(y.start[i]), int(y.start[i] + y.count[i]))
-            y0, y1 = y.w0[rows, None], y.w1[rows, None]
-            block = self.dots_step[:, i, None] * y1
+            block = self.dots_step[:, i, None] * y.w1[rows, None]
             block += self.dots[:, i, None]
-            norm2 = y0 * y0 * self.row_norm2[i] + y1 * y1 * self.row_norm2[i + 1] + 2 * y0 * y1 * self.cross[i]
-            scale = y0 * self.row_length[i] + y1 * self.row_length[i + 1]
-            block *= 1 / np.sqrt(np.maximum(norm2, _EPS * _EPS))
-            r, c = np.nonzero(norm2 < _CANCELLING * scale * scale)
+            block *= self.inverse_norm[rows]
+            r, c = np.nonzero(self.cancelling[rows])
             if len(r):
                 N = len(block)
                 n, r, c = np.repeat(np.arange(N), len(r)), np.tile(r, N), np.tile(c, N)
                 pr = r + rows.start
                 block[n, r, c] = _exact_similarity(self.t, self.b, n, y.cell[pr], self.x.cell[c], y.w0[pr], y.w1[pr],
                                                    self.x.w0[c], self.x.w1[c])
-            yield rows.start, np.clip(block, -1.0, 1.0, out=block)
+            np.minimum(block, 1.0, out=block)
+            yield rows.start, np.maximum(block, -1.0, out=block)
 
 
 def _dense_similarity(t: _PatchTerms, b: int, y: _Axis, x: _Axis) -> np.ndarray:

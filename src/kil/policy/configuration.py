@@ -3,7 +3,8 @@ its options from papers 000/002/003, the RGB baseline, and training. One YAML fi
 a `policy` and a `training` section; unknown keys are one-line errors naming the key.
 
 Presets: `paper` (table VIII sizes, for a GPU), `cpu-small` (a usable sim policy on a 2-core
-CPU in under 30 minutes) and `rgb` (the RGB baseline at the paper's sizes).
+CPU in under 30 minutes), `rgb` (the RGB baseline at the paper's sizes) and `rgb-cpu-small`
+(the RGB baseline at cpu-small's training budget).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class PolicyConfig:
     ensemble: int = 1  # >1: sample this many chunks with keypoint-token dropout, take the median (paper 000)
     ensemble_dropout: float = 0.2
     image_size: tuple[int, int] = (96, 128)  # rgb baseline input (height, width)
+    rgb_width: int = 64  # rgb baseline: ResNet-18 base width (64 as published; the trunk gives 8x this)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,7 @@ class PolicyConfig:
         require(self.kernel_size % 2 == 1, "kernel_size", f"must be odd, got {self.kernel_size}")
         require(1 <= self.inference_steps <= self.train_steps, "inference_steps", f"must be in [1, train_steps], got {self.inference_steps}")
         require(self.ensemble >= 1, "ensemble", f"must be >= 1, got {self.ensemble}")
+        require(self.rgb_width >= 8 and self.rgb_width % 8 == 0, "rgb_width", f"a multiple of 8, at least 8, got {self.rgb_width}")
         require(0 <= self.ensemble_dropout < 1, "ensemble_dropout", f"must be in [0, 1), got {self.ensemble_dropout}")
         require(self.action_frame == "base" or bool(self.action_frame_keypoint), "action_frame_keypoint",
                 "a keypoint-centred action frame needs the keypoint's name")
@@ -142,6 +145,13 @@ PRESETS: dict[str, RunConfig] = {
         policy=PolicyConfig(encoder=EncoderConfig(d_model=64, layers=2, heads=4, mlp=128), unet_channels=(32, 64, 128),
                             diffusion_step_embed=64),
         training=TrainingConfig(steps=5000, batch_size=128, lr=1e-3, weight_decay=1e-4, warmup_steps=200, checkpoint_every=1000),
+    ),
+    # The RGB baseline sized to train on a 2-core CPU as long as cpu-small does (the same
+    # action head, steps and learning rate; a ResNet-18 of a quarter the width on 72x96
+    # images), so the two are compared at the same training budget.
+    "rgb-cpu-small": RunConfig(
+        policy=PolicyConfig(kind="rgb", unet_channels=(32, 64, 128), diffusion_step_embed=64, image_size=(72, 96), rgb_width=16),
+        training=TrainingConfig(steps=5000, batch_size=64, lr=1e-3, weight_decay=1e-6, warmup_steps=200, checkpoint_every=1000),
     ),
 }
 

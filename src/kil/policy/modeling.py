@@ -248,6 +248,6 @@ def build_policy(config: PolicyConfig, keypoints: int, proprio_dim: int) -> Diff
     if config.kind == "rgb":
         from kil.policy.rgb_baseline import ResNet18Encoder
 
-        return DiffusionPolicy(config, ResNet18Encoder(proprio_dim), keypoints)
+        return DiffusionPolicy(config, ResNet18Encoder(proprio_dim, config.rgb_width), keypoints)
     encoder = KeypointEncoder(config, keypoint_dim, proprio_dim, keypoints) if config.encoder.use else FlatEncoder(keypoint_dim, proprio_dim, keypoints)
     return DiffusionPolicy(config, encoder, keypoints)

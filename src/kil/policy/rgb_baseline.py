@@ -12,7 +12,7 @@ from kil.policy.batch import Encoded
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(channels // 16, channels)
+    return nn.GroupNorm(max(channels // 16, 1), channels)
 
 
 class BasicBlock(nn.Module):
@@ -33,26 +33,27 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 trunk: (B, 3, H, W) -> (B, 512) (global average pool)."""
+    """ResNet-18 trunk: (B, 3, H, W) -> (B, 8 * width) (global average pool); width 64 is
+    the published network, narrower ones train on a CPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 64) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), _norm(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        layers, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), _norm(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], width
+        for cout, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
         self.layers = nn.Sequential(*layers)
-        self.out_dim = 512
+        self.out_dim = 8 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x)).mean(dim=(2, 3))
 
 
 class ResNet18Encoder(nn.Module):
-    def __init__(self, proprio_dim: int) -> None:
+    def __init__(self, proprio_dim: int, width: int = 64) -> None:
         super().__init__()
-        self.trunk = ResNet18()
+        self.trunk = ResNet18(width)
         self.out_dim = self.trunk.out_dim + proprio_dim
 
     def forward(self, obs: Encoded, gate: torch.Tensor | None = None) -> torch.Tensor:

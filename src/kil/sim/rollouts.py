@@ -44,7 +44,7 @@ def run_policy(policy: str | Path, task: str, robot: str, variation: str, seed: 
 
 
 def evaluate(policy: str | Path, task: str, robot: str, variations: list[str], episodes: int, seed: int = 1000,
-             video_dir: str | Path | None = None) -> dict[str, list[EpisodeResult]]:
+             video_dir: str | Path | None = None, time_limit_s: float | None = None) -> dict[str, list[EpisodeResult]]:
     """Closed-loop episodes per variation; prints each episode and a table with 95%
     Clopper-Pearson intervals for success and Wald intervals for completion."""
     import numpy as np
@@ -67,7 +67,7 @@ def evaluate(policy: str | Path, task: str, robot: str, variations: list[str], e
             runs = results[variation] = []
             for i in range(episodes):
                 video = None if video_dir is None else Path(video_dir) / f"{task}_{variation}_{i:03d}.mp4"
-                runs.append(run_policy(policy, task, robot, variation, episode_seed(seed, i), video=video))
+                runs.append(run_policy(policy, task, robot, variation, episode_seed(seed, i), time_limit_s, video=video))
                 progress.advance(bar)
                 console.print(f"  {variation} episode {i}: completion {runs[-1].completion:.2f} after {runs[-1].duration_s:.1f} s"
                               + (f" -> {video}" if video else ""))
@@ -102,5 +102,6 @@ def training_facts(policy_path: str | Path) -> str:
     meta = _meta(policy_path)
     seconds = meta.get("train_seconds")
     took = f"{seconds / 60:.1f} min" if seconds is not None else "unknown"
-    return f"{meta.get('step', '?')} training steps in {took}; trained on {meta['trained_on']['task']} ({meta['trained_on']['keypoint_source']} keypoints)"
+    inputs = "colour images" if meta["run"]["policy"]["kind"] == "rgb" else f"{meta['trained_on']['keypoint_source']} keypoints"
+    return f"{meta.get('step', '?')} training steps in {took}; trained on {meta['trained_on']['task']} ({inputs})"
 

@@ -1,0 +1,149 @@
+"""Paper 001's central result on the simulated rig: a keypoint policy and the RGB diffusion
+policy baseline, trained on the same in-distribution demonstrations for the same number of
+steps, evaluated closed loop on in / obj / scene, side by side with Clopper-Pearson 95%
+intervals.
+
+The stages run as the `kil` commands a user would run (scripted demonstrations, one
+dataset holding keypoints and colour frames, two trainings, closed-loop episodes through
+the live graph), each writing under `out`; a stage whose output is complete is not run
+again, so an interrupted run continues where it stopped. Hours on a 2-core CPU at the
+defaults (50 demonstrations, 30 episodes per variation and policy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kil.config import require
+
+POLICIES = ("keypoint", "rgb")
+
+
+@dataclass(frozen=True)
+class VariationsConfig:
+    task: str = "pick_place"
+    robot: str = "panda"
+    demos: int = 50
+    episodes: int = 30  # closed-loop episodes per variation and policy
+    variations: tuple[str, ...] = ("in", "obj", "scene")
+    keypoint_preset: str = "cpu-small"
+    rgb_preset: str = "rgb-cpu-small"
+    steps: int = 0  # training steps of both policies (0: the presets')
+    demo_seed: int = 0
+    eval_seed: int = 1000  # disjoint from the demonstrations'
+    time_limit_s: float | None = None  # of each closed-loop episode (None: the task's)
+
+    def __post_init__(self) -> None:
+        require(self.demos >= 1, "demos", f"must be >= 1, got {self.demos}")
+        require(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
+        require(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        require(len(self.variations) > 0, "variations", "name at least one")
+        require(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s", f"must be > 0, got {self.time_limit_s}")
+
+
+def _kil(console: Console, *args: str) -> None:
+    console.print(f"[bold]$ kil {' '.join(args)}[/bold]")
+    done = subprocess.run([sys.executable, "-m", "kil", *args])
+    if done.returncode != 0:
+        raise SystemExit(f"kil {args[0]} failed (exit {done.returncode}); fix it and run the benchmark again to continue")
+
+
+def _demos_complete(demos: Path, count: int) -> bool:
+    return demos.is_dir() and len(list(demos.glob("episode_*/kil_episode.yaml"))) >= count
+
+
+def _built(dataset: Path) -> bool:
+    from kil.data.store import Store
+    from kil.errors import ConfigError
+
+    try:
+        Store.open(dataset).require_complete()
+        return True
+    except (ConfigError, OSError, ValueError):
+        return False
+
+
+def _trained_steps(run: Path) -> int | None:
+    """The step of a run's newest checkpoint, None without one."""
+    from kil.config import load_yaml
+    from kil.errors import ConfigError
+    from kil.policy.inference import POLICY_FILE, checkpoint_dir
+
+    try:
+        return int(load_yaml(checkpoint_dir(run) / POLICY_FILE).get("step", 0))
+    except (ConfigError, OSError):
+        return None
+
+
+def run(config: VariationsConfig, out: str | Path) -> int:
+    from kil.policy.configuration import load_run_config
+    from kil.sim.rollouts import evaluate, training_facts
+
+    console = Console(width=160)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    demos, dataset = out / "demos", out / "dataset"
+    if not _demos_complete(demos, config.demos):
+        if demos.exists():
+            raise SystemExit(f"{demos}: an incomplete batch of demonstrations; remove it and run again")
+        _kil(console, "sim", "demos", "--task", config.task, "--robot", config.robot, "--variation", "in",
+             "--episodes", str(config.demos), "--seed", str(config.demo_seed), "--out", str(demos))
+    rgb_size = load_run_config(config.rgb_preset).policy.image_size
+    if not _built(dataset):
+        if dataset.exists():
+            raise SystemExit(f"{dataset}: an interrupted build; remove it and run again")
+        _kil(console, "build-dataset", str(demos), "--task", config.task, "--out", str(dataset), "--images", f"{rgb_size[0]}x{rgb_size[1]}")
+    runs = {"keypoint": out / "policy_keypoint", "rgb": out / "policy_rgb"}
+    presets = {"keypoint": config.keypoint_preset, "rgb": config.rgb_preset}
+    for kind in POLICIES:
+        steps = config.steps or load_run_config(presets[kind]).training.steps
+        done = _trained_steps(runs[kind])
+        if done is None:
+            if runs[kind].exists():
+                raise SystemExit(f"{runs[kind]}: a run without a checkpoint; remove it and run again")
+            _kil(console, "train", "--config", presets[kind], "--dataset", str(dataset), "--out", str(runs[kind]), "--steps", str(steps))
+        elif done < steps:
+            _kil(console, "train", "--resume", str(runs[kind]), "--steps", str(steps))
+    results = {}
+    for kind in POLICIES:
+        cached = out / f"results_{kind}.json"
+        if cached.is_file():
+            results[kind] = json.loads(cached.read_text())
+            continue
+        console.print(f"[bold]{kind} policy[/bold]")
+        episodes = evaluate(runs[kind], config.task, config.robot, list(config.variations), config.episodes, config.eval_seed,
+                            time_limit_s=config.time_limit_s)
+        results[kind] = {v: [{"success": bool(r.success), "completion": float(r.completion)} for r in rs] for v, rs in episodes.items()}
+        cached.write_text(json.dumps(results[kind]))
+    console.print(comparison(results, config, {kind: training_facts(runs[kind]) for kind in POLICIES}))
+    return 0
+
+
+def comparison(results: dict[str, dict[str, list[dict]]], config: VariationsConfig, facts: dict[str, str]) -> Table:
+    """The side-by-side table: per variation, each policy's successes with their interval."""
+    from kil.bench.stats import clopper_pearson
+
+    table = Table(title=f"{config.task} on the {config.robot}: trained on {config.demos} `in` demonstrations, "
+                        f"{config.episodes} closed-loop episodes per variation (seed {config.eval_seed})",
+                  caption="; ".join(f"{kind}: {fact}" for kind, fact in facts.items()))
+    table.add_column("variation")
+    for kind in POLICIES:
+        table.add_column(f"{kind} policy success")
+        table.add_column("95% CI (Clopper-Pearson)")
+    for variation in config.variations:
+        row = [variation]
+        for kind in POLICIES:
+            runs = results.get(kind, {}).get(variation, [])
+            wins, n = sum(r["success"] for r in runs), len(runs)
+            lo, hi = clopper_pearson(wins, n) if n else (0.0, 1.0)
+            row += [f"{wins}/{n} = {wins / max(n, 1):.0%}", f"[{lo:.0%}, {hi:.0%}]"]
+        table.add_row(*row)
+    return table
