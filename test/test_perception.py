@@ -180,10 +180,10 @@ def test_depth_read_ignores_invalid_values_and_reports_invisible():
     depth[5, 5], depth[5, 6] = np.inf, -np.inf
     depth[15, 15] = 0.0
     depth[0:3, 0:3] = np.nan
-    depth[1, 2] = 0.9  # the only valid reading near (1, 1)
+    depth[1, 2] = 0.79  # the only valid reading next to (1, 1)
     got = read_depth(depth, np.array([[10, 10], [5, 5], [15, 15], [1, 1], [-3, 4], [np.nan, 2], [19.4, 19.4]]), radius=2)
     np.testing.assert_allclose(got[[0, 1, 2]], 0.8)
-    assert got[3] == pytest.approx(0.9)
+    assert got[3] == pytest.approx(0.79)
     assert np.isnan(got[4]) and np.isnan(got[5])
     assert got[6] == pytest.approx(0.8)
     K, T = camera()
@@ -200,25 +200,25 @@ def test_depth_read_at_an_edge_takes_one_surface_or_none():
     depth = np.full((20, 20), 2.0, np.float32)
     depth[:, :10] = 0.5
     depth[:, 10] = np.nan  # a one-pixel seam
-    depth[:, 11:13] = np.nan  # widening to three pixels in the lower half
-    depth[:10, 11:13] = 2.0
-    got = read_depth(depth, np.array([[10, 5], [10, 15], [11, 15], [12, 15], [0, 3], [19, 19], [9, 0]]), radius=3)
+    depth[:, 11:15] = np.nan  # widening to five pixels in the lower half
+    depth[:10, 11:15] = 2.0
+    got = read_depth(depth, np.array([[10, 5], [10, 15], [12, 15], [14, 15], [0, 3], [19, 19], [9, 0]]), radius=3)
     assert got[0] == pytest.approx(0.5)  # one-pixel seam: the object in front
-    assert np.isnan(got[2])  # middle of a three-pixel seam, object and background equally near: neither for sure
+    assert np.isnan(got[2])  # middle of a five-pixel seam, object and background equally near: neither for sure
     assert got[1] == pytest.approx(0.5)  # nearer the object
     assert got[3] == pytest.approx(2.0)  # nearer the background
     assert got[4] == pytest.approx(0.5) and got[5] == pytest.approx(2.0) and got[6] == pytest.approx(0.5)  # valid pixels, partial windows
     corner = np.full((8, 8), np.nan, np.float32)
-    corner[0, 2], corner[2, 0] = 0.6, 1.8  # a partial window at the image corner, both surfaces 2 px away
+    corner[0, 3], corner[3, 0] = 0.6, 1.8  # a partial window at the image corner, both surfaces 3 px away
     assert np.isnan(read_depth(corner, np.array([[0, 0]]), radius=3)[0])
     corner[1, 1] = 0.62  # a reading one pixel away: its surface
     assert read_depth(corner, np.array([[0, 0]]), radius=3)[0] == pytest.approx(0.62)
     # A valid pixel just off an object's silhouette (a block's far edge, a tray's rim) takes
-    # the object; one or more pixels further (radius 1 is all) the background.
+    # the object; from three pixels on (matches are good to about two), the background.
     edge = np.full((9, 9), 1.3, np.float32)
     edge[:, :4] = 1.0
-    got = read_depth(edge, np.array([[4, 4], [3, 4], [5, 4], [6, 4]]), radius=3)
-    np.testing.assert_allclose(got, [1.0, 1.0, 1.3, 1.3])
+    got = read_depth(edge, np.array([[4, 4], [3, 4], [5, 4], [6, 4], [7, 4]]), radius=3)
+    np.testing.assert_allclose(got, [1.0, 1.0, 1.0, 1.3, 1.3])
     sloped = np.linspace(0.9, 1.1, 20, dtype=np.float32)[None].repeat(20, 0)  # one tilted surface: no edge inside
     sloped[10, 10] = np.nan
     assert read_depth(sloped, np.array([[10, 10]]), radius=3)[0] == pytest.approx(sloped[10, 9:12:2].mean(), abs=1e-6)

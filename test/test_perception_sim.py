@@ -189,6 +189,9 @@ def test_descriptor_training_pairs_and_a_short_run(tmp_path):
     losses = [h["loss"] for h in history]
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     save_net(net, tmp_path / "net.safetensors")
+    # continuing from the saved net starts where it ended, not from scratch
+    _, more = train(scenes, dataclasses.replace(config, init=str(tmp_path / "net.safetensors"), steps=10, lr=1e-4))
+    assert np.mean([h["loss"] for h in more]) < np.mean(losses[:10])
     (tmp_path / "net.yaml").write_text("backend: descriptor_net\nweights: net.safetensors\ninput_size: [240, 320]\n")
     features = load_extractor(tmp_path / "net.yaml").extract(a.rgb)
     assert features.shape == (1, 8, 60, 80) and torch.isfinite(features).all()

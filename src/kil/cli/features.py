@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=None, help="simulated scenes to render (default 96)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default=None, metavar="FILE", help="continue from this descriptor net (its architecture)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering scenes")
 
 
@@ -31,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out: expected a .safetensors file, got {out}")
-    overrides = {k: v for k, v in (("scenes", args.scenes), ("steps", args.steps)) if v is not None}
+    overrides = {k: v for k, v in (("scenes", args.scenes), ("steps", args.steps), ("init", args.init), ("lr", args.lr)) if v is not None}
     try:
         config = dataclasses.replace(DescriptorTrainConfig(), seed=args.seed, workers=args.workers, **overrides)
     except ValueError as err:

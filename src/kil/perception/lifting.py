@@ -33,6 +33,7 @@ def depth_in_metres(depth: np.ndarray) -> np.ndarray:
 
 EDGE_GAP_M = 0.02  # depth readings further apart than this (or EDGE_GAP_REL of the depth) lie on different surfaces
 EDGE_GAP_REL = 0.03
+EDGE_RADIUS = 2  # pixels: readings this close on two surfaces make the keypoint an edge point (the front surface counts)
 
 
 def surface_depth(values: np.ndarray, distances: np.ndarray) -> float:
@@ -68,9 +69,9 @@ def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray
 
     depth: (H, W) float metres (NaN, +-inf and <= 0 invalid); uv: (N, 2) pixels (u, v).
 
-    - At a depth edge (the readings within one pixel lie on two surfaces) the surface in
-      front counts: a keypoint sits on an object, an object's silhouette is the surface in
-      front of what lies behind it, and a match is only good to about a pixel. Read
+    - At a depth edge (the readings within EDGE_RADIUS pixels lie on two surfaces) the
+      surface in front counts: a keypoint sits on an object, an object's silhouette is the
+      surface in front of what lies behind it, and a match is only good to a pixel or two. Read
       naively, a block's far edge or a tray's rim lands on the table behind them.
     - Otherwise the centre pixel is used when valid, and a pixel without a reading takes
       the surface it belongs to from the smallest window (3x3, 5x5, ...) holding readings
@@ -86,7 +87,8 @@ def read_depth(depth: np.ndarray, uv: np.ndarray, radius: int = 3) -> np.ndarray
         if not (0 <= x < W and 0 <= y < H):
             continue
         if radius >= 1:
-            near = depth[max(y - 1, 0): y + 2, max(x - 1, 0): x + 2]
+            e = min(EDGE_RADIUS, radius)
+            near = depth[max(y - e, 0): y + e + 1, max(x - e, 0): x + e + 1]
             readings = near[np.isfinite(near) & (near > 0)]
             labels = _surface_labels(readings) if len(readings) else np.zeros(0, np.int64)
             if len(readings) and labels.max() > 0:  # an edge within a pixel: the surface in front

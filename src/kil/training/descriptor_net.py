@@ -46,6 +46,7 @@ class DescriptorTrainConfig:
     matches_per_pair: int = 256
     non_matches: int = 96  # per match: half random pixels, half mined hard negatives
     hard_pool: int = 3  # hard negatives are the most similar of hard_pool times as many candidates
+    distractor_share: float = 0.5  # of the hard candidates drawn on distractors, where a view has any
     object_share: float = 0.75  # of match pixels sampled on task objects / fixture
     cross_instance_share: float = 0.4  # of pairs across scenes with other instances of a category
     margin: float = 1.0  # minimum distance of unit descriptors that do not correspond (cosine <= 0.5)
@@ -53,6 +54,7 @@ class DescriptorTrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     workers: int = 2
+    init: str = ""  # a net (save_net file) to continue training from; its architecture replaces `architecture`
     architecture: NetArchitecture = field(default_factory=NetArchitecture)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,7 @@ class DescriptorTrainConfig:
         require(self.steps >= 1 and self.pairs_per_step >= 1, "steps", "must be >= 1")
         require(0 <= self.cross_instance_share <= 1 and 0 <= self.object_share <= 1, "cross_instance_share", "shares lie in [0, 1]")
         require(self.hard_pool >= 1, "hard_pool", f"must be >= 1, got {self.hard_pool}")
+        require(0 <= self.distractor_share <= 1, "distractor_share", f"a share in [0, 1], got {self.distractor_share}")
         require(0 < self.margin <= 2, "margin", f"unit descriptors are at most 2 apart, got {self.margin}")
 
 
@@ -102,11 +105,16 @@ def make_pair(a: View, b: View, cross: bool, config: DescriptorTrainConfig, rng:
     uv_a, uv_b = candidates[keep].astype(np.float64), uv_b[keep]
     h, w = b.depth.shape
     m, k = len(keep), config.non_matches
-    hard_mask = np.isin(b.bodies, list(b.objects) + list(b.robot) + list(b.distractors))
-    k_hard = k - k // 2 if hard_mask.any() else 0
+    objects_and_arm = np.isin(b.bodies, list(b.objects) + list(b.robot))
+    clutter = np.isin(b.bodies, list(b.distractors))
+    k_hard = k - k // 2 if (objects_and_arm.any() or clutter.any()) else 0
     anywhere = np.stack([rng.integers(w, size=(m, k - k_hard)), rng.integers(h, size=(m, k - k_hard))], axis=-1)
     pool = k_hard * config.hard_pool
-    hard = _pixels(hard_mask, m * pool, rng).reshape(m, pool, 2)
+    on_clutter = int(round(pool * config.distractor_share)) if clutter.any() else 0
+    if not objects_and_arm.any():
+        on_clutter = pool
+    hard = np.concatenate([_pixels(clutter, m * on_clutter, rng).reshape(m, on_clutter, 2),
+                           _pixels(objects_and_arm, m * (pool - on_clutter), rng).reshape(m, pool - on_clutter, 2)], axis=1)
     negatives = np.concatenate([anywhere, hard], axis=1).astype(np.float64)
     # A "non-match" within a few pixels of the true match is a match: push it away.
     close = np.linalg.norm(negatives - uv_b[:, None], axis=-1) < 6
@@ -228,7 +236,12 @@ def train(scenes: list[SceneViews], config: DescriptorTrainConfig,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    net = DescriptorNet(config.architecture)
+    if config.init:
+        from kil.perception.features.descriptor_net import load_net
+
+        net = load_net(config.init, "--init: ")
+    else:
+        net = DescriptorNet(config.architecture)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * s / config.steps)))
