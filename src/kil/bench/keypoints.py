@@ -124,12 +124,12 @@ def visibility_figures(truly_visible: np.ndarray, reported_visible: np.ndarray) 
 
 
 def rows(obs: Observations, variations: list[str]) -> list[list[str]]:
-    """Table rows: per variation all keypoints, then each keypoint."""
+    """Table rows: per variation all keypoints, then each keypoint; last, every variation together."""
     a = obs.arrays()
     out = []
-    for variation in variations:
-        in_variation = a["variation"] == variation
-        names = sorted(set(a["name"][in_variation]))
+    for variation in [*variations, "all"]:
+        in_variation = (a["variation"] == variation) if variation != "all" else np.ones(len(a["variation"]), bool)
+        names = sorted(set(a["name"][in_variation])) if variation != "all" else []
         for name in ["all", *names]:
             sel = in_variation & ((a["name"] == name) if name != "all" else True)
             seen = sel & a["truly_visible"]
@@ -137,7 +137,7 @@ def rows(obs: Observations, variations: list[str]) -> list[list[str]]:
             hidden, precision, recall = visibility_figures(a["truly_visible"][sel], a["reported_visible"][sel])
             out.append([variation if name == "all" else "", name, str(int(seen.sum())),
                         _stats(a["pixel"][reported], 1, 1), _stats(a["metres"][reported], 1000, 0),
-                        f"{100 * (1 - reported.sum() / max(seen.sum(), 1)):.0f}%",
+                        f"{100 * (1 - reported.sum() / seen.sum()):.0f}%" if seen.any() else "-",
                         str(hidden), "-" if np.isnan(precision) else f"{100 * precision:.0f}%",
                         "-" if np.isnan(recall) else f"{100 * recall:.0f}%"])
     return out

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--tasks", default="pick_place,place_upright", help="simulated tasks to render frames of")
     calibrate.add_argument("--variations", default="in,obj,scene")
     calibrate.add_argument("--frames", type=int, default=9, help="frames per task and variation (the arm cycling away / in front of an object / anywhere)")
-    calibrate.add_argument("--precision", type=float, default=0.95, help="share of keypoints reported not visible that must truly be hidden")
+    calibrate.add_argument("--precision", type=float, default=0.9, help="share of keypoints reported not visible that must truly be hidden")
     calibrate.add_argument("--robot", default="panda")
     calibrate.add_argument("--write", action="store_true", help="store the threshold as min_score in the model's config")
     calibrate.set_defaults(run_action=_calibrate)
@@ -75,6 +75,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         result = calibrate_min_score(obs["score"], ~obs["truly_visible"], ~(obs["verified"] & obs["has_depth"]), args.precision)
     except ValueError as err:
         raise ConfigError(f"--frames: {err}") from None
+    for target in sorted({0.99, 0.95, 0.9, 0.85, 0.8, args.precision}, reverse=True):
+        other = calibrate_min_score(obs["score"], ~obs["truly_visible"], ~(obs["verified"] & obs["has_depth"]), target)
+        print(f"  at precision >= {100 * target:.0f}%: min_score {other.threshold:.4f}, recall {100 * other.recall:.0f}% "
+              f"(precision {100 * other.precision:.0f}%)")
     visible_scores = obs["score"][obs["truly_visible"]]
     print(f"{args.model}: min_score {result.threshold:.4f}: of {result.hidden} hidden keypoints (of {result.keypoints}) "
           f"{100 * result.recall:.0f}% reported not visible, at {100 * result.precision:.0f}% precision "

@@ -27,7 +27,7 @@ class Calibration:
 
 
 def calibrate_min_score(score: np.ndarray, hidden: np.ndarray, flagged_otherwise: np.ndarray,
-                        target_precision: float = 0.95) -> Calibration:
+                        target_precision: float = 0.9) -> Calibration:
     """The threshold of highest recall among those whose precision reaches the target.
 
     score: (M,) best-match scores; hidden: (M,) bool, the truth does not see the keypoint;
