@@ -80,8 +80,9 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
     # Oracle keypoints: the ground truth; image-matched keypoints lie close to it.
     build_dataset(episodes, tmp_path / "ds_oracle", BuildConfig(task="pick_place", keypoints="oracle"))
     oracle = Store.open(tmp_path / "ds_oracle").read_episode("episode_0000")
-    both = e.visible & oracle.visible  # the oracle also hides points occluded (e.g. by the gripper)
-    assert e.visible.mean() > 0.9 and both.mean() > 0.5
+    both = e.visible & oracle.visible  # the oracle hides points occluded (e.g. the block's by the gripper)
+    # Visibility follows the truth: most points it sees are reported, most it does not see are not.
+    assert both.sum() / oracle.visible.sum() > 0.75 and (~e.visible & ~oracle.visible).sum() / (~oracle.visible).sum() > 0.4
     error = np.linalg.norm(e.keypoints - oracle.keypoints, axis=-1)[both]
     assert np.median(error) < 0.01, np.median(error)
     np.testing.assert_array_equal(oracle.action, e.action)
