@@ -232,12 +232,17 @@ class _DenseRows:
         self.inverse_norm = 1 / np.sqrt(np.maximum(norm2, _EPS * _EPS))
         self.cancelling = norm2 < _CANCELLING * scale * scale
 
-    def cells(self):
-        """Yields (first image row, similarity block (N, rows, W)) for each cell row with pixels."""
+    def cells(self, clip: bool = True):
+        """Yields (first image row, similarity block (N, rows, W)) for each cell row with
+        pixels; clip=False leaves values a rounding error outside [-1, 1] (an argmax does
+        not mind). Blocks are views of one buffer: use each before taking the next."""
         y = self.y
+        N, W = self.dots.shape[0], self.dots.shape[2]
+        buffer = np.empty((N, int(y.count.max()), W), np.float32)
         for i in np.flatnonzero(y.count):
             rows = slice(int(y.start[i]), int(y.start[i] + y.count[i]))
-            block = self.dots_step[:, i, None] * y.w1[rows, None]
+            block = buffer[:, : rows.stop - rows.start]
+            np.multiply(self.dots_step[:, i, None], y.w1[rows, None], out=block)
             block += self.dots[:, i, None]
             block *= self.inverse_norm[rows]
             r, c = np.nonzero(self.cancelling[rows])
@@ -247,8 +252,10 @@ class _DenseRows:
                 pr = r + rows.start
                 block[n, r, c] = _exact_similarity(self.t, self.b, n, y.cell[pr], self.x.cell[c], y.w0[pr], y.w1[pr],
                                                    self.x.w0[c], self.x.w1[c])
-            np.minimum(block, 1.0, out=block)
-            yield rows.start, np.maximum(block, -1.0, out=block)
+            if clip:
+                np.minimum(block, 1.0, out=block)
+                np.maximum(block, -1.0, out=block)
+            yield rows.start, block
 
 
 def _dense_similarity(t: _PatchTerms, b: int, y: _Axis, x: _Axis) -> np.ndarray:
@@ -264,7 +271,7 @@ def _dense_best(t: _PatchTerms, b: int, y: _Axis, x: _Axis, mask: np.ndarray | N
     b, every pixel evaluated; mask: (H, W) bool or None (pixels outside never win)."""
     N, W = t.dots.shape[1], len(x.cell)
     score, index = np.full(N, -np.inf, np.float32), np.zeros(N, np.int64)
-    for row, block in _DenseRows(t, b, y, x).cells():
+    for row, block in _DenseRows(t, b, y, x).cells(clip=False):
         rows = block.shape[1]
         if mask is not None:
             block = np.where(mask[row:row + rows], block, -np.inf)
@@ -273,7 +280,7 @@ def _dense_best(t: _PatchTerms, b: int, y: _Axis, x: _Axis, mask: np.ndarray | N
         value = flat[np.arange(N), best]
         better = value > score  # strictly: an earlier row keeps a tie, as a row-major argmax does
         score[better], index[better] = value[better], row * W + best[better]
-    return score, index
+    return np.clip(score, -1.0, 1.0), index
 
 
 def _cell_bounds(t: _PatchTerms, b: int) -> np.ndarray:
