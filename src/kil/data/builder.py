@@ -402,7 +402,12 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
     report = BuildReport(kept, trimmed, excluded, broken, ignored)
     if store is None:
         raise NothingToBuild(f"{episodes_dir}: no episode to build a dataset from ({summary(report, len(episodes))})", report)
-    store.set_stats(field_stats(store.episodes()))
+    stored = store.episodes()
+    if not any(e.visible.any() for e in stored):  # a policy would see no keypoint at all: refuse (no statistics, no training)
+        source = f"feature model {config.feature_model} (min_score in its config)" if config.keypoints == "image" else f"{config.keypoints} keypoints"
+        raise ConfigError(f"{out}: no keypoint was visible in any of the {sum(kept.values())} samples of {len(kept)} episodes with "
+                          f"{source}; check the spec and the model on a frame with `kil keypoints show`")
+    store.set_stats(field_stats(stored))
     return report
 
 
