@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -155,5 +156,13 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
 
     store = Store.open(tmp_path / "dataset").require_complete()
     assert store.read_episode(store.episode_names[0]).rgb.shape[1:] == (72, 96, 3)  # the rgb-cpu-small input size
-    again = subprocess.run([sys.executable, "-m", "kil", *args], capture_output=True, text=True, timeout=300)
+    log = tmp_path / "episodes_rgb.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and len((tmp_path / "episodes_keypoint.jsonl").read_text().splitlines()) == 2
+    log.write_text(lines[0] + "\n" + lines[1][:10])  # stopped while the last episode's line was written
+    again = subprocess.run([sys.executable, "-m", "kil", *args, "--policies", "rgb"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ kil" not in again.stdout and "keypoint policy success" in again.stdout
+    again_out = " ".join(again.stdout.split())
+    assert "rgb policy: 1 closed-loop episodes to run (1 done before)" in again_out and "keypoint policy:" not in again_out
+    assert len(log.read_text().splitlines()) == 2 and all(json.loads(line)["seed"] for line in log.read_text().splitlines())
+    assert " ".join(table.split()) == " ".join(again.stdout[again.stdout.index("keypoint policy success"):].split())

@@ -39,8 +39,13 @@ class VariationsConfig:
     demo_seed: int = 0
     eval_seed: int = 1000  # disjoint from the demonstrations'
     time_limit_s: float | None = None  # of each closed-loop episode (None: the task's)
+    # The policies this process trains and evaluates; the table also shows the others' logged
+    # episodes, so two processes (one per policy, one thread each) can share a 2-core machine.
+    policies: tuple[str, ...] = POLICIES
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.policies) - set(POLICIES))
+        require(len(self.policies) > 0 and not unknown, "policies", f"choose from {', '.join(POLICIES)}, got {', '.join(self.policies)}")
         require(self.demos >= 1, "demos", f"must be >= 1, got {self.demos}")
         require(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
         require(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
@@ -84,7 +89,7 @@ def _trained_steps(run: Path) -> int | None:
 
 def run(config: VariationsConfig, out: str | Path) -> int:
     from kil.policy.configuration import load_run_config
-    from kil.sim.rollouts import evaluate, training_facts
+    from kil.sim.rollouts import training_facts
 
     console = Console(width=160)
     out = Path(out)
@@ -103,7 +108,7 @@ def run(config: VariationsConfig, out: str | Path) -> int:
         _kil(console, "build-dataset", str(demos), "--task", config.task, "--out", str(dataset), "--images", f"{rgb_size[0]}x{rgb_size[1]}")
     runs = {"keypoint": out / "policy_keypoint", "rgb": out / "policy_rgb"}
     presets = {"keypoint": config.keypoint_preset, "rgb": config.rgb_preset}
-    for kind in POLICIES:
+    for kind in config.policies:
         steps = config.steps or load_run_config(presets[kind]).training.steps
         done = _trained_steps(runs[kind])
         if done is None:
@@ -112,19 +117,64 @@ def run(config: VariationsConfig, out: str | Path) -> int:
             _kil(console, "train", "--config", presets[kind], "--dataset", str(dataset), "--out", str(runs[kind]), "--steps", str(steps))
         elif done < steps:
             _kil(console, "train", "--resume", str(runs[kind]), "--steps", str(steps))
-    results = {}
-    for kind in POLICIES:
-        cached = out / f"results_{kind}.json"
-        if cached.is_file():
-            results[kind] = json.loads(cached.read_text())
-            continue
-        console.print(f"[bold]{kind} policy[/bold]")
-        episodes = evaluate(runs[kind], config.task, config.robot, list(config.variations), config.episodes, config.eval_seed,
-                            time_limit_s=config.time_limit_s)
-        results[kind] = {v: [{"success": bool(r.success), "completion": float(r.completion)} for r in rs] for v, rs in episodes.items()}
-        cached.write_text(json.dumps(results[kind]))
-    console.print(comparison(results, config, {kind: training_facts(runs[kind]) for kind in POLICIES}))
+    logs = {kind: out / f"episodes_{kind}.jsonl" for kind in POLICIES}
+    results = {kind: _evaluate(console, runs[kind], kind, config, logs[kind]) if kind in config.policies else _logged(logs[kind], config)
+               for kind in POLICIES}
+    facts = {kind: training_facts(runs[kind]) for kind in POLICIES if _trained_steps(runs[kind]) is not None}
+    console.print(comparison(results, config, facts))
     return 0
+
+
+def _logged(log: Path, config: VariationsConfig) -> dict[str, list[dict]]:
+    """The episodes `log` holds for this evaluation seed, per variation, in episode order."""
+    from kil.sim.demos import episode_seed
+
+    done: dict[tuple[str, int], dict] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                if row["seed"] == episode_seed(config.eval_seed, row["episode"]):  # else from another evaluation seed
+                    done[(row["variation"], int(row["episode"]))] = row
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short when the run was stopped: that episode runs again
+    return {v: [done[(v, i)] for i in range(config.episodes) if (v, i) in done] for v in config.variations}
+
+
+def _parses(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _evaluate(console: Console, policy: Path, kind: str, config: VariationsConfig, log: Path) -> dict[str, list[dict]]:
+    """Closed-loop episodes of one policy, per variation; every finished episode is appended
+    to `log` (one JSON line) at once, so a stopped run loses at most the episode under way."""
+    from rich.progress import Progress
+
+    from kil.sim.demos import episode_seed
+    from kil.sim.rollouts import run_policy
+
+    if log.is_file():  # drop a line cut short, so the next one is not appended to it
+        log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if _parses(line)))
+    done = {(row["variation"], row["episode"]): row for rows in _logged(log, config).values() for row in rows}
+    todo = [(v, i) for v in config.variations for i in range(config.episodes) if (v, i) not in done]
+    if todo:
+        console.print(f"[bold]{kind} policy[/bold]: {len(todo)} closed-loop episodes to run ({len(done)} done before)")
+    with Progress(console=console, transient=True) as progress, log.open("a") as sink:
+        bar = progress.add_task(f"{kind} policy episodes", total=len(todo))
+        for variation, i in todo:
+            seed = episode_seed(config.eval_seed, i)
+            result = run_policy(policy, config.task, config.robot, variation, seed, config.time_limit_s)
+            row = {"variation": variation, "episode": i, "seed": seed, "success": bool(result.success),
+                   "completion": float(result.completion), "duration_s": float(result.duration_s)}
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            done[(variation, i)] = row
+            progress.advance(bar)
+            console.print(f"  {kind} {variation} episode {i}: completion {result.completion:.2f} after {result.duration_s:.1f} s")
+    return {v: [done[(v, i)] for i in range(config.episodes)] for v in config.variations}
 
 
 def comparison(results: dict[str, dict[str, list[dict]]], config: VariationsConfig, facts: dict[str, str]) -> Table:
@@ -144,6 +194,6 @@ def comparison(results: dict[str, dict[str, list[dict]]], config: VariationsConf
             runs = results.get(kind, {}).get(variation, [])
             wins, n = sum(r["success"] for r in runs), len(runs)
             lo, hi = clopper_pearson(wins, n) if n else (0.0, 1.0)
-            row += [f"{wins}/{n} = {wins / max(n, 1):.0%}", f"[{lo:.0%}, {hi:.0%}]"]
+            row += [f"{wins}/{n} = {wins / max(n, 1):.0%}" + ("" if n == config.episodes else " (so far)"), f"[{lo:.0%}, {hi:.0%}]"]
         table.add_row(*row)
     return table

@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     var.add_argument("--rgb-preset", default="rgb-cpu-small")
     var.add_argument("--steps", type=int, default=0, help="training steps of both policies (default: the presets')")
     var.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds per closed-loop episode (default: the task's)")
+    var.add_argument("--policies", default="keypoint,rgb",
+                     help="policies this process trains and evaluates (e.g. one process per policy with OMP_NUM_THREADS=1)")
     var.set_defaults(run_suite=_variations)
 
     pol = suites.add_parser("policy", help="closed-loop success of a trained policy in the sim")
@@ -140,7 +142,8 @@ def _variations(args: argparse.Namespace) -> int:
 
     try:
         config = VariationsConfig(args.task, args.robot, args.demos, args.episodes, tuple(_split(args.variations)),
-                                  args.keypoint_preset, args.rgb_preset, args.steps, time_limit_s=args.time_limit)
+                                  args.keypoint_preset, args.rgb_preset, args.steps, time_limit_s=args.time_limit,
+                                  policies=tuple(_split(args.policies)))
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return run(config, args.out)
