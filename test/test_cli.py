@@ -134,7 +134,7 @@ def test_match_bench_compares_thread_settings():
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "1 (default)" in out or "2 (default)" in out
-    assert out.count("fast") >= 4 and "naive" in out
+    assert out.count("fast") >= 6 and "naive" in out and "low-rank" in out
 
 
 @pytest.mark.slow

@@ -106,9 +106,38 @@ def test_pruned_search_is_exact_on_smooth_feature_maps(seed):
 
     features, refs = synthetic_features("smooth", 64, 24, 32, 6, seed=seed)
     matcher = Matcher(refs)
-    terms = _patch_terms(matcher.references, features.contiguous())
+    terms = _patch_terms(matcher.references, features.numpy())
     assert _search_frame(terms, 0, _axis(240, 24), _axis(320, 32), 320) is not None  # pruned, not dense
     assert_same_matches(refs, features, (240, 320))
+
+
+@pytest.mark.parametrize("kind,shape", [("random", (384, 30, 40, 480, 640)), ("random", (8, 5, 7, 41, 53)), ("smooth", (64, 24, 32, 240, 320)),
+                                        ("duplicated", (16, 6, 8, 60, 80)), ("low-rank", (64, 12, 16, 120, 160))])
+def test_cell_bounds_hold_everywhere_and_prune_random_features(kind, shape):
+    """No pixel's similarity exceeds its cell's bound: the last cell row and column (whose
+    corners are replicated) included, cells whose corners repeat a feature (a flat
+    surface) and features of rank 3 (no span bound, many nearly cancelling neighbours)
+    included; matches stay exact. On random features, where corners point in unrelated directions,
+    the span bound still rules out most cells, so the search is not the dense fallback."""
+    from kil.bench.matching import synthetic_features
+    from kil.perception.matching import _axis, _cell_bounds, _patch_terms, _search_frame
+
+    C, h, w, H, W = shape
+    features, refs = synthetic_features(kind if kind in ("smooth", "low-rank") else "random", C, h, w, 5, seed=C)
+    if kind == "duplicated":
+        features[:, :, 2:5, 3:6] = features[:, :, 2:3, 3:4]  # one feature over a 3x3 patch block
+    matcher = Matcher(refs)
+    terms = _patch_terms(matcher.references, features.numpy())
+    y, x = _axis(H, h), _axis(W, w)
+    bound = _cell_bounds(terms, 0)
+    naive = naive_similarity(refs, features, (H, W))[0].numpy()
+    rows_max = np.maximum.reduceat(naive, y.start[y.count > 0], axis=1)
+    cell_max = np.maximum.reduceat(rows_max, x.start[x.count > 0], axis=2)  # (N, cells with pixels)
+    assert (cell_max <= bound[:, y.count > 0][:, :, x.count > 0] + 1e-6).all()
+    if kind == "random" and C >= 64:  # in few dimensions four corners span much of the space
+        assert _search_frame(terms, 0, y, x, W) is not None
+        assert (bound >= naive.reshape(5, -1).max(1)[:, None, None] - 1e-5).mean() < 0.1  # cells left to evaluate
+    assert_same_matches(refs, features, (H, W))
 
 
 def test_fast_matcher_is_exact_on_real_image_features():

@@ -48,8 +48,11 @@ print(json.dumps({"times": times, "peak_kib": peak_kib, "threads": torch.get_num
 def synthetic_features(kind: str, channels: int, h: int, w: int, keypoints: int, seed: int = 0):
     """(features (1, C, h, w) float32 tensor, references (N, C)) for the benchmark.
 
-    random: i.i.d. normal features and references, the matcher's worst case (no cell can be
-        ruled out, every pixel is evaluated).
+    random: i.i.d. normal features and references: the convexity bound rules out no cell,
+        the span bound most.
+    low-rank: features in a 3-dimensional subspace (as on flat, textureless surfaces), the
+        worst case: neither bound holds there, neighbouring features often nearly cancel
+        (recomputed exactly), and every pixel is evaluated.
     smooth: spatially correlated features (a coarse random grid upsampled, plus noise), like a
         ViT's, with references taken from a second, perturbed map at random pixels, as from a
         reference image of the same scene.
@@ -58,6 +61,10 @@ def synthetic_features(kind: str, channels: int, h: int, w: int, keypoints: int,
     import torch.nn.functional as F
 
     rng = np.random.default_rng(seed)
+    if kind == "low-rank":
+        basis = rng.standard_normal((channels, 3)).astype(np.float32)
+        features = np.einsum("cr,brhw->bchw", basis, rng.standard_normal((1, 3, h, w)).astype(np.float32))
+        return torch.from_numpy(np.ascontiguousarray(features, np.float32)), rng.standard_normal((keypoints, channels)).astype(np.float32)
     if kind == "random":
         return torch.from_numpy(rng.standard_normal((1, channels, h, w)).astype(np.float32)), rng.standard_normal((keypoints, channels)).astype(np.float32)
     coarse = torch.from_numpy(rng.standard_normal((1, channels, max(h // 4, 2), max(w // 4, 2))).astype(np.float32))
@@ -136,7 +143,7 @@ def run(channels: int = 384, grid: tuple[int, int] = (30, 40), size: tuple[int, 
     console.print(f"[bold]image matching[/bold]: {keypoints} keypoints, C={channels}, {grid[0]}x{grid[1]} patches -> "
                   f"{size[0]}x{size[1]} pixels, median of {repeats} runs, peak memory in a fresh process each")
     table = Table("features", "matcher", "torch threads", "median ms", "p90 ms", "max ms", "peak extra memory MiB", "speed-up", "memory ratio")
-    for kind in ("random", "smooth"):
+    for kind in ("smooth", "random", "low-rank"):
         results = {(m, n): _measure(m, kind, channels, grid, size, keypoints, repeats if m == "fast" else max(3, repeats // 5), n)
                    for m, n in (("naive", 0), ("fast", 0), ("fast", 1))}
         naive = statistics.median(results[("naive", 0)]["times"])
@@ -148,8 +155,9 @@ def run(channels: int = 384, grid: tuple[int, int] = (30, 40), size: tuple[int, 
                           f"{naive / statistics.median(r['times']):.0f}x" if method == "fast" else "",
                           f"{mem:.0f}x less" if method == "fast" else "")
     console.print(table)
-    console.print("random: i.i.d. features, no cell can be ruled out (every pixel evaluated); smooth: spatially correlated "
-                  "features with references from a similar map, where the exact cell bounds skip most of the image. "
+    console.print("smooth: spatially correlated features (as a ViT's) with references from a similar map; random: i.i.d. "
+                  "features, where the span bound still skips most cells; low-rank: features in a 3-D subspace, the worst case "
+                  "(every pixel evaluated, many nearly cancelling neighbours recomputed exactly). "
                   "Goal >= 100x with the default threads, and about the same time with one thread.")
     if backends:
         table = Table("config", "backend", "median ms / frame", "notes", title=f"feature latency at {size[0]}x{size[1]} camera frames")

@@ -24,10 +24,11 @@ cancel (|f|^2 below `_CANCELLING` of (sum_k w_k |F_k|)^2) the Gram expansion los
 digits that matter, so those pixels are recomputed from the interpolated C-vector itself,
 as the naive path does; scores are clipped to [-1, 1] against the last rounding.
 
-Speed. The pixel-level work is numpy (single-threaded by construction): it is a few dozen
-small element-wise passes, and torch's intra-op threads made each of them wait on a
-thread barrier, so that on a busy machine the search took many times longer with the
-default threads than with one. The only torch operation left is one matrix product.
+Speed. Everything after feature extraction is numpy (single-threaded by construction): a
+few dozen small passes, and torch's intra-op threads made each of them wait on a thread
+barrier, so that on a busy machine the search took many times longer with the default
+threads than with one. Most cells are ruled out by two exact bounds (convexity, and the
+span of the cell's corners, which holds for random-like features too).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _EPS = 1e-12
 _MARGIN = 1e-5  # slack on the bounds for float rounding
 _DENSE_SHARE = 0.2  # evaluate every pixel when candidate cells cover more of the image than this
 _CANCELLING = 0.05  # |f|^2 below this share of (sum_k w_k |F_k|)^2: recompute from the C-vector
+_VANISHING = 1e-6  # |f|^2 below this share of (sum_k w_k |F_k|)^2: even float64 Gram terms lose digits
+_DEGENERATE = 1e-8  # a corner whose squared distance to the span of the others is below this share of |F|^2 adds nothing
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class _PatchTerms:
     clamps there); references (N, C) float64; dots: (B, N, h+1, w+1) reference . patch feature; sq: (B, h+1, w+1) |F|^2;
     length: |F|; right: (B, h+1, w) <F[r, j], F[r, j+1]>; and per cell with corners
     a=(i,j), b=(i,j+1), c=(i+1,j), d=(i+1,j+1): ac, ad, bc, bd (B, h, w); references (N, C).
+    In float64 for the bounds: cell_gram (B, h, w, 4, 4), the Gram matrix of each cell's
+    corners (a, b, c, d); corner_dots (B, N, h, w, 4), the references' dot products with them.
     """
 
     padded: np.ndarray
@@ -141,6 +146,8 @@ class _PatchTerms:
     ad: np.ndarray
     bc: np.ndarray
     bd: np.ndarray
+    cell_gram: np.ndarray
+    corner_dots: np.ndarray
 
 
 def _inner(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -148,22 +155,28 @@ def _inner(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.einsum("bc...,bc...->b...", x, y)
 
 
-def _patch_terms(references: torch.Tensor, feats: torch.Tensor) -> _PatchTerms:
+def _patch_terms(references: np.ndarray, feats: np.ndarray) -> _PatchTerms:
     """The patch-level terms, summed over channels in float64 (a sum over hundreds of
     channels in float32 carries errors the cancellation test would amplify) and stored in
-    float32 for the pixel-level passes."""
-    p = F.pad(feats, (0, 1, 0, 1), mode="replicate").double()
-    refs = references.double()
-    dots = torch.einsum("nc,bchw->bnhw", refs, p).float().numpy()  # the one matrix product
-    p, refs = p.numpy(), refs.numpy()
+    float32 for the pixel-level passes. numpy throughout: on a busy machine torch's
+    threads made these few small operations wait on each other for milliseconds."""
+    p = np.pad(feats.astype(np.float64), ((0, 0), (0, 0), (0, 1), (0, 1)), mode="edge")
+    refs = np.asarray(references, np.float64)
+    dots = np.einsum("nc,bchw->bnhw", refs, p)
     a, b, c, d = p[:, :, :-1, :-1], p[:, :, :-1, 1:], p[:, :, 1:, :-1], p[:, :, 1:, 1:]
     sq = _inner(p, p)
+    right = _inner(p[..., :-1], p[..., 1:])
+    ac, ad, bc, bd = _inner(a, c), _inner(a, d), _inner(b, c), _inner(b, d)
+    aa, bb, cc, dd = sq[:, :-1, :-1], sq[:, :-1, 1:], sq[:, 1:, :-1], sq[:, 1:, 1:]
+    ab, cd = right[:, :-1], right[:, 1:]
+    gram = np.stack([np.stack(row, -1) for row in ((aa, ab, ac, ad), (ab, bb, bc, bd), (ac, bc, cc, cd), (ad, bd, cd, dd))], -1)
+    corner_dots = np.stack([dots[:, :, :-1, :-1], dots[:, :, :-1, 1:], dots[:, :, 1:, :-1], dots[:, :, 1:, 1:]], -1)
 
     def f32(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32)
 
-    return _PatchTerms(padded=p, references=refs, dots=dots, sq=f32(sq), length=f32(np.sqrt(sq)), right=f32(_inner(p[..., :-1], p[..., 1:])),
-                       ac=f32(_inner(a, c)), ad=f32(_inner(a, d)), bc=f32(_inner(b, c)), bd=f32(_inner(b, d)))
+    return _PatchTerms(padded=p, references=refs, dots=f32(dots), sq=f32(sq), length=f32(np.sqrt(sq)), right=f32(right),
+                       ac=f32(ac), ad=f32(ad), bc=f32(bc), bd=f32(bd), cell_gram=gram, corner_dots=corner_dots)
 
 
 def _similarity_at(t: _PatchTerms, b: int, n, y: _Axis, x: _Axis, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -201,13 +214,24 @@ def _similarity_in_cells(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.
 
 
 def _exact_similarity(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.ndarray:
-    """(K,) similarity of references n (K,) at K pixels given by cell and weights, from the
-    interpolated C-vector itself (float64, as exact as the inputs allow)."""
-    P = t.padded[b]
+    """(K,) similarity of references n (K,) at K pixels given by cell and weights, in float64:
+    from the cell's float64 Gram matrix and corner dot products (16 terms a pixel), or, where
+    even that loses digits (|f| below `_VANISHING` of sum_k w_k |F_k|), from the interpolated
+    C-vector itself."""
     y0, y1, x0, x1 = (np.asarray(w, np.float64) for w in (y0, y1, x0, x1))
-    f = y0 * (x0 * P[:, i, j] + x1 * P[:, i, j + 1]) + y1 * (x0 * P[:, i + 1, j] + x1 * P[:, i + 1, j + 1])  # (C, K)
-    f = f / np.maximum(np.sqrt((f * f).sum(0)), _EPS)
-    return np.einsum("kc,ck->k", t.references[n], f).astype(np.float32)
+    w = np.stack([y0 * x0, y0 * x1, y1 * x0, y1 * x1], -1)  # (K, 4): corners a, b, c, d
+    gram = t.cell_gram[b][i, j]  # (K, 4, 4)
+    norm2 = np.einsum("kl,klm,km->k", w, gram, w)
+    scale = (w * np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), 0))).sum(-1)
+    sim = (w * t.corner_dots[b][n, i, j]).sum(-1) / np.sqrt(np.maximum(norm2, _EPS * _EPS))
+    vanishing = np.flatnonzero(norm2 < _VANISHING * scale * scale)
+    if len(vanishing):
+        P, k = t.padded[b], vanishing
+        f = (y0[k] * (x0[k] * P[:, i[k], j[k]] + x1[k] * P[:, i[k], j[k] + 1])
+             + y1[k] * (x0[k] * P[:, i[k] + 1, j[k]] + x1[k] * P[:, i[k] + 1, j[k] + 1]))  # (C, k)
+        f = f / np.maximum(np.sqrt((f * f).sum(0)), _EPS)
+        sim[k] = np.einsum("kc,ck->k", t.references[np.asarray(n)[k]], f)
+    return sim.astype(np.float32)
 
 
 class _DenseRows:
@@ -300,7 +324,42 @@ def _cell_bounds(t: _PatchTerms, b: int) -> np.ndarray:
         upper = np.where(least_norm > 0, best_dot / np.maximum(least_norm, _EPS), np.inf)
     # Where the corners nearly cancel, scores are recomputed exactly: never rule such a cell out.
     upper = np.where(least_norm * least_norm < _CANCELLING * np.maximum(total, _EPS) / 16, np.inf, upper)
-    return np.where(best_dot > 0, upper, best_dot / most_norm)
+    upper = np.where(best_dot > 0, upper, best_dot / most_norm)
+    return np.minimum(upper, _span_bounds(t, b))
+
+
+def _span_bounds(t: _PatchTerms, b: int) -> np.ndarray:
+    """(N, h, w) upper bound of the similarity of each (unit) reference anywhere in each cell:
+    every f in a cell lies in the span of its four corners, and no vector of a subspace has
+    a larger cosine with d than d's projection onto it, |P d|^2 = D^T G^-1 D (G the corners'
+    Gram matrix, D their dot products with d), here |z|^2 for L z = D with G = L L^T.
+    Unlike the convexity bound this stays tight where corners point in unrelated directions
+    (random-like features).
+
+    The Cholesky factorisation runs over all cells at once, corner by corner (a, b, c, d); a
+    corner within 1e-4 rad of the span of the earlier ones is left out. The last cell row and
+    column have replicated corners (c = a and d = b, or b = a and d = c), which are left out
+    exactly; a cell that leaves out any other corner gets no bound (inf), because leaving out
+    a corner that is only nearly in the span could underestimate the projection."""
+    G, D = t.cell_gram[b], t.corner_dots[b]  # (h, w, 4, 4), (N, h, w, 4)
+    h, w = G.shape[:2]
+    L = np.zeros_like(G)
+    z = np.zeros_like(D)
+    left_out = np.zeros((h, w), np.int64)
+    for k in range(4):
+        pivot = G[..., k, k] - (L[..., k, :k] ** 2).sum(-1)
+        keep = pivot > _DEGENERATE * G[..., k, k]
+        root = np.sqrt(np.where(keep, pivot, 1.0))
+        for r in range(k + 1, 4):
+            L[..., r, k] = np.where(keep, (G[..., r, k] - (L[..., r, :k] * L[..., k, :k]).sum(-1)) / root, 0.0)
+        L[..., k, k] = np.where(keep, root, 0.0)
+        z[..., k] = np.where(keep, (D[..., k] - (z[..., :k] * L[..., k, :k]).sum(-1)) / root, 0.0)
+        left_out += ~keep
+    replicated = np.zeros((h, w), np.int64)
+    replicated[-1, :] = 2
+    replicated[:, -1] = 2
+    replicated[-1, -1] = 3
+    return np.where(left_out == replicated, np.sqrt((z * z).sum(-1)) + _MARGIN, np.inf)
 
 
 def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -400,24 +459,23 @@ class Matcher:
     """
 
     def __init__(self, references: np.ndarray) -> None:
-        refs = torch.as_tensor(np.asarray(references, np.float32))
+        refs = np.asarray(references, np.float64)
         if refs.ndim != 2 or refs.shape[0] == 0:
-            raise ValueError(f"references: expected (N, C) descriptors, got shape {tuple(refs.shape)}")
-        if not torch.isfinite(refs).all():
+            raise ValueError(f"references: expected (N, C) descriptors, got shape {refs.shape}")
+        if not np.isfinite(refs).all():
             raise ValueError("references: descriptors contain NaN or inf")
-        self.references = refs / refs.norm(dim=1, keepdim=True).clamp(min=_EPS)
+        self.references = refs / np.maximum(np.linalg.norm(refs, axis=1, keepdims=True), _EPS)  # (N, C) float64, unit
 
     @property
     def channels(self) -> int:
         return int(self.references.shape[1])
 
-    def _features(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
-        feats = _as_tensor(features).float()
+    def _features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
         if feats.ndim != 4 or feats.shape[1] != self.channels:
-            raise ValueError(f"features: expected (B, {self.channels}, h, w), got {tuple(feats.shape)}")
-        return feats.contiguous()
+            raise ValueError(f"features: expected (B, {self.channels}, h, w), got {feats.shape}")
+        return feats.astype(np.float32, copy=False)
 
-    @torch.inference_mode()
     def similarity(self, features: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
         """(B, N, H, W) float32 cosine similarity of every pixel to every reference (NaN-free input).
 
@@ -428,7 +486,6 @@ class Matcher:
         y, x = _axis(image_size[0], feats.shape[2]), _axis(image_size[1], feats.shape[3])
         return np.stack([_dense_similarity(t, b, y, x) for b in range(len(feats))])
 
-    @torch.inference_mode()
     def match(
         self,
         features: np.ndarray | torch.Tensor,
@@ -447,9 +504,9 @@ class Matcher:
         feats = self._features(features)
         B, N = feats.shape[0], self.references.shape[0]
         H, W = image_size
-        finite = torch.isfinite(feats.sum(dim=(1, 2, 3))).numpy()  # NaN and inf propagate into the sum
+        finite = np.isfinite(feats.sum(axis=(1, 2, 3), dtype=np.float64))  # NaN and inf propagate into the sum
         if not finite.all():  # such frames are matched on zeros and reported invalid
-            feats = torch.where(torch.from_numpy(finite)[:, None, None, None], feats, torch.zeros((), dtype=feats.dtype))
+            feats = np.where(finite[:, None, None, None], feats, np.float32(0))
         t = _patch_terms(self.references, feats)
         y, x = _axis(H, feats.shape[2]), _axis(W, feats.shape[3])
         valid = np.repeat(finite[:, None], N, axis=1)
