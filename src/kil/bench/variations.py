@@ -12,6 +12,8 @@ defaults (50 demonstrations, 30 episodes per variation and policy).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import subprocess
 import sys
@@ -96,16 +98,8 @@ def run(config: VariationsConfig, out: str | Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     demos, dataset = out / "demos", out / "dataset"
-    if not _demos_complete(demos, config.demos):
-        if demos.exists():
-            raise SystemExit(f"{demos}: an incomplete batch of demonstrations; remove it and run again")
-        _kil(console, "sim", "demos", "--task", config.task, "--robot", config.robot, "--variation", "in",
-             "--episodes", str(config.demos), "--seed", str(config.demo_seed), "--out", str(demos))
-    rgb_size = load_run_config(config.rgb_preset).policy.image_size
-    if not _built(dataset):
-        if dataset.exists():
-            raise SystemExit(f"{dataset}: an interrupted build; remove it and run again")
-        _kil(console, "build-dataset", str(demos), "--task", config.task, "--out", str(dataset), "--images", f"{rgb_size[0]}x{rgb_size[1]}")
+    with _exclusive(out / ".shared_stages.lock"):  # a second process (--policies) waits for these, then reuses them
+        _prepare(console, config, demos, dataset)
     runs = {"keypoint": out / "policy_keypoint", "rgb": out / "policy_rgb"}
     presets = {"keypoint": config.keypoint_preset, "rgb": config.rgb_preset}
     for kind in config.policies:
@@ -123,6 +117,33 @@ def run(config: VariationsConfig, out: str | Path) -> int:
     facts = {kind: training_facts(runs[kind]) for kind in POLICIES if _trained_steps(runs[kind]) is not None}
     console.print(comparison(results, config, facts))
     return 0
+
+
+def _prepare(console: Console, config: VariationsConfig, demos: Path, dataset: Path) -> None:
+    """The stages both policies share: the demonstrations and the dataset."""
+    from kil.policy.configuration import load_run_config
+
+    if not _demos_complete(demos, config.demos):
+        if demos.exists():
+            raise SystemExit(f"{demos}: an incomplete batch of demonstrations; remove it and run again")
+        _kil(console, "sim", "demos", "--task", config.task, "--robot", config.robot, "--variation", "in",
+             "--episodes", str(config.demos), "--seed", str(config.demo_seed), "--out", str(demos))
+    rgb_size = load_run_config(config.rgb_preset).policy.image_size
+    if not _built(dataset):
+        if dataset.exists():
+            raise SystemExit(f"{dataset}: an interrupted build; remove it and run again")
+        _kil(console, "build-dataset", str(demos), "--task", config.task, "--out", str(dataset), "--images", f"{rgb_size[0]}x{rgb_size[1]}")
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Holds an exclusive lock on `lock` (released when the process ends, however it ends)."""
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _logged(log: Path, config: VariationsConfig) -> dict[str, list[dict]]:
