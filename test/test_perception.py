@@ -120,7 +120,7 @@ def test_cell_bounds_hold_everywhere_and_prune_random_features(kind, shape):
     included; matches stay exact. On random features, where corners point in unrelated directions,
     the span bound still rules out most cells, so the search is not the dense fallback."""
     from kil.bench.matching import synthetic_features
-    from kil.perception.matching import _axis, _cell_bounds, _patch_terms, _search_frame
+    from kil.perception.matching import _axis, _cell_bounds, _patch_terms, _search_frame, _span_bounds
 
     C, h, w, H, W = shape
     features, refs = synthetic_features(kind if kind in ("smooth", "low-rank") else "random", C, h, w, 5, seed=C)
@@ -129,11 +129,12 @@ def test_cell_bounds_hold_everywhere_and_prune_random_features(kind, shape):
     matcher = Matcher(refs)
     terms = _patch_terms(matcher.references, features.numpy())
     y, x = _axis(H, h), _axis(W, w)
-    bound = _cell_bounds(terms, 0)
+    bound = np.minimum(_cell_bounds(terms, 0), _span_bounds(terms, 0))
     naive = naive_similarity(refs, features, (H, W))[0].numpy()
     rows_max = np.maximum.reduceat(naive, y.start[y.count > 0], axis=1)
     cell_max = np.maximum.reduceat(rows_max, x.start[x.count > 0], axis=2)  # (N, cells with pixels)
-    assert (cell_max <= bound[:, y.count > 0][:, :, x.count > 0] + 1e-6).all()
+    for each in (_cell_bounds(terms, 0), _span_bounds(terms, 0)):
+        assert (cell_max <= each[:, y.count > 0][:, :, x.count > 0] + 1e-6).all()
     if kind == "random" and C >= 64:  # in few dimensions four corners span much of the space
         assert _search_frame(terms, 0, y, x, W) is not None
         assert (bound >= naive.reshape(5, -1).max(1)[:, None, None] - 1e-5).mean() < 0.1  # cells left to evaluate

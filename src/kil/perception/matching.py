@@ -43,6 +43,7 @@ import torch.nn.functional as F
 _EPS = 1e-12
 _MARGIN = 1e-5  # slack on the bounds for float rounding
 _DENSE_SHARE = 0.2  # evaluate every pixel when candidate cells cover more of the image than this
+_SPAN_SHARE = 0.03  # compute the span bound too when the convexity bound leaves more of the cells than this
 _CANCELLING = 0.05  # |f|^2 below this share of (sum_k w_k |F_k|)^2: recompute from the C-vector
 _VANISHING = 1e-6  # |f|^2 below this share of (sum_k w_k |F_k|)^2: even float64 Gram terms lose digits
 _DEGENERATE = 1e-8  # a corner whose squared distance to the span of the others is below this share of |F|^2 adds nothing
@@ -132,8 +133,8 @@ class _PatchTerms:
     clamps there); references (N, C) float64; dots: (B, N, h+1, w+1) reference . patch feature; sq: (B, h+1, w+1) |F|^2;
     length: |F|; right: (B, h+1, w) <F[r, j], F[r, j+1]>; and per cell with corners
     a=(i,j), b=(i,j+1), c=(i+1,j), d=(i+1,j+1): ac, ad, bc, bd (B, h, w); references (N, C).
-    In float64 for the bounds: cell_gram (B, h, w, 4, 4), the Gram matrix of each cell's
-    corners (a, b, c, d); corner_dots (B, N, h, w, 4), the references' dot products with them.
+    exact: the same terms in float64 (dots, sq, right, ac, ad, bc, bd), for the span bound
+    and exact recomputation (`_corner_gram`, `_corner_dots`).
     """
 
     padded: np.ndarray
@@ -146,8 +147,7 @@ class _PatchTerms:
     ad: np.ndarray
     bc: np.ndarray
     bd: np.ndarray
-    cell_gram: np.ndarray
-    corner_dots: np.ndarray
+    exact: dict[str, np.ndarray]
 
 
 def _inner(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -167,16 +167,28 @@ def _patch_terms(references: np.ndarray, feats: np.ndarray) -> _PatchTerms:
     sq = _inner(p, p)
     right = _inner(p[..., :-1], p[..., 1:])
     ac, ad, bc, bd = _inner(a, c), _inner(a, d), _inner(b, c), _inner(b, d)
-    aa, bb, cc, dd = sq[:, :-1, :-1], sq[:, :-1, 1:], sq[:, 1:, :-1], sq[:, 1:, 1:]
-    ab, cd = right[:, :-1], right[:, 1:]
-    gram = np.stack([np.stack(row, -1) for row in ((aa, ab, ac, ad), (ab, bb, bc, bd), (ac, bc, cc, cd), (ad, bd, cd, dd))], -1)
-    corner_dots = np.stack([dots[:, :, :-1, :-1], dots[:, :, :-1, 1:], dots[:, :, 1:, :-1], dots[:, :, 1:, 1:]], -1)
-
     def f32(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32)
 
     return _PatchTerms(padded=p, references=refs, dots=f32(dots), sq=f32(sq), length=f32(np.sqrt(sq)), right=f32(right),
-                       ac=f32(ac), ad=f32(ad), bc=f32(bc), bd=f32(bd), cell_gram=gram, corner_dots=corner_dots)
+                       ac=f32(ac), ad=f32(ad), bc=f32(bc), bd=f32(bd),
+                       exact={"dots": dots, "sq": sq, "right": right, "ac": ac, "ad": ad, "bc": bc, "bd": bd})
+
+
+def _corner_gram(t: _PatchTerms, b: int, i, j) -> np.ndarray:
+    """(..., 4, 4) float64 Gram matrices of the corners (a, b, c, d) of cells (i, j)."""
+    e = {key: value[b] for key, value in t.exact.items()}
+    sq, right = e["sq"], e["right"]
+    aa, bb, cc, dd = sq[i, j], sq[i, j + 1], sq[i + 1, j], sq[i + 1, j + 1]
+    ab, cd = right[i, j], right[i + 1, j]
+    ac, ad, bc, bd = e["ac"][i, j], e["ad"][i, j], e["bc"][i, j], e["bd"][i, j]
+    return np.stack([np.stack(row, -1) for row in ((aa, ab, ac, ad), (ab, bb, bc, bd), (ac, bc, cc, cd), (ad, bd, cd, dd))], -1)
+
+
+def _corner_dots(t: _PatchTerms, b: int, n, i, j) -> np.ndarray:
+    """(..., 4) float64 dot products of references n with the corners (a, b, c, d) of cells (i, j)."""
+    D = t.exact["dots"][b]
+    return np.stack([D[n, i, j], D[n, i, j + 1], D[n, i + 1, j], D[n, i + 1, j + 1]], -1)
 
 
 def _similarity_at(t: _PatchTerms, b: int, n, y: _Axis, x: _Axis, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -220,10 +232,10 @@ def _exact_similarity(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.nda
     C-vector itself."""
     y0, y1, x0, x1 = (np.asarray(w, np.float64) for w in (y0, y1, x0, x1))
     w = np.stack([y0 * x0, y0 * x1, y1 * x0, y1 * x1], -1)  # (K, 4): corners a, b, c, d
-    gram = t.cell_gram[b][i, j]  # (K, 4, 4)
+    gram = _corner_gram(t, b, i, j)  # (K, 4, 4)
     norm2 = np.einsum("kl,klm,km->k", w, gram, w)
     scale = (w * np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), 0))).sum(-1)
-    sim = (w * t.corner_dots[b][n, i, j]).sum(-1) / np.sqrt(np.maximum(norm2, _EPS * _EPS))
+    sim = (w * _corner_dots(t, b, n, i, j)).sum(-1) / np.sqrt(np.maximum(norm2, _EPS * _EPS))
     vanishing = np.flatnonzero(norm2 < _VANISHING * scale * scale)
     if len(vanishing):
         P, k = t.padded[b], vanishing
@@ -308,7 +320,8 @@ def _dense_best(t: _PatchTerms, b: int, y: _Axis, x: _Axis, mask: np.ndarray | N
 
 
 def _cell_bounds(t: _PatchTerms, b: int) -> np.ndarray:
-    """(N, h, w) upper bound of the similarity of each reference anywhere in each cell."""
+    """(N, h, w) upper bound of the similarity of each reference anywhere in each cell, by
+    convexity (cheap; loose where corners point in unrelated directions, see `_span_bounds`)."""
     D = t.dots[b]
     best_dot = np.maximum(np.maximum(D[:, :-1, :-1], D[:, :-1, 1:]), np.maximum(D[:, 1:, :-1], D[:, 1:, 1:]))
     sq, right = t.sq[b], t.right[b]
@@ -324,8 +337,7 @@ def _cell_bounds(t: _PatchTerms, b: int) -> np.ndarray:
         upper = np.where(least_norm > 0, best_dot / np.maximum(least_norm, _EPS), np.inf)
     # Where the corners nearly cancel, scores are recomputed exactly: never rule such a cell out.
     upper = np.where(least_norm * least_norm < _CANCELLING * np.maximum(total, _EPS) / 16, np.inf, upper)
-    upper = np.where(best_dot > 0, upper, best_dot / most_norm)
-    return np.minimum(upper, _span_bounds(t, b))
+    return np.where(best_dot > 0, upper, best_dot / most_norm)
 
 
 def _span_bounds(t: _PatchTerms, b: int) -> np.ndarray:
@@ -341,8 +353,9 @@ def _span_bounds(t: _PatchTerms, b: int) -> np.ndarray:
     column have replicated corners (c = a and d = b, or b = a and d = c), which are left out
     exactly; a cell that leaves out any other corner gets no bound (inf), because leaving out
     a corner that is only nearly in the span could underestimate the projection."""
-    G, D = t.cell_gram[b], t.corner_dots[b]  # (h, w, 4, 4), (N, h, w, 4)
-    h, w = G.shape[:2]
+    h, w = t.ac.shape[-2:]
+    i, j = np.arange(h)[:, None], np.arange(w)[None, :]
+    G, D = _corner_gram(t, b, i, j), _corner_dots(t, b, np.arange(len(t.references))[:, None, None], i[None], j[None])  # (h, w, 4, 4), (N, h, w, 4)
     L = np.zeros_like(G)
     z = np.zeros_like(D)
     left_out = np.zeros((h, w), np.int64)
@@ -375,6 +388,8 @@ def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[n
     sampled = _similarity_at(t, b, slice(None), y, x, mid_rows[:, None], mid_cols[None, :])  # (N, h, w)
     floor = sampled.reshape(N, -1).max(1)
     candidates = bound >= (floor - _MARGIN)[:, None, None]
+    if candidates.mean() > _SPAN_SHARE:  # the convexity bound is loose here (random-like features): tighten it
+        candidates &= _span_bounds(t, b) >= (floor - _MARGIN)[:, None, None]
     n_idx, i_idx, j_idx = np.nonzero(candidates)
     pixels = (y.count[i_idx] * x.count[j_idx]).sum()
     if pixels > _DENSE_SHARE * N * len(y.cell) * W:
