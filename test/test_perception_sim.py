@@ -197,6 +197,29 @@ def test_descriptor_training_pairs_and_a_short_run(tmp_path):
     assert features.shape == (1, 8, 60, 80) and torch.isfinite(features).all()
 
 
+def test_recoloured_training_scenes_change_only_the_colours_of_objects_and_clutter():
+    """A recoloured scene is the same scene (same bodies at every pixel, same depth) whose
+    task objects, fixture and distractors wear other colours, each one uniform; the table
+    and the arm keep theirs; half of a batch of requests is recoloured."""
+    from kil.training.descriptor_views import SceneRequest, render_scene, scene_requests
+
+    plain, recoloured = (render_scene(SceneRequest("pick_place", "panda", "scene", 4242, 1, (120, 160), recolour)).views[0]
+                         for recolour in (False, True))
+    np.testing.assert_array_equal(plain.bodies, recoloured.bodies)
+    np.testing.assert_allclose(plain.depth, recoloured.depth, atol=1e-6)
+    targets = set(plain.objects) | set(plain.distractors)
+    assert plain.distractors  # the scene variation has clutter
+    changed = np.abs(plain.rgb.astype(int) - recoloured.rgb.astype(int)).sum(-1) > 30
+    on_targets = np.isin(plain.bodies, list(targets))
+    for body in targets:
+        pixels = plain.bodies == body
+        if pixels.sum() > 20:
+            assert changed[pixels].mean() > 0.5, body
+    assert changed[~on_targets].mean() < 0.05  # shadows and reflections aside, the rest is as it was
+    requests = scene_requests(("pick_place",), ("panda",), ("in",), 8, 2, (120, 160), 0, recolour_share=0.5)
+    assert [r.recolour for r in requests] == [False, True] * 4
+
+
 def test_episode_streams_align_a_recorded_demo_at_10_hz(tmp_path):
     from kil.data.episode_streams import read_streams
     from kil.errors import BagError

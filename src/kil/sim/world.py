@@ -293,6 +293,24 @@ class SimWorld:
         return View(rgb, depth, bodies, self.K.copy(), self.T_base_camera.copy(), poses, self.object_bodies(), self.robot_bodies(),
                     self.distractor_bodies())
 
+    def recolour_objects(self, rng: np.random.Generator) -> None:
+        """Give every task object, the fixture and every distractor one random colour (hue
+        anywhere, saturation and value in [0.25, 1]), so that colour alone tells nothing of
+        what an object is (training views for colour-invariant descriptors)."""
+        import colorsys
+
+        model = self.sim.model
+        targets = set(self.object_bodies()) | set(self.distractor_bodies())
+        colour = {b: (*colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.25, 1), rng.uniform(0.25, 1)), 1.0) for b in sorted(targets)}
+        for g in range(model.ngeom):
+            body = int(model.geom_bodyid[g])
+            while body not in targets and body > 0:
+                body = int(model.body_parentid[body])
+            if body in targets and model._model.geom_rgba[g][3] > 0:  # collision-only geoms stay invisible
+                model._model.geom_rgba[g] = colour[body]
+                model._model.geom_matid[g] = -1
+        self.sim.forward()
+
     def distractor_bodies(self) -> frozenset[int]:
         """MuJoCo body ids of the scene's distractors (clutter that is no task object)."""
         model = self.sim.model

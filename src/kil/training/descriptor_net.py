@@ -49,6 +49,9 @@ class DescriptorTrainConfig:
     distractor_share: float = 0.5  # of the hard candidates drawn on distractors, where a view has any
     object_share: float = 0.75  # of match pixels sampled on task objects / fixture
     cross_instance_share: float = 0.4  # of pairs across scenes with other instances of a category
+    # of scenes with every object and distractor in a random colour: a block must be found by
+    # its shape, not because the reference's block was red and the ball beside it is orange
+    recolour_share: float = 0.5
     margin: float = 1.0  # minimum distance of unit descriptors that do not correspond (cosine <= 0.5)
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -63,6 +66,7 @@ class DescriptorTrainConfig:
         require(0 <= self.cross_instance_share <= 1 and 0 <= self.object_share <= 1, "cross_instance_share", "shares lie in [0, 1]")
         require(self.hard_pool >= 1, "hard_pool", f"must be >= 1, got {self.hard_pool}")
         require(0 <= self.distractor_share <= 1, "distractor_share", f"a share in [0, 1], got {self.distractor_share}")
+        require(0 <= self.recolour_share <= 1, "recolour_share", f"a share in [0, 1], got {self.recolour_share}")
         require(0 < self.margin <= 2, "margin", f"unit descriptors are at most 2 apart, got {self.margin}")
 
 

@@ -30,6 +30,7 @@ class SceneRequest:
     seed: int
     views: int
     size: tuple[int, int]  # (height, width) pixels
+    recolour: bool = False  # objects and distractors in random colours (SimWorld.recolour_objects)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def render_scene(request: SceneRequest) -> SceneViews:
     rng = np.random.default_rng(request.seed)
     views = []
     try:
+        if request.recolour:  # its own stream: the views (arm, camera) stay those of the plain scene
+            world.recolour_objects(np.random.default_rng([request.seed, 1]))
         for _ in range(request.views):
             _move_arm(world, rng)
             world.set_camera_pose(random_camera_pose(rng, camera))
@@ -77,10 +80,13 @@ def render_scene(request: SceneRequest) -> SceneViews:
     return SceneViews(request, views)
 
 
-def scene_requests(tasks, robots, variations, scenes: int, views: int, size: tuple[int, int], seed: int) -> list[SceneRequest]:
-    """`scenes` requests cycling through tasks x robots x variations, seeded from `seed`."""
+def scene_requests(tasks, robots, variations, scenes: int, views: int, size: tuple[int, int], seed: int,
+                   recolour_share: float = 0.0) -> list[SceneRequest]:
+    """`scenes` requests cycling through tasks x robots x variations, seeded from `seed`;
+    `recolour_share` of them (spread evenly) with objects in random colours."""
     combos = [(t, r, v) for t in tasks for r in robots for v in variations]
-    return [SceneRequest(*combos[i % len(combos)], TRAINING_SEED_BASE + 1000 * seed + i, views, tuple(size)) for i in range(scenes)]
+    return [SceneRequest(*combos[i % len(combos)], TRAINING_SEED_BASE + 1000 * seed + i, views, tuple(size),
+                         int((i + 1) * recolour_share) > int(i * recolour_share)) for i in range(scenes)]
 
 
 def render_scenes(requests: list[SceneRequest], workers: int, progress: Callable[[], None] | None = None) -> list[SceneViews]:
