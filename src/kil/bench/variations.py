@@ -172,10 +172,7 @@ def _parses(line: str) -> bool:
 def _evaluate(console: Console, policy: Path, kind: str, config: VariationsConfig, log: Path) -> dict[str, list[dict]]:
     """Closed-loop episodes of one policy, per variation; every finished episode is appended
     to `log` (one JSON line) at once, so a stopped run loses at most the episode under way."""
-    from rich.progress import Progress
-
-    from kil.sim.demos import episode_seed
-    from kil.sim.rollouts import run_policy
+    from kil.sim.rollouts import closed_loop_episodes
 
     if log.is_file():  # drop a line cut short, so the next one is not appended to it
         log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if _parses(line)))
@@ -183,18 +180,14 @@ def _evaluate(console: Console, policy: Path, kind: str, config: VariationsConfi
     todo = [(v, i) for v in config.variations for i in range(config.episodes) if (v, i) not in done]
     if todo:
         console.print(f"[bold]{kind} policy[/bold]: {len(todo)} closed-loop episodes to run ({len(done)} done before)")
-    with Progress(console=console, transient=True) as progress, log.open("a") as sink:
-        bar = progress.add_task(f"{kind} policy episodes", total=len(todo))
-        for variation, i in todo:
-            seed = episode_seed(config.eval_seed, i)
-            result = run_policy(policy, config.task, config.robot, variation, seed, config.time_limit_s)
+    with log.open("a") as sink:
+        for variation, i, seed, result in closed_loop_episodes(policy, config.task, config.robot, todo, config.eval_seed, console,
+                                                               f"{kind} ", time_limit_s=config.time_limit_s):
             row = {"variation": variation, "episode": i, "seed": seed, "success": bool(result.success),
                    "completion": float(result.completion), "duration_s": float(result.duration_s)}
             sink.write(json.dumps(row) + "\n")
             sink.flush()
             done[(variation, i)] = row
-            progress.advance(bar)
-            console.print(f"  {kind} {variation} episode {i}: completion {result.completion:.2f} after {result.duration_s:.1f} s")
     return {v: [done[(v, i)] for i in range(config.episodes)] for v in config.variations}
 
 

@@ -5,6 +5,7 @@ fast this machine is."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,40 +44,52 @@ def run_policy(policy: str | Path, task: str, robot: str, variation: str, seed: 
     return replace(result, path=Path(video) if video else None)
 
 
+def closed_loop_episodes(policy: str | Path, task: str, robot: str, planned: list[tuple[str, int]], seed: int, console,
+                         label: str = "", video_dir: str | Path | None = None,
+                         time_limit_s: float | None = None) -> Iterator[tuple[str, int, int, EpisodeResult]]:
+    """Run the planned (variation, episode index) episodes under a progress bar, printing a
+    line for each; yields (variation, index, episode seed, result) as each ends."""
+    from rich.progress import Progress
+
+    from kil.sim.demos import episode_seed
+
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task(f"{label}closed-loop episodes", total=len(planned))
+        for variation, i in planned:
+            video = None if video_dir is None else Path(video_dir) / f"{task}_{variation}_{i:03d}.mp4"
+            result = run_policy(policy, task, robot, variation, episode_seed(seed, i), time_limit_s, video=video)
+            progress.advance(bar)
+            console.print(f"  {label}{variation} episode {i}: completion {result.completion:.2f} after {result.duration_s:.1f} s"
+                          + (f" -> {video}" if video else ""))
+            yield variation, i, episode_seed(seed, i), result
+
+
 def evaluate(policy: str | Path, task: str, robot: str, variations: list[str], episodes: int, seed: int = 1000,
              video_dir: str | Path | None = None, time_limit_s: float | None = None) -> dict[str, list[EpisodeResult]]:
     """Closed-loop episodes per variation; prints each episode and a table with 95%
     Clopper-Pearson intervals for success and Wald intervals for completion."""
     import numpy as np
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
     from kil.bench.stats import clopper_pearson, wald
-    from kil.sim.demos import episode_seed
 
     console = Console(width=160)
     console.print(f"[bold]policy[/bold] {policy}: {training_facts(policy)}")
     table = Table(title=f"closed loop through the live graph, {task} on the {robot}, {episodes} episodes per variation (seed {seed})")
     for col in ("variation", "success", "95% CI (Clopper-Pearson)", "completion", "95% CI (Wald)", "mean duration s"):
         table.add_column(col)
-    results: dict[str, list[EpisodeResult]] = {}
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("closed-loop episodes", total=len(variations) * episodes)
-        for variation in variations:
-            runs = results[variation] = []
-            for i in range(episodes):
-                video = None if video_dir is None else Path(video_dir) / f"{task}_{variation}_{i:03d}.mp4"
-                runs.append(run_policy(policy, task, robot, variation, episode_seed(seed, i), time_limit_s, video=video))
-                progress.advance(bar)
-                console.print(f"  {variation} episode {i}: completion {runs[-1].completion:.2f} after {runs[-1].duration_s:.1f} s"
-                              + (f" -> {video}" if video else ""))
-            wins = sum(r.success for r in runs)
-            lo, hi = clopper_pearson(wins, episodes)
-            completion = [r.completion for r in runs]
-            clo, chi = wald(completion)
-            table.add_row(variation, f"{wins}/{episodes} = {wins / episodes:.0%}", f"[{lo:.0%}, {hi:.0%}]",
-                          f"{np.mean(completion):.2f}", f"[{clo:.2f}, {chi:.2f}]", f"{np.mean([r.duration_s for r in runs]):.1f}")
+    results: dict[str, list[EpisodeResult]] = {v: [] for v in variations}
+    planned = [(v, i) for v in variations for i in range(episodes)]
+    for variation, _, _, result in closed_loop_episodes(policy, task, robot, planned, seed, console, "", video_dir, time_limit_s):
+        results[variation].append(result)
+    for variation, runs in results.items():
+        wins = sum(r.success for r in runs)
+        lo, hi = clopper_pearson(wins, episodes)
+        completion = [r.completion for r in runs]
+        clo, chi = wald(completion)
+        table.add_row(variation, f"{wins}/{episodes} = {wins / episodes:.0%}", f"[{lo:.0%}, {hi:.0%}]",
+                      f"{np.mean(completion):.2f}", f"[{clo:.2f}, {chi:.2f}]", f"{np.mean([r.duration_s for r in runs]):.1f}")
     console.print(table)
     return results
 
