@@ -129,15 +129,15 @@ class _PatchTerms:
     """Everything the similarity at a pixel needs, at patch resolution, for one frame batch
     (numpy float32).
 
-    padded: (B, C, h+1, w+1) float64 features with the last row/column repeated (torch
-    clamps there); references (N, C) float64; dots: (B, N, h+1, w+1) reference . patch feature; sq: (B, h+1, w+1) |F|^2;
+    The grid is padded by one row and column repeating the last ones (torch clamps there).
+    features: (B, C, h, w) as given (unpadded); references (N, C) float64; dots: (B, N, h+1, w+1) reference . patch feature; sq: (B, h+1, w+1) |F|^2;
     length: |F|; right: (B, h+1, w) <F[r, j], F[r, j+1]>; and per cell with corners
     a=(i,j), b=(i,j+1), c=(i+1,j), d=(i+1,j+1): ac, ad, bc, bd (B, h, w); references (N, C).
     exact: the same terms in float64 (dots, sq, right, ac, ad, bc, bd), for the span bound
     and exact recomputation (`_corner_gram`, `_corner_dots`).
     """
 
-    padded: np.ndarray
+    features: np.ndarray
     references: np.ndarray
     dots: np.ndarray
     sq: np.ndarray
@@ -150,28 +150,57 @@ class _PatchTerms:
     exact: dict[str, np.ndarray]
 
 
-def _inner(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Channel-wise inner products of (B, C, ...) arrays -> (B, ...)."""
-    return np.einsum("bc...,bc...->b...", x, y)
+def _neighbour_products(q: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Inner products of channels-last (B, h, w, C) features with their neighbours: self
+    (B, h, w), right (B, h, w-1), down (B, h-1, w), diagonal <F[i,j], F[i+1,j+1]> and
+    anti-diagonal <F[i,j+1], F[i+1,j]> (B, h-1, w-1)."""
+    def inner(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.einsum("bhwc,bhwc->bhw", x, y)
+
+    return (inner(q, q), inner(q[:, :, :-1], q[:, :, 1:]), inner(q[:, :-1], q[:, 1:]),
+            inner(q[:, :-1, :-1], q[:, 1:, 1:]), inner(q[:, :-1, 1:], q[:, 1:, :-1]))
+
+
+def _pad_edge(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """x with the last entry repeated once along each of `axes`."""
+    for axis in axes:
+        x = np.concatenate([x, np.take(x, [-1], axis=axis)], axis=axis)
+    return x
 
 
 def _patch_terms(references: np.ndarray, feats: np.ndarray) -> _PatchTerms:
     """The patch-level terms, summed over channels in float64 (a sum over hundreds of
     channels in float32 carries errors the cancellation test would amplify) and stored in
     float32 for the pixel-level passes. numpy throughout: on a busy machine torch's
-    threads made these few small operations wait on each other for milliseconds."""
-    p = np.pad(feats.astype(np.float64), ((0, 0), (0, 0), (0, 1), (0, 1)), mode="edge")
+    threads made these few small operations wait on each other for milliseconds.
+
+    The products are taken on the unpadded, channels-last features (contiguous sums over
+    channels) and the padded grid's terms assembled from them: a pair of corners that the
+    padding makes one feature twice is |F|^2, one that it makes horizontal or vertical
+    neighbours is a right or down product."""
+    q = np.moveaxis(np.asarray(feats), 1, -1).astype(np.float64, order="C")  # (B, h, w, C)
     refs = np.asarray(references, np.float64)
-    dots = np.einsum("nc,bchw->bnhw", refs, p)
-    a, b, c, d = p[:, :, :-1, :-1], p[:, :, :-1, 1:], p[:, :, 1:, :-1], p[:, :, 1:, 1:]
-    sq = _inner(p, p)
-    right = _inner(p[..., :-1], p[..., 1:])
-    ac, ad, bc, bd = _inner(a, c), _inner(a, d), _inner(b, c), _inner(b, d)
+    dots = _pad_edge(np.moveaxis(q @ refs.T, -1, 1), (2, 3))
+    sq_u, right_u, down_u, diag_u, anti_u = _neighbour_products(q)
+    sq = _pad_edge(sq_u, (1, 2))  # (B, h+1, w+1)
+    right = _pad_edge(np.concatenate([right_u, sq_u[:, :, -1:]], 2), (1,))  # (B, h+1, w)
+    ac = np.concatenate([down_u, sq_u[:, -1:]], 1)  # (B, h, w): a=(i,j), c=(i+1,j)
+    bd = _pad_edge(ac[:, :, 1:], (2,)) if ac.shape[2] > 1 else ac  # b=(i,j+1), d=(i+1,j+1)
+
+    def crossing(inner: np.ndarray) -> np.ndarray:
+        """ad or bc (B, h, w) from its inner cells: on the last column the two corners are
+        vertical neighbours, on the last row horizontal ones, in the last cell one feature."""
+        body = np.concatenate([inner, down_u[:, :, -1:]], 2)
+        last = np.concatenate([right_u[:, -1:], sq_u[:, -1:, -1:]], 2)
+        return np.concatenate([body, last], 1)
+
+    ad, bc = crossing(diag_u), crossing(anti_u)
+
     def f32(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float32)
 
-    return _PatchTerms(padded=p, references=refs, dots=f32(dots), sq=f32(sq), length=f32(np.sqrt(sq)), right=f32(right),
-                       ac=f32(ac), ad=f32(ad), bc=f32(bc), bd=f32(bd),
+    return _PatchTerms(features=np.asarray(feats), references=refs, dots=f32(dots), sq=f32(sq), length=f32(np.sqrt(sq)),
+                       right=f32(right), ac=f32(ac), ad=f32(ad), bc=f32(bc), bd=f32(bd),
                        exact={"dots": dots, "sq": sq, "right": right, "ac": ac, "ad": ad, "bc": bc, "bd": bd})
 
 
@@ -238,9 +267,12 @@ def _exact_similarity(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.nda
     sim = (w * _corner_dots(t, b, n, i, j)).sum(-1) / np.sqrt(np.maximum(norm2, _EPS * _EPS))
     vanishing = np.flatnonzero(norm2 < _VANISHING * scale * scale)
     if len(vanishing):
-        P, k = t.padded[b], vanishing
-        f = (y0[k] * (x0[k] * P[:, i[k], j[k]] + x1[k] * P[:, i[k], j[k] + 1])
-             + y1[k] * (x0[k] * P[:, i[k] + 1, j[k]] + x1[k] * P[:, i[k] + 1, j[k] + 1]))  # (C, k)
+        F, k = np.asarray(t.features[b], np.float64), vanishing
+        h, w = F.shape[1:]
+        i0, j0 = np.asarray(i)[k], np.asarray(j)[k]
+        i1, j1 = np.minimum(i0 + 1, h - 1), np.minimum(j0 + 1, w - 1)  # the padding repeats the last row/column
+        f = (y0[k] * (x0[k] * F[:, i0, j0] + x1[k] * F[:, i0, j1])
+             + y1[k] * (x0[k] * F[:, i1, j0] + x1[k] * F[:, i1, j1]))  # (C, k)
         f = f / np.maximum(np.sqrt((f * f).sum(0)), _EPS)
         sim[k] = np.einsum("kc,ck->k", t.references[np.asarray(n)[k]], f)
     return sim.astype(np.float32)
