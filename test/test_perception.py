@@ -111,6 +111,31 @@ def test_pruned_search_is_exact_on_smooth_feature_maps(seed):
     assert_same_matches(refs, features, (240, 320))
 
 
+@pytest.mark.parametrize("h,w", [(5, 7), (1, 6), (6, 1), (1, 1)])
+def test_patch_terms_equal_the_products_of_the_edge_padded_grid(h, w):
+    """The terms assembled from the unpadded features' neighbour products are the inner
+    products of the corners of every cell of the grid padded by repeating its last row and
+    column (what torch's bilinear upsampling clamps to), single rows and columns included."""
+    from kil.perception.matching import _patch_terms
+
+    rng = np.random.default_rng(h * 10 + w)
+    features = rng.standard_normal((2, 16, h, w)).astype(np.float32)
+    refs = rng.standard_normal((3, 16)).astype(np.float32)
+    p = np.pad(features.astype(np.float64), ((0, 0), (0, 0), (0, 1), (0, 1)), mode="edge")
+
+    def inner(x, y):
+        return (x * y).sum(1)
+
+    a, b, c, d = p[:, :, :-1, :-1], p[:, :, :-1, 1:], p[:, :, 1:, :-1], p[:, :, 1:, 1:]
+    expected = {"dots": np.einsum("nc,bchw->bnhw", refs.astype(np.float64), p), "sq": inner(p, p),
+                "right": inner(p[..., :-1], p[..., 1:]), "ac": inner(a, c), "ad": inner(a, d), "bc": inner(b, c), "bd": inner(b, d)}
+    terms = _patch_terms(refs, features)
+    assert set(terms.exact) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(terms.exact[key], value, rtol=1e-12, atol=1e-10, err_msg=key)
+    np.testing.assert_allclose(terms.ad, expected["ad"], rtol=1e-5, atol=1e-4)  # and its float32 copy for the pixel passes
+
+
 @pytest.mark.parametrize("kind,shape", [("random", (384, 30, 40, 480, 640)), ("random", (8, 5, 7, 41, 53)), ("smooth", (64, 24, 32, 240, 320)),
                                         ("duplicated", (16, 6, 8, 60, 80)), ("low-rank", (64, 12, 16, 120, 160))])
 def test_cell_bounds_hold_everywhere_and_prune_random_features(kind, shape):
