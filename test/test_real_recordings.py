@@ -146,18 +146,23 @@ def test_a_cut_mcap_is_named_by_bag_info_and_recovered_by_bag_recover(lab, tmp_p
     assert main(["bag", "recover", str(episode)]) == 0 and "nothing to recover" in capsys.readouterr().out
     assert main(["build-dataset", str(episode.parent), *TASK, "--out", str(tmp_path / "ds1")]) == 1
     assert "excluded episode_0000: recovered from a killed or cut recording" in capsys.readouterr().out
-    # The recovered 60% holds too little of the drawn scene for the calibrated threshold: a clear refusal...
-    assert main(["build-dataset", str(episode.parent), *TASK, "--out", str(tmp_path / "ds2"), "--include-unsuccessful"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
-    assert err.startswith("kil build-dataset: error: ") and "no keypoint was visible in any of the" in err and "kil keypoints show" in err
-    # ...and with every match counted (this test is about the recovered bag, not about matching) it builds.
+    # The recovered bag builds with --include-unsuccessful. This test is about the bag, not about
+    # matching, so the threshold is set: none of the frames' matches counts (a clear refusal)...
     from kil.paths import share_dir
 
-    features = tmp_path / "any_match.yaml"
-    features.write_text(f"backend: descriptor_net\nweights: {share_dir() / 'config/models/descriptor_net_sim.safetensors'}\n"
-                        "input_size: [360, 480]\nmin_score: -1.0\n")
+    def features(min_score: float) -> str:
+        path = tmp_path / f"features_{min_score}.yaml"
+        path.write_text(f"backend: descriptor_net\nweights: {share_dir() / 'config/models/descriptor_net_sim.safetensors'}\n"
+                        f"input_size: [360, 480]\nmin_score: {min_score}\n")
+        return str(path)
+
+    assert main(["build-dataset", str(episode.parent), *TASK, "--out", str(tmp_path / "ds2"), "--include-unsuccessful",
+                 "--features", features(1.0)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("kil build-dataset: error: ") and "no keypoint was visible in any of the" in err and "kil keypoints show" in err
+    # ...and every match counts: it builds.
     assert main(["build-dataset", str(episode.parent), *TASK, "--out", str(tmp_path / "ds3"), "--include-unsuccessful",
-                 "--features", str(features)]) == 0
+                 "--features", features(-1.0)]) == 0
     assert len(Store.open(tmp_path / "ds3").read_episode("episode_0000")) > 10
 
 
