@@ -88,6 +88,7 @@ def observe(extractor, references: dict[str, TruthFrame], frames: list[TruthFram
     out = Observations()
     for frame in frames:
         detector = detectors[frame.task]
+        detector.reset()  # unrelated frames: no object permanence across them
         rgbd = frame.rgbd()
         keypoints, reasons = detector.detect_with_reasons([rgbd], extractor.extract(frame.rgb))[0]
         for k, name in enumerate(keypoints.names):

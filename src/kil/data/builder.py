@@ -199,6 +199,7 @@ class KeypointSource:
         if self.config.keypoints == "oracle":
             return self._oracle(streams, episode)
         extractor, detector = self._image_detector()
+        detector.reset()  # objects are tracked within an episode's frames (in order), never across episodes
         out: dict[str, list] = {"keypoints": [], "visible": [], "score": [], "similarity": []}
         B = self.config.batch_size
         for start in range(0, len(streams.frames), B):

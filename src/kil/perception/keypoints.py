@@ -6,10 +6,14 @@ A keypoint is visible only when (1) its best match scores at least `min_score` (
 the threshold calibrated for the feature model, `kil keypoints calibrate`), (2) it sits
 where the reference has it relative to the other keypoints of its object
 (`kil.perception.verification`; a keypoint whose best match breaks that takes its best
-candidate that agrees, or none), and (3) depth has a surface there. Otherwise it is
-reported `visible=false` at its best match, never placed elsewhere.
+candidate that agrees, or none), (3) its object can have got there since it was last seen
+(`kil.perception.permanence`: a hidden block does not jump to a look-alike beside it), and
+(4) depth has a surface there. Otherwise it is reported `visible=false` at its best match,
+never placed elsewhere.
 
-Shared by the keypoints node (one frame at a time) and the dataset builder (batches).
+Shared by the keypoints node (one frame at a time) and the dataset builder (an episode's
+frames in order, in batches). The detector remembers the objects of the stream it is fed:
+`reset()` between unrelated frames.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from kil.msgs import RGBD, Keypoints
 from kil.perception.features.base import FeatureExtractor
 from kil.perception.lifting import lift
 from kil.perception.matching import Matcher, sample_descriptors
+from kil.perception.permanence import ObjectPermanence, PermanenceConfig, Reach
 from kil.perception.spec import LoadedSpec
-from kil.perception.verification import GeometryConfig, verify_object
+from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
-DETECTION_VERSION = 2  # bump when the same inputs give other keypoints (dataset caches depend on it)
+DETECTION_VERSION = 3  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,9 @@ def reference_set(spec: LoadedSpec, extractor: FeatureExtractor) -> ReferenceSet
 
 @dataclass(frozen=True)
 class Reasons:
-    """Per keypoint (N,) bool: scored at least min_score; kept by the geometric verification;
-    depth has a surface at its pixel. Visible = all three (and finite features)."""
+    """Per keypoint (N,) bool: scored at least min_score; kept by the geometric verification
+    and within its object's reach (permanence); depth has a surface at its pixel. Visible =
+    all three (and finite features)."""
 
     scored: np.ndarray
     verified: np.ndarray
@@ -78,13 +84,15 @@ class Reasons:
 class DetectorConfig:
     """depth_radius: pixels searched for a valid depth reading around a match; min_score:
     matches scoring lower are not visible (None: the feature model's calibrated threshold);
-    candidates: places per keypoint the geometric verification may choose from (1: none)."""
+    candidates: places per keypoint the geometric verification may choose from (1: none);
+    permanence: objects tracked across the frames of a stream."""
 
     depth_radius: int = 3
     min_score: float | None = None
     similarity_vectors: bool = False
     candidates: int = 5
     geometry: GeometryConfig = GeometryConfig()
+    permanence: PermanenceConfig = PermanenceConfig()
 
 
 class KeypointDetector:
@@ -97,25 +105,50 @@ class KeypointDetector:
         self.min_score = references.min_score if config.min_score is None else config.min_score
         groups = references.group if references.group is not None else np.arange(len(references.names))
         self._groups = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+        self.permanence = ObjectPermanence(self._groups, config.permanence)
+
+    def reset(self) -> None:
+        """Forget where objects were (the next frame starts a new stream)."""
+        self.permanence.reset()
 
     @property
     def channels(self) -> int:
         return self.matcher.channels
 
-    def _choose(self, candidate_uv: np.ndarray, candidate_score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _choose(self, candidate_uv: np.ndarray, candidate_score: np.ndarray,
+                reaches: list[Reach | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(uv (N, 2), score (N,), verified (N,)) of one frame from its candidates (N, K, ...)."""
         usable = candidate_score >= self.min_score
         N = len(candidate_score)
         choice = np.zeros(N, int)
         verified = np.ones(N, bool)
-        if self.references.uv is not None and candidate_score.shape[1] > 1:
-            for members in self._groups:
+        checked = self.references.uv is not None and candidate_score.shape[1] > 1
+        for members, reach in zip(self._groups, reaches):
+            anchor, radius = (None, np.inf) if reach is None else (reach.anchor, reach.radius_px)
+            if checked:
                 picked = verify_object(self.references.uv[members], candidate_uv[members], candidate_score[members],
-                                       usable[members], self.config.geometry)
-                choice[members] = np.maximum(picked, 0)
-                verified[members] = picked >= 0
+                                       usable[members], self.config.geometry, anchor, radius)
+            elif reach is not None:  # without verification: the best candidate, if within reach
+                near = reachable(candidate_uv[members], np.ones_like(usable[members]), anchor, radius)
+                picked = np.where(near.any(1), near.argmax(1), -1)
+            else:
+                continue
+            choice[members] = np.maximum(picked, 0)
+            verified[members] = picked >= 0
         rows = np.arange(N)
         return candidate_uv[rows, choice], candidate_score[rows, choice], verified
+
+    def _within_reach(self, xyz: np.ndarray, visible: np.ndarray, reaches: list[Reach | None]) -> np.ndarray:
+        """(N,) bool: False for every keypoint of an object whose lifted points lie farther
+        from where they were last seen than it can have moved (at the right pixel, but on
+        the arm in front of it)."""
+        out = np.ones(len(xyz), bool)
+        for members, reach in zip(self._groups, reaches):
+            both = visible[members] & np.isfinite(reach.last_xyz[:, 0]) if reach is not None else None
+            if both is not None and both.any():
+                moved = np.linalg.norm(xyz[members][both] - reach.last_xyz[both], axis=1).mean()
+                out[members] = moved <= reach.radius_m
+        return out
 
     def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor) -> list[Keypoints]:
         """Keypoints of B frames from their (B, C, h, w) patch features (one image size)."""
@@ -130,10 +163,14 @@ class KeypointDetector:
                                      candidates=max(self.config.candidates, 1))
         out = []
         for b, frame in enumerate(frames):
-            uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b])
+            reaches = self.permanence.reaches(frame)
+            uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b], reaches)
             xyz, has_depth = lift(uv, frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
             visible = has_depth & matches.valid[b] & (score >= self.min_score) & verified
+            verified &= self._within_reach(xyz, visible, reaches)
+            visible &= verified
             xyz[~visible] = np.nan
+            self.permanence.update(xyz, visible)
             reasons = Reasons(score >= self.min_score, verified, has_depth)
             out.append((Keypoints(
                 stamp_ns=frame.stamp_ns,

@@ -39,19 +39,33 @@ class GeometryConfig:
         require(self.min_inliers >= 2, "min_inliers", f"two keypoints define a hypothesis, got {self.min_inliers}")
 
 
+def reachable(candidate_uv: np.ndarray, usable: np.ndarray, anchor: np.ndarray | None, radius_px: float) -> np.ndarray:
+    """(M, K) usable candidates that lie within radius_px of their keypoint's anchor (M, 2)
+    px (NaN or None: no anchor, any place)."""
+    if anchor is None:
+        return usable
+    known = np.isfinite(anchor[:, 0])
+    near = np.linalg.norm(candidate_uv - anchor[:, None], axis=2) <= radius_px
+    return usable & (near | ~known[:, None])
+
+
 def verify_object(reference_uv: np.ndarray, candidate_uv: np.ndarray, candidate_score: np.ndarray, usable: np.ndarray,
-                  config: GeometryConfig = GeometryConfig()) -> np.ndarray:
+                  config: GeometryConfig = GeometryConfig(), anchor: np.ndarray | None = None,
+                  radius_px: float = np.inf) -> np.ndarray:
     """Which candidate each keypoint of one object takes, or -1 (rejected).
 
     reference_uv: (M, 2) px in the reference image; candidate_uv: (M, K, 2) px in the frame;
     candidate_score: (M, K) similarity; usable: (M, K) bool (scored high enough to count).
-    Objects with fewer than 3 keypoints cannot be checked: each keeps its first usable
-    candidate.
+    anchor: (M, 2) px where the object's keypoints were last seen (NaN: unknown), with
+    radius_px: only places whose keypoints lie within that mean distance of it count
+    (`kil.perception.permanence`). Objects with fewer than 3 keypoints cannot be checked:
+    each keeps its first usable candidate (within the radius of its anchor).
     """
     M, K = candidate_score.shape
-    first_usable = np.where(usable.any(1), usable.argmax(1), -1)
+    usable = reachable(candidate_uv, usable, anchor, radius_px)
     if M < 3:
-        return first_usable
+        return np.where(usable.any(1), usable.argmax(1), -1)
+    known = np.zeros(M, bool) if anchor is None else np.isfinite(anchor[:, 0])
     r = reference_uv[:, 0] + 1j * reference_uv[:, 1]  # (M,)
     c = candidate_uv[..., 0] + 1j * candidate_uv[..., 1]  # (M, K)
     spread = float(np.mean(np.abs(r - r.mean())))
@@ -70,9 +84,13 @@ def verify_object(reference_uv: np.ndarray, candidate_uv: np.ndarray, candidate_
     z = (c[hb, hkb] - c[ha, hka]) / (r[hb] - r[ha])  # scale and rotation
     plausible = (np.abs(z) >= config.scale_range[0]) & (np.abs(z) <= config.scale_range[1])
     ha, hka, z = ha[plausible], hka[plausible], z[plausible]
-    if len(ha) == 0:
-        return np.full(M, -1)
     predicted = c[ha, hka][:, None] + z[:, None] * (r[None, :] - r[ha][:, None])  # (H, M)
+    if known.any():  # the object where it can have got to since it was last seen
+        last = anchor[known, 0] + 1j * anchor[known, 1]
+        within = np.abs(predicted[:, known] - last).mean(1) <= radius_px
+        predicted, z = predicted[within], z[within]
+    if len(z) == 0:
+        return np.full(M, -1)
     tolerance = config.tolerance_px + config.tolerance_share * np.abs(z) * spread  # (H,)
     distance = np.abs(c[None] - predicted[:, :, None])  # (H, M, K)
     inlier = usable[None] & (distance <= tolerance[:, None, None])

@@ -5,6 +5,8 @@ for people, and (through the wire format) a MarkerArray for RViz.
 The reference descriptors are computed once at start with the same feature backend as the
 features node (`model` must name the same config). Bad frames never stop the node: without
 valid depth a keypoint is `visible=false`; a feature map of the wrong size is logged once.
+Objects are tracked across frames (`permanence`): a stamp going backwards or a gap of more
+than 2 s starts over.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from kil.msgs import RGBD, FeatureMap, Image, Keypoints
 from kil.perception.draw import draw_keypoints
 from kil.perception.features.base import load_extractor
 from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
+from kil.perception.permanence import PermanenceConfig
 from kil.perception.spec import load_spec
 from kil.stage import Stage, subscribe
 from kil.threads import limit_torch_threads
@@ -30,6 +33,8 @@ class KeypointsConfig:
     min_score: float | None = None  # None: the threshold calibrated for the feature model (kil keypoints calibrate)
     similarity_vectors: bool = False
     candidates: int = 5  # places per keypoint its object's geometric verification chooses from (1: no verification)
+    permanence: bool = True  # a hidden object stays where it was seen last instead of jumping to a look-alike
+    object_speed: float = 0.1  # m/s: how fast an unseen object's possible place grows while where it was lies uncovered
     annotate: bool = True  # publish the frame with keypoints drawn
     threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
@@ -38,6 +43,7 @@ class KeypointsConfig:
         require(self.depth_radius >= 0, "depth_radius", f"must be >= 0, got {self.depth_radius}")
         require(self.min_score is None or -1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
         require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
+        require(self.object_speed > 0, "object_speed", f"must be > 0 m/s, got {self.object_speed}")
 
 
 class KeypointsNode(Stage):
@@ -51,8 +57,9 @@ class KeypointsNode(Stage):
         extractor = load_extractor(config.model, {"device": config.device})
         references = reference_set(spec, extractor)
         del extractor  # only the features node keeps a model in memory
+        permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
-                                                                          config.candidates))
+                                                                          config.candidates, permanence=permanence))
         self._reported: set[str] = set()
 
     def _report_once(self, reason: str, message: str, *args) -> None:

@@ -1,0 +1,133 @@
+"""Object permanence over a stream of frames: an object stays where it was last seen until the
+frames say it can have left.
+
+A per-frame matcher cannot tell "hidden" from "moved": when the arm covers the block, a
+look-alike next to it (an orange ball beside a red cube) becomes the best match and the
+block's keypoints jump there. With this, a place for an object is only taken within reach
+of where the object was last seen: `slack_m` (the keypoints seen then and now differ, depth
+noise) plus `speed_mps` times the time it has been unseen with its last place in view and
+uncovered. While something stands in front of that place (the arm, by depth: readings
+nearer than where the object was) the object is presumed still there and the reach does not
+grow; once the place is uncovered and empty, the object may have been carried anywhere the
+arm went and the reach grows until any place qualifies again.
+
+Each object (a reference group) is tracked by the base-frame points of the keypoints seen
+at its last sighting. Frames must come in order; a stamp going backwards or a gap of more
+than `max_gap_s` starts over (a new episode, a restarted camera).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kil.config import require
+from kil.geometry import project
+from kil.msgs import RGBD
+from kil.perception.lifting import depth_in_metres, read_depth
+
+
+@dataclass(frozen=True)
+class PermanenceConfig:
+    """enabled: track objects across frames (off: every frame on its own); slack_m: metres
+    an object's seen keypoints may move between two frames regardless of time; speed_mps:
+    how fast an unseen object's reach grows while its last place is uncovered (about the
+    arm's carrying speed); cover_margin_m: depth readings this much nearer than the last
+    seen points mean something covers them; max_gap_s: a longer gap between frames starts
+    over."""
+
+    enabled: bool = True
+    slack_m: float = 0.03
+    speed_mps: float = 0.1
+    cover_margin_m: float = 0.02
+    max_gap_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        require(self.slack_m > 0, "slack_m", f"must be > 0, got {self.slack_m}")
+        require(self.speed_mps > 0, "speed_mps", f"must be > 0 (0 would never find a moved object again), got {self.speed_mps}")
+        require(self.cover_margin_m > 0, "cover_margin_m", f"must be > 0, got {self.cover_margin_m}")
+        require(self.max_gap_s > 0, "max_gap_s", f"must be > 0, got {self.max_gap_s}")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Where one object may be in a frame: anchor (M, 2) px, its keypoints' last seen
+    places projected into this frame (NaN for keypoints not seen then); radius_px; and the
+    same reach in metres for the lifted points (last_xyz (M, 3) base frame, NaN unknown)."""
+
+    anchor: np.ndarray
+    radius_px: float
+    last_xyz: np.ndarray
+    radius_m: float
+
+
+@dataclass
+class _Track:
+    xyz: np.ndarray  # (M, 3) base frame, NaN where the keypoint was not seen at the last sighting
+    unseen_s: float  # time unseen with the last place uncovered
+
+
+class ObjectPermanence:
+    """Tracks of the objects (groups of keypoint indices) of one stream of frames."""
+
+    def __init__(self, groups: list[np.ndarray], config: PermanenceConfig = PermanenceConfig()) -> None:
+        self.groups = groups
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every object (a new episode)."""
+        self._tracks: list[_Track | None] = [None] * len(self.groups)
+        self._last_stamp_ns: int | None = None
+
+    def reaches(self, frame: RGBD) -> list[Reach | None]:
+        """Advance to `frame` and say where each object may be in it (None: anywhere)."""
+        if not self.config.enabled:
+            return [None] * len(self.groups)
+        dt = 0.0 if self._last_stamp_ns is None else (frame.stamp_ns - self._last_stamp_ns) * 1e-9
+        if dt < 0 or dt > self.config.max_gap_s:
+            self.reset()
+            dt = 0.0
+        self._last_stamp_ns = frame.stamp_ns
+        depth = None
+        out: list[Reach | None] = []
+        for g, track in enumerate(self._tracks):
+            if track is None:
+                out.append(None)
+                continue
+            known = np.isfinite(track.xyz[:, 0])
+            uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
+            if depth is None:
+                depth = depth_in_metres(frame.depth)
+            if not self._covered(depth, uv, z):
+                track.unseen_s += dt
+            radius_m = self.config.slack_m + self.config.speed_mps * track.unseen_s
+            anchor = np.full((len(track.xyz), 2), np.nan)
+            anchor[known] = uv
+            in_front = z > 1e-3
+            radius_px = float(frame.K[0, 0] * radius_m / np.median(z[in_front])) if in_front.any() else np.inf
+            out.append(Reach(anchor, radius_px, track.xyz, radius_m))
+        return out
+
+    def _covered(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> bool:
+        """Whether most of the last seen points have depth readings well in front of them
+        (something stands between them and the camera). Out of view or without readings:
+        not covered (nothing says the object is still there)."""
+        H, W = depth.shape
+        inside = (z > 1e-3) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        if not inside.any():
+            return False
+        measured = read_depth(depth, uv[inside], radius=2)
+        in_front = measured < z[inside] - self.config.cover_margin_m  # NaN compares False
+        return bool(in_front.sum() * 2 > len(in_front))
+
+    def update(self, xyz: np.ndarray, visible: np.ndarray) -> None:
+        """Record a frame's result: xyz (N, 3) base frame and visible (N,) of every keypoint.
+        An object with a visible keypoint is seen there now; others keep their last sighting."""
+        if not self.config.enabled:
+            return
+        for g, members in enumerate(self.groups):
+            seen = visible[members]
+            if seen.any():
+                self._tracks[g] = _Track(np.where(seen[:, None], xyz[members], np.nan).astype(np.float64), 0.0)

@@ -1,0 +1,149 @@
+"""Object permanence: a hidden object stays where it was instead of jumping to a look-alike,
+and is found again where it went once the frames say it can have left."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kil.msgs import RGBD
+from kil.perception.keypoints import DetectorConfig, KeypointDetector, ReferenceSet
+from kil.perception.permanence import ObjectPermanence, PermanenceConfig
+from kil.perception.verification import verify_object
+
+STRIDE, CELLS = 4, 24  # 96x96 image, 24x24 patch grid
+FX = 300.0  # px: at 1 m a pixel is 3.3 mm, the two places below lie 8 cm apart
+LAYOUT = np.array([[0, 0], [0, 2], [2, 0], [2, 2]])  # the object's keypoints, in cells
+PLACE_A, PLACE_B = np.array([6, 6]), np.array([6, 12])  # (row, col) of its first keypoint's cell
+FRAME_CENTRE = CELLS * STRIDE / 2
+
+
+def frame(t_s: float, covered: bool = False) -> RGBD:
+    """A table 1 m from the camera (base frame = optical frame); `covered`: an arm 0.3 m
+    in front of place A."""
+    size = CELLS * STRIDE
+    depth = np.ones((size, size), np.float32)
+    if covered:
+        r, c = PLACE_A * STRIDE
+        depth[r - 8: r + 20, c - 8: c + 20] = 0.7
+    K = np.array([[FX, 0, size / 2], [0, FX, size / 2], [0, 0, 1]])
+    return RGBD(int(t_s * 1e9), "camera", np.zeros((size, size, 3), np.uint8), depth, K, "camera", np.eye(4))
+
+
+def features(descriptors: np.ndarray, places: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """(1, C, h, w): weak noise, and the object's descriptors at each of `places`."""
+    out = 0.05 * rng.standard_normal((descriptors.shape[1], CELLS, CELLS))
+    for place in places:
+        for (dr, dc), d in zip(LAYOUT, descriptors):
+            out[:, place[0] + dr, place[1] + dc] = d
+    return out[None].astype(np.float32)
+
+
+def cell_centre(place: np.ndarray) -> np.ndarray:
+    """(4, 2) px (u, v) of the object's keypoints at `place`."""
+    rc = place + LAYOUT
+    return (rc[:, ::-1] + 0.5) * STRIDE
+
+
+@pytest.fixture
+def scene():
+    rng = np.random.default_rng(3)
+    descriptors = np.linalg.qr(rng.standard_normal((32, 4)))[0].T.astype(np.float32)  # (4, 32) orthonormal
+    references = ReferenceSet(("block/a", "block/b", "block/c", "block/d"), np.zeros(4, np.int32), descriptors, "test",
+                              cell_centre(PLACE_A), np.zeros(4, int), 0.5)
+    return descriptors, references, rng
+
+
+def run(detector: KeypointDetector, steps: list[tuple[float, bool, list[np.ndarray]]], descriptors, rng):
+    """Keypoints of each (time s, place A covered, places holding the object) in order."""
+    return [detector.detect([frame(t, covered)], features(descriptors, places, rng))[0] for t, covered, places in steps]
+
+
+def test_a_covered_object_is_hidden_rather_than_moved_to_a_look_alike(scene):
+    """Seen at A; then the arm covers A while a look-alike sits at B (8 cm away): without
+    permanence the keypoints jump to B, with it they are hidden for as long as A stays
+    covered (3 s here), with no jump."""
+    descriptors, references, rng = scene
+    steps = [(0.0, False, [PLACE_A])] + [(0.1 * i, True, [PLACE_B]) for i in range(1, 31)]
+    tracked = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
+    assert tracked[0].visible.all()
+    np.testing.assert_allclose(tracked[0].uv, cell_centre(PLACE_A), atol=1.5)
+    assert not any(k.visible.any() for k in tracked[1:])
+
+    stateless = run(KeypointDetector(references, DetectorConfig(min_score=0.5, permanence=PermanenceConfig(enabled=False))),
+                    steps, descriptors, rng)
+    assert stateless[1].visible.all()
+    np.testing.assert_allclose(stateless[1].uv, cell_centre(PLACE_B), atol=1.5)
+
+
+def test_an_object_gone_from_its_uncovered_place_is_found_where_it_went(scene):
+    """A is uncovered and empty, the object is at B (8 cm away): it is taken there once its
+    reach (3 cm + 0.1 m/s while unseen) covers B, after about 0.5 s, not before."""
+    descriptors, references, rng = scene
+    steps = [(0.0, False, [PLACE_A])] + [(0.1 * i, False, [PLACE_B]) for i in range(1, 11)]
+    keypoints = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
+    found = [i for i, k in enumerate(keypoints) if i > 0 and k.visible.all()]
+    assert found and 4 <= found[0] <= 7, [k.visible.all() for k in keypoints]
+    assert not any(keypoints[i].visible.any() for i in range(1, found[0]))
+    np.testing.assert_allclose(keypoints[found[0]].uv, cell_centre(PLACE_B), atol=1.5)
+
+
+def test_an_object_moving_between_frames_is_followed(scene):
+    """Seen in every frame, moving one cell (1.3 cm) per frame: followed throughout."""
+    descriptors, references, rng = scene
+    steps = [(0.1 * i, False, [PLACE_A + [0, i]]) for i in range(7)]
+    keypoints = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
+    for i, k in enumerate(keypoints):
+        assert k.visible.all(), i
+        np.testing.assert_allclose(k.uv, cell_centre(PLACE_A + [0, i]), atol=1.5)
+
+
+@pytest.mark.parametrize("restart", ["reset", "stamp_back", "gap"])
+def test_a_new_stream_forgets_where_objects_were(scene, restart):
+    """reset(), a stamp going backwards or a long gap: the next frame is taken on its own."""
+    descriptors, references, rng = scene
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    run(detector, [(5.0, False, [PLACE_A])], descriptors, rng)
+    t = {"reset": 5.1, "stamp_back": 1.0, "gap": 8.0}[restart]
+    if restart == "reset":
+        detector.reset()
+    (keypoints,) = run(detector, [(t, True, [PLACE_B])], descriptors, rng)
+    assert keypoints.visible.all()
+    np.testing.assert_allclose(keypoints.uv, cell_centre(PLACE_B), atol=1.5)
+
+
+def test_reach_grows_only_while_the_last_place_is_uncovered():
+    permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1))
+    assert permanence.reaches(frame(0.0)) == [None]
+    corner = (PLACE_A[::-1] * STRIDE + 2 - FRAME_CENTRE) / FX  # metres at 1 m: where the arm covers
+    on_table = np.array([[*corner, 1.0]] * 4) + [[0, 0, 0], [0.01, 0, 0], [0, 0.01, 0], [0.01, 0.01, 0]]
+    permanence.update(on_table, np.ones(4, bool))
+    r = permanence.reaches(frame(0.5, covered=False))[0]
+    assert r.radius_m == pytest.approx(0.08)
+    assert r.radius_px == pytest.approx(FX * 0.08, rel=1e-6)
+    np.testing.assert_allclose(r.anchor[0], PLACE_A[::-1] * STRIDE + 2)
+    permanence.update(on_table, np.ones(4, bool))  # seen again: back to the slack
+    for t in (0.6, 1.0, 2.0):  # the arm stands in front of where it was
+        assert permanence.reaches(frame(t, covered=True))[0].radius_m == pytest.approx(0.03)
+    assert permanence.reaches(frame(2.2))[0].radius_m == pytest.approx(0.05)
+    permanence.update(on_table, np.array([True, False, False, False]))  # only some keypoints seen
+    r = permanence.reaches(frame(2.3))[0]
+    assert np.isfinite(r.anchor[0]).all() and np.isnan(r.anchor[1:]).all()
+
+
+def test_verification_keeps_an_object_within_reach_of_its_anchor():
+    """Two equally laid out places, the far one scoring higher: with an anchor at the near
+    one it is taken; with the near one gone, nothing is (never the far one)."""
+    reference = np.array([[100.0, 100.0], [110.0, 100.0], [100.0, 112.0], [111.0, 113.0]])
+    near, far = reference + [5.0, 0.0], reference + [80.0, 0.0]
+    candidates = np.stack([far, near], axis=1)  # (4, 2, 2): the far place first
+    scores = np.array([[0.99, 0.95]] * 4)
+    usable = np.ones_like(scores, bool)
+    np.testing.assert_array_equal(verify_object(reference, candidates, scores, usable), [0, 0, 0, 0])
+    np.testing.assert_array_equal(verify_object(reference, candidates, scores, usable, anchor=reference, radius_px=20.0), [1, 1, 1, 1])
+    gone = usable.copy()
+    gone[:, 1] = False
+    assert (verify_object(reference, candidates, scores, gone, anchor=reference, radius_px=20.0) == -1).all()
+    partly_known = reference.copy()
+    partly_known[1:] = np.nan  # only one keypoint was seen last time
+    np.testing.assert_array_equal(verify_object(reference, candidates, scores, usable, anchor=partly_known, radius_px=20.0), [1, 1, 1, 1])
