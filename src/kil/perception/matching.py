@@ -267,12 +267,16 @@ def _exact_similarity(t: _PatchTerms, b: int, n, i, j, y0, y1, x0, x1) -> np.nda
     sim = (w * _corner_dots(t, b, n, i, j)).sum(-1) / np.sqrt(np.maximum(norm2, _EPS * _EPS))
     vanishing = np.flatnonzero(norm2 < _VANISHING * scale * scale)
     if len(vanishing):
-        F, k = np.asarray(t.features[b], np.float64), vanishing
+        F, k = t.features[b], vanishing
         h, w = F.shape[1:]
         i0, j0 = np.asarray(i)[k], np.asarray(j)[k]
         i1, j1 = np.minimum(i0 + 1, h - 1), np.minimum(j0 + 1, w - 1)  # the padding repeats the last row/column
-        f = (y0[k] * (x0[k] * F[:, i0, j0] + x1[k] * F[:, i0, j1])
-             + y1[k] * (x0[k] * F[:, i1, j0] + x1[k] * F[:, i1, j1]))  # (C, k)
+
+        def corner(rows, cols):  # (C, k) float64: only the columns needed, never the whole frame
+            return np.asarray(F[:, rows, cols], np.float64)
+
+        f = (y0[k] * (x0[k] * corner(i0, j0) + x1[k] * corner(i0, j1))
+             + y1[k] * (x0[k] * corner(i1, j0) + x1[k] * corner(i1, j1)))  # (C, k)
         f = f / np.maximum(np.sqrt((f * f).sum(0)), _EPS)
         sim[k] = np.einsum("kc,ck->k", t.references[np.asarray(n)[k]], f)
     return sim.astype(np.float32)
