@@ -129,6 +129,23 @@ def test_keypoint_bench_and_calibration_on_simulated_frames(tmp_path):
     assert f"min_score {threshold:.3f}" in " ".join(out.split())
 
 
+def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
+    """`kil bench keypoints --episodes DIR` runs a recorded sim episode's frames in order
+    against the ground truth recorded beside them, with object permanence and without;
+    a directory without episodes is a one-line error."""
+    episodes = tmp_path / "demos"
+    assert main(["record", "--rig", "sim", "--teleop", "expert", "--variation", "scene", "--episodes", "1", "--camera-rate", "10",
+                 "--seed", "5", "--out", str(episodes)]) == 0
+    bench = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes))
+    assert bench.returncode == 0, bench.stderr
+    out = " ".join(bench.stdout.split())
+    assert "in order, object permanence" in out and "each frame on its own" in out
+    assert out.count("block/top_center") == 2 and "scene" in out and "recall" in out
+    (tmp_path / "empty").mkdir()
+    empty = kil("bench", "keypoints", "--episodes", str(tmp_path / "empty"))
+    assert empty.returncode != 0 and "--episodes: no episode_* directories" in empty.stderr
+
+
 def test_match_bench_compares_thread_settings():
     result = kil("bench", "match", "--channels", "16", "--keypoints", "3", "--repeats", "3", "--no-backends")
     assert result.returncode == 0, result.stderr

@@ -17,13 +17,16 @@ points) / anywhere. Reported per backend, variation and keypoint:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from kil.errors import ConfigError
 from kil.perception.keypoints import DetectorConfig, KeypointDetector, ReferenceSet
+from kil.perception.permanence import PermanenceConfig
 from kil.perception.matching import sample_descriptors
 from kil.sim.truth import TruthFrame, render_truth_frame
 
@@ -91,18 +94,65 @@ def observe(extractor, references: dict[str, TruthFrame], frames: list[TruthFram
         detector.reset()  # unrelated frames: no object permanence across them
         rgbd = frame.rgbd()
         keypoints, reasons = detector.detect_with_reasons([rgbd], extractor.extract(frame.rgb))[0]
-        for k, name in enumerate(keypoints.names):
-            i = frame.names.index(name)
-            inside = bool(np.any(frame.uv[i] != 0))
-            out.variation.append(frame.variation)
-            out.name.append(name)
-            out.truly_visible.append(bool(frame.visible[i]))
-            out.reported_visible.append(bool(keypoints.visible[k]))
-            out.score.append(float(keypoints.score[k]))
-            out.verified.append(bool(reasons.verified[k]))
-            out.has_depth.append(bool(reasons.has_depth[k]))
-            out.pixel.append(float(np.linalg.norm(keypoints.uv[k] - frame.uv[i])) if inside else np.inf)
-            out.metres.append(float(np.linalg.norm(keypoints.xyz[k] - frame.xyz[i])) if keypoints.visible[k] else np.inf)
+        index = [frame.names.index(name) for name in keypoints.names]
+        _record(out, frame.variation, keypoints, reasons, frame.uv[index], frame.xyz[index], frame.visible[index])
+        if progress:
+            progress()
+    return out
+
+
+def _record(out: Observations, variation: str, keypoints, reasons, uv: np.ndarray, xyz: np.ndarray, visible: np.ndarray) -> None:
+    """Append one frame's detected keypoints against the truth's (N, 2) uv (0, 0 out of
+    view), (N, 3) xyz and (N,) visible, in the detector's keypoint order."""
+    for k, name in enumerate(keypoints.names):
+        inside = bool(np.any(uv[k] != 0))
+        out.variation.append(variation)
+        out.name.append(name)
+        out.truly_visible.append(bool(visible[k]))
+        out.reported_visible.append(bool(keypoints.visible[k]))
+        out.score.append(float(keypoints.score[k]))
+        out.verified.append(bool(reasons.verified[k]))
+        out.has_depth.append(bool(reasons.has_depth[k]))
+        out.pixel.append(float(np.linalg.norm(keypoints.uv[k] - uv[k])) if inside else np.inf)
+        out.metres.append(float(np.linalg.norm(keypoints.xyz[k] - xyz[k])) if keypoints.visible[k] else np.inf)
+
+
+def observe_episodes(extractor, episodes: list[Path], configs: dict[str, DetectorConfig],
+                     progress=None) -> dict[str, Observations]:
+    """Run detectors (one per config, features shared) over recorded sim episodes, their
+    ground truth recorded beside the camera: each frame in order through one detector per
+    episode, as the dataset builder and the live node do; the task's shipped reference spec
+    gives the keypoints."""
+    from kil.data.builder import BuildConfig, TopicMaps, oracle_index
+    from kil.data.episode import read_metadata
+    from kil.data.episode_streams import read_streams
+    from kil.perception.keypoints import reference_set
+    from kil.perception.spec import load_spec
+
+    detectors: dict[str, tuple] = {}
+    out = {label: Observations() for label in configs}
+    for episode in episodes:
+        metadata = read_metadata(episode)
+        if metadata is None or not metadata.task:
+            raise ConfigError(f"{episode}: no kil_episode.yaml naming the task")
+        if metadata.task not in detectors:
+            spec = load_spec(metadata.task)
+            references = reference_set(spec, extractor)
+            detectors[metadata.task] = (spec.layout().names, {label: KeypointDetector(references, config)
+                                                              for label, config in configs.items()})
+        names, by_label = detectors[metadata.task]
+        graph, _ = TopicMaps(BuildConfig(task=metadata.task)).of(episode, metadata)
+        streams = read_streams(episode, graph)
+        if streams.truth is None:
+            raise ConfigError(f"{episode}: no ground-truth keypoints recorded (a sim episode from `kil record` has them)")
+        index = oracle_index(names, list(streams.truth[0].names), np.asarray(streams.truth[0].instance), episode)
+        for detector in by_label.values():
+            detector.reset()
+        for frame, truth in zip(streams.frames, streams.truth):
+            features = extractor.extract(frame.rgb)
+            for label, detector in by_label.items():
+                keypoints, reasons = detector.detect_with_reasons([frame], features)[0]
+                _record(out[label], metadata.variation, keypoints, reasons, truth.uv[index], truth.xyz[index], truth.visible[index])
         if progress:
             progress()
     return out
@@ -144,6 +194,40 @@ def rows(obs: Observations, variations: list[str]) -> list[list[str]]:
     return out
 
 
+def _table(obs: Observations, variations: list[str], title: str) -> Table:
+    table = Table("variation", "keypoint", "seen", "px median / p90 / max", "3-D mm median / p90 / max", "dropped",
+                  "hidden", "hidden flagged: precision", "recall", title=title)
+    for row in rows(obs, variations):
+        table.add_row(*row)
+    return table
+
+
+LEGEND = ("px and mm over keypoints the truth sees and the detector reports visible; dropped: seen but reported "
+          "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
+
+
+def run_episodes(backend: str, episodes_dir: Path) -> int:
+    """Recorded episodes in order, with object permanence and with every frame on its own."""
+    from kil.perception.features.base import load_extractor
+
+    episodes = sorted(p for p in Path(episodes_dir).glob("episode_*") if p.is_dir())
+    if not episodes:
+        raise ConfigError(f"--episodes: no episode_* directories in {episodes_dir}")
+    console = Console(width=170)
+    extractor = load_extractor(backend)
+    settings = {"in order, object permanence": DetectorConfig(),
+                "each frame on its own": DetectorConfig(permanence=PermanenceConfig(enabled=False))}
+    with Progress(console=console) as progress:
+        bar = progress.add_task("episodes", total=len(episodes))
+        scored = observe_episodes(extractor, episodes, settings, lambda: progress.advance(bar))
+    variations = sorted(set(scored[next(iter(scored))].variation))
+    for label, obs in scored.items():
+        console.print(_table(obs, variations, f"keypoints by {backend} (min_score {extractor.config.min_score:.3f}) over "
+                                               f"{len(episodes)} episodes of {episodes_dir}: {label}"))
+    console.print(LEGEND)
+    return 0
+
+
 def run(backends: list[str], tasks: list[str], variations: list[str], frames: int, robot: str = "panda") -> int:
     from kil.perception.features.base import load_extractor
 
@@ -157,14 +241,8 @@ def run(backends: list[str], tasks: list[str], variations: list[str], frames: in
             bar = progress.add_task(f"detecting ({name})", total=len(truth))
             scored[name] = observe(extractor, references, truth, progress=lambda: progress.advance(bar))
     for name, obs in scored.items():
-        extractor = extractors[name]
-        table = Table("variation", "keypoint", "seen", "px median / p90 / max", "3-D mm median / p90 / max", "dropped",
-                      "hidden", "hidden flagged: precision", "recall",
-                      title=f"keypoints by {name} (min_score {extractor.config.min_score:.3f}): {', '.join(tasks)} ({robot}), "
-                            f"{frames} frames per variation, arm {'/'.join(ARM_CYCLE)}, one `in` reference per task")
-        for row in rows(obs, variations):
-            table.add_row(*row)
-        console.print(table)
-    console.print("px and mm over keypoints the truth sees and the detector reports visible; dropped: seen but reported "
-                  "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
+        console.print(_table(obs, variations, f"keypoints by {name} (min_score {extractors[name].config.min_score:.3f}): "
+                                              f"{', '.join(tasks)} ({robot}), {frames} frames per variation, arm "
+                                              f"{'/'.join(ARM_CYCLE)}, one `in` reference per task"))
+    console.print(LEGEND)
     return 0

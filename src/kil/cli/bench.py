@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from kil.errors import ConfigError
 
@@ -46,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kp.add_argument("--variations", default="in,obj,scene")
     kp.add_argument("--frames", type=int, default=12, help="frames per task and variation")
     kp.add_argument("--robot", default="panda")
+    kp.add_argument("--episodes", metavar="DIR", help="instead: recorded sim episodes (kil record), every frame in order, "
+                                                      "with object permanence and without (first backend only)")
     kp.set_defaults(run_suite=_keypoints)
 
     var = suites.add_parser("variations", help="paper 001's central result: keypoint policy vs RGB baseline on in / obj / scene")
@@ -117,6 +120,8 @@ def _match(args: argparse.Namespace) -> int:
 def _keypoints(args: argparse.Namespace) -> int:
     from kil.bench import keypoints
 
+    if args.episodes:
+        return keypoints.run_episodes(_split(args.backends)[0], Path(args.episodes))
     if args.frames < 1:
         raise ConfigError(f"--frames: must be >= 1, got {args.frames}")
     return keypoints.run(_split(args.backends), _split(args.tasks), _split(args.variations), args.frames, args.robot)
