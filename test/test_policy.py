@@ -439,6 +439,43 @@ def test_distributed_training_under_torchrun(tiny_store, tmp_path):
     assert torch.isfinite(policy.predict_raw(raw)["position"]).all()
 
 
+def test_a_keypoint_centred_frame_remembers_its_anchor_over_the_episode():
+    """Training samples carry the anchor's last sighting in the episode (not only in the
+    observation history); the node's AnchorMemory does the same over its stream."""
+    from kil.msgs import Keypoints
+    from kil.policy.batch import last_seen
+    from kil.policy.inference import AnchorMemory
+
+    xyz = np.arange(18, dtype=float).reshape(6, 3)
+    visible = np.array([False, True, False, False, True, False])
+    position, known = last_seen(xyz, visible)
+    np.testing.assert_array_equal(known, [False, True, True, True, True, True])
+    np.testing.assert_array_equal(position[[0, 1, 2, 3, 4, 5]], [[0, 0, 0], xyz[1], xyz[1], xyz[1], xyz[4], xyz[4]])
+
+    episode = synthetic_episode("episode_0000", 0)
+    episode.visible[5:20, 0] = False  # the gripper hides block/a for 15 steps
+    episode.keypoints[5:20, 0] = np.nan
+    bank = SampleBank([episode], 2, 8, anchor=0)
+    batch = bank.batch(torch.arange(len(bank)))
+    assert batch["anchor_known"].all()
+    torch.testing.assert_close(batch["anchor_position"][15], torch.as_tensor(episode.keypoints[4, 0]).float())
+    torch.testing.assert_close(batch["anchor_position"][25], torch.as_tensor(episode.keypoints[25, 0]).float())
+
+    def keypoints(stamp_s: float, seen: bool) -> Keypoints:
+        return Keypoints(int(stamp_s * 1e9), "base", ("block/a", "tray/c"), np.zeros((2, 2)),
+                         np.array([[0.4, 0.1, 0.0], [0.6, -0.2, 0.0]]) + stamp_s, np.ones(2, np.float32),
+                         np.array([seen, True]), np.array([0, 1], np.int32))
+
+    memory = AnchorMemory(0)
+    assert memory.position is None
+    memory.update(keypoints(1.0, True))
+    memory.update(keypoints(1.1, False))
+    np.testing.assert_allclose(memory.position, [1.4, 1.1, 1.0])
+    memory.update(keypoints(0.5, False))  # a new episode: forgotten
+    assert memory.position is None
+    AnchorMemory(None).update(keypoints(2.0, True))  # base frame: nothing to remember
+
+
 def test_keypoint_centred_action_frame_and_similarity_inputs(tmp_path):
     from dataclasses import replace
 
@@ -470,6 +507,12 @@ def test_keypoint_centred_action_frame_and_similarity_inputs(tmp_path):
         policy.predict_raw(one)
     with pytest.raises(ConfigError, match="action_frame_keypoint: 'lid/x' is not a keypoint"):
         train(replace(run, policy=replace(TINY_POLICY, action_frame="keypoint", action_frame_keypoint="lid/x")), store, tmp_path / "bad")
+    # The caller's memory of the last sighting (the node's AnchorMemory) defines the frame
+    # while the history has none, as the training samples' episode-long memory does.
+    remembered = {**one, "anchor_position": raw["keypoints"][5, 0, 0][None], "anchor_known": torch.ones(1, dtype=torch.bool)}
+    assert not remembered["visible"][0, :, 0].any()
+    torch.testing.assert_close(policy.codec.anchor_position(remembered)[0], raw["keypoints"][5, 0, 0])
+    assert torch.isfinite(policy.predict_raw(remembered)["position"]).all()
 
     # Similarity vectors (paper 000) widen each keypoint token by N; a store without them is refused.
     with pytest.raises(ConfigError, match="policy.similarity: the store was built without similarity vectors"):

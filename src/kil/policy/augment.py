@@ -52,6 +52,8 @@ def rigid_transform(raw: Batch, R: torch.Tensor, centre: torch.Tensor, shift: to
     out["keypoints"] = torch.where(raw["visible"][..., None], move(raw["keypoints"]), torch.zeros(()))
     out["ee_position"] = move(raw["ee_position"])
     out["ee_rotation"] = turn(raw["ee_rotation"])
+    if "anchor_position" in raw:
+        out["anchor_position"] = move(raw["anchor_position"][:, None])[:, 0]
     if "action_position" in raw:
         out["action_position"] = move(raw["action_position"])
         out["action_rotation"] = turn(raw["action_rotation"])

@@ -5,7 +5,9 @@ Raw batch keys (B samples, To observation steps, N keypoints, H actions):
     keypoints (B, To, N, 3) base frame, 0 where not visible; visible (B, To, N) bool;
     similarity (B, To, N, N) optional; images (B, To, h, w, 3) uint8 (RGB baseline); ee_position (B, To, 3); ee_rotation (B, To, 3, 3);
     gripper (B, To); and for training action_position (B, H, 3), action_rotation (B, H, 3, 3),
-    action_gripper (B, H).
+    action_gripper (B, H). With a keypoint-centred action frame, optionally anchor_position
+    (B, 3) base frame and anchor_known (B,) bool: the anchor keypoint where it was last seen
+    in the episode up to the newest observation (without them: in the history).
 
 Training keeps every sample of the store in one SampleBank and draws batches by index, so a
 step costs a few tensor gathers, not a Python loop over samples.
@@ -51,11 +53,22 @@ def matrix_to_rot6d_torch(R: torch.Tensor) -> torch.Tensor:
     return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
 
 
+def last_seen(xyz: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One keypoint over an episode, xyz (T, 3) and visible (T,), carried forward: ((T, 3)
+    its position at its latest sighting up to each step, zero before the first; (T,) seen
+    by then)."""
+    seen_at = np.where(visible, np.arange(len(visible)), -1)
+    latest = np.maximum.accumulate(seen_at) if len(seen_at) else seen_at
+    known = latest >= 0
+    return np.where(known[:, None], xyz[np.maximum(latest, 0)], 0.0).astype(np.float32), known
+
+
 class SampleBank:
     """Every training sample of a store: sample t of an episode has observations t-To+1..t
     (clamped at the episode start) and the action chunk recorded at t."""
 
-    def __init__(self, episodes: list[EpisodeData], n_obs_steps: int, horizon: int, similarity: bool = False, images: bool = False) -> None:
+    def __init__(self, episodes: list[EpisodeData], n_obs_steps: int, horizon: int, similarity: bool = False, images: bool = False,
+                 anchor: int | None = None) -> None:
         if not episodes:
             raise ValueError("no episodes")
         if episodes[0].action.shape[1] < horizon:
@@ -85,6 +98,11 @@ class SampleBank:
         self.action_position = action[..., :3]
         self.action_rotation = rot6d_to_matrix(action[..., 3:9])
         self.action_gripper = action[..., 9]
+        self.anchor_position = self.anchor_known = None
+        if anchor is not None:  # the anchor's last sighting in the episode, at every sample
+            rows = [last_seen(e.keypoints[:, anchor], e.visible[:, anchor]) for e in episodes]
+            self.anchor_position = torch.as_tensor(np.concatenate([r[0] for r in rows])).float()
+            self.anchor_known = torch.as_tensor(np.concatenate([r[1] for r in rows]))
 
     def __len__(self) -> int:
         return len(self.obs_index)
@@ -101,6 +119,8 @@ class SampleBank:
             "action_position": self.action_position[index], "action_rotation": self.action_rotation[index],
             "action_gripper": self.action_gripper[index],
         }
+        if self.anchor_position is not None:
+            out["anchor_position"], out["anchor_known"] = self.anchor_position[index], self.anchor_known[index]
         if self.similarity is not None:
             out["similarity"] = self.similarity[rows]
         if self.images is not None and images:
@@ -152,19 +172,25 @@ class Codec:
         return matrix_to_euler_torch(R) if self.config.proprio_rotation == "euler" else matrix_to_rot6d_torch(R)
 
     def anchor_position(self, raw: Batch) -> torch.Tensor:
-        """(B, 3) origin of the action frame: the anchor keypoint at the newest observation
-        where it is visible (zero for the base frame; see anchor_visible)."""
+        """(B, 3) origin of the action frame: the anchor keypoint where it was last seen (the
+        batch's anchor_position, else the newest observation of the history where it is
+        visible; zero for the base frame; see anchor_visible)."""
         B, To = raw["ee_position"].shape[:2]
         if self.anchor is None:
             return torch.zeros(B, 3, dtype=raw["ee_position"].dtype)
+        if "anchor_position" in raw:
+            return raw["anchor_position"]
         seen = raw["visible"][:, :, self.anchor]
         newest = (seen * torch.arange(1, To + 1)).argmax(dim=1)
         return raw["keypoints"][torch.arange(B), newest, self.anchor]
 
     def anchor_visible(self, raw: Batch) -> torch.Tensor:
-        """(B,) whether the action frame is defined: the anchor was seen in the history."""
+        """(B,) whether the action frame is defined: the anchor was seen (in the episode so
+        far where the batch says, else in the history)."""
         if self.anchor is None:
             return torch.ones(raw["ee_position"].shape[0], dtype=torch.bool)
+        if "anchor_known" in raw:
+            return raw["anchor_known"]
         return raw["visible"][:, :, self.anchor].any(dim=1)
 
     def raw_fields(self, raw: Batch) -> dict[str, torch.Tensor]:

@@ -136,9 +136,11 @@ class Policy:
         return policy
 
     # -- inference -----------------------------------------------------------------------
-    def raw_history(self, history: list[Observation]) -> Batch:
+    def raw_history(self, history: list[Observation], anchor: np.ndarray | None = None) -> Batch:
         """The newest n_obs_steps observations as a raw batch of one (the oldest repeated
-        when the history is shorter, as at the start of a training episode)."""
+        when the history is shorter, as at the start of a training episode). anchor: (3,)
+        base frame, the action frame's keypoint where the caller last saw it (`AnchorMemory`;
+        None: where the history last shows it)."""
         if not history:
             raise ValueError("predict: empty observation history")
         names = self.trained_on.keypoint_names
@@ -170,7 +172,15 @@ class Policy:
             raw["images"] = torch.as_tensor(resize_images([o.image for o in steps], self.config.image_size))[None]
         if self.config.similarity:
             raw["similarity"] = torch.as_tensor(np.stack([o.keypoints.similarity for o in steps]), dtype=torch.float32)[None]
+        if anchor is not None and self.codec.anchor is not None:
+            raw["anchor_position"] = torch.as_tensor(np.asarray(anchor, np.float32).reshape(1, 3))
+            raw["anchor_known"] = torch.ones(1, dtype=torch.bool)
         return raw
+
+    def anchor_memory(self) -> AnchorMemory:
+        """A memory of where the action frame's keypoint was last seen, for one stream of
+        observations (what training used: the last sighting in the episode)."""
+        return AnchorMemory(self.codec.anchor)
 
     def _ensemble_inputs(self, raw: Batch, generator: torch.Generator) -> Batch:
         """The one observation repeated `ensemble` times, each copy with keypoint tokens
@@ -200,13 +210,14 @@ class Policy:
         decoded = self.codec.decode_actions(actions, raw)
         return {k: v[0].cpu() for k, v in decoded.items()}
 
-    def predict(self, history: list[Observation], seed: int = 0, steps: int | None = None) -> ActionChunk:
+    def predict(self, history: list[Observation], seed: int = 0, steps: int | None = None,
+                anchor: np.ndarray | None = None) -> ActionChunk:
         """The next chunk of absolute EE targets, stamped with the newest observation's stamp
         (waypoint i is meant for stamp + i/rate); `steps` waypoints (default: the executed
-        n_action_steps)."""
+        n_action_steps); anchor: see raw_history."""
         from kil.geometry import matrix_to_quat
 
-        decoded = self.predict_raw(self.raw_history(history), seed)
+        decoded = self.predict_raw(self.raw_history(history, anchor), seed)
         n = steps or self.config.n_action_steps
         newest = history[-1]
         return ActionChunk(
@@ -217,3 +228,23 @@ class Policy:
             orientations=np.array([matrix_to_quat(R) for R in decoded["rotation"][:n].double().numpy()]),
             gripper=decoded["gripper"][:n].double().numpy(),
         )
+
+
+class AnchorMemory:
+    """The keypoint-centred action frame's origin over a stream: the anchor keypoint where it
+    was last seen, so the frame stays defined while the gripper hides the object (paper 002).
+    A stamp going backwards starts over (a new episode)."""
+
+    def __init__(self, anchor: int | None) -> None:
+        self.anchor = anchor
+        self.position: np.ndarray | None = None  # (3,) base frame
+        self._stamp_ns = -1
+
+    def update(self, keypoints) -> None:
+        if self.anchor is None:
+            return
+        if keypoints.stamp_ns < self._stamp_ns:
+            self.position = None
+        self._stamp_ns = keypoints.stamp_ns
+        if keypoints.visible[self.anchor] and np.isfinite(keypoints.xyz[self.anchor]).all():
+            self.position = np.array(keypoints.xyz[self.anchor], np.float64)

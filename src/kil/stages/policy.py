@@ -52,6 +52,7 @@ class PolicyBase(Stage):
         self.execute_steps = config.execute_steps or self.policy.config.n_action_steps
         self.states: deque[RobotState] = deque(maxlen=64)
         self.history: deque = deque(maxlen=self.policy.config.n_obs_steps)
+        self.anchor = self.policy.anchor_memory()  # a keypoint-centred action frame's origin, over the stream
         self.since_prediction = 0
         self.predictions = 0
         self._reported: set[str] = set()  # reasons logged once
@@ -69,11 +70,14 @@ class PolicyBase(Stage):
     def observe(self, observation) -> None:
         """Append an observation; predict and publish when the executed part is played out."""
         self.history.append(observation)
+        if observation.keypoints is not None:
+            self.anchor.update(observation.keypoints)
         if self.predictions and self.since_prediction + 1 < self.execute_steps:
             self.since_prediction += 1
             return
         try:
-            chunk = self.policy.predict(list(self.history), seed=self.config.seed + self.predictions, steps=self.policy.config.horizon)
+            chunk = self.policy.predict(list(self.history), seed=self.config.seed + self.predictions, steps=self.policy.config.horizon,
+                                        anchor=self.anchor.position)
         except ValueError as err:  # e.g. the action frame's keypoint unseen: no chunk, the robot holds
             if str(err) not in self._reported:
                 self._reported.add(str(err))

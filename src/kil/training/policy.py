@@ -72,7 +72,8 @@ class Trainer:
         attrs = store.attrs
         names = list(attrs["keypoint_names"])
         p = run.policy
-        self.bank = SampleBank(store.episodes(), p.n_obs_steps, p.horizon, p.similarity, images=p.kind == "rgb")
+        anchor = _anchor_index(run, names)
+        self.bank = SampleBank(store.episodes(), p.n_obs_steps, p.horizon, p.similarity, images=p.kind == "rgb", anchor=anchor)
         if self.bank.images is not None and tuple(self.bank.images.shape[-3:-1]) != tuple(p.image_size):
             raise ConfigError(f"policy.image_size: {tuple(p.image_size)} but the store's images are {tuple(self.bank.images.shape[-3:-1])}")
         self.trained_on = TrainedOn(task=attrs["task"], keypoint_names=tuple(names), rate_hz=float(attrs["rate_hz"]),
@@ -87,7 +88,6 @@ class Trainer:
         fit_generator = torch.Generator().manual_seed(t.seed)
         whole = self.bank.batch(everything, images=False)  # images are not normalised by stats
         passes = NORMALISER_AUGMENTED_PASSES if p.kind == "keypoint" else 0  # images cannot be moved with the scene
-        anchor = _anchor_index(run, names)
         samples = [whole] + [augment(whole, t.augment, fit_generator, anchor) for _ in range(passes)]
         codec = Codec.fit(p, samples, anchor)
         # In a keypoint-centred frame a sample whose anchor was never seen has no target.
