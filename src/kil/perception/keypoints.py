@@ -144,8 +144,10 @@ class KeypointDetector:
         the arm in front of it)."""
         out = np.ones(len(xyz), bool)
         for members, reach in zip(self._groups, reaches):
-            both = visible[members] & np.isfinite(reach.last_xyz[:, 0]) if reach is not None else None
-            if both is not None and both.any():
+            if reach is None:
+                continue
+            both = visible[members] & np.isfinite(reach.last_xyz[:, 0])  # seen then and now
+            if both.any():
                 moved = np.linalg.norm(xyz[members][both] - reach.last_xyz[both], axis=1).mean()
                 out[members] = moved <= reach.radius_m
         return out

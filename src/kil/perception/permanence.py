@@ -92,7 +92,7 @@ class ObjectPermanence:
         self._last_stamp_ns = frame.stamp_ns
         depth = None
         out: list[Reach | None] = []
-        for g, track in enumerate(self._tracks):
+        for track in self._tracks:
             if track is None:
                 out.append(None)
                 continue
