@@ -8,7 +8,7 @@ import pytest
 
 from kil.msgs import RGBD
 from kil.perception.keypoints import DetectorConfig, KeypointDetector, ReferenceSet
-from kil.perception.permanence import ObjectPermanence, PermanenceConfig
+from kil.perception.permanence import GripperState, ObjectPermanence, PermanenceConfig
 from kil.perception.verification import verify_object
 
 STRIDE, CELLS = 4, 24  # 96x96 image, 24x24 patch grid
@@ -96,6 +96,51 @@ def test_an_object_moving_between_frames_is_followed(scene):
     for i, k in enumerate(keypoints):
         assert k.visible.all(), i
         np.testing.assert_allclose(k.uv, cell_centre(PLACE_A + [0, i]), atol=1.5)
+
+
+def place_xyz(place: np.ndarray) -> np.ndarray:
+    """(3,) metres: the table point of `place`'s first keypoint (base frame = optical frame, table at 1 m)."""
+    return np.array([*((place[::-1] + 0.5) * STRIDE - FRAME_CENTRE) / FX, 1.0])
+
+
+def test_an_object_the_gripper_holds_is_not_looked_for_elsewhere(scene):
+    """Seen at A; the gripper comes down on it open, closes, lifts it away (A uncovered and
+    empty) while a look-alike lies at B, 8 cm away: held, the object is not taken to be at B
+    for the 3 s the gripper stays closed; without the gripper's state the keypoints jump to
+    B after about 0.5 s. Once the gripper opens (put down) B is found again as before."""
+    descriptors, references, rng = scene
+    at_a, lifted = place_xyz(PLACE_A), place_xyz(PLACE_A) + [0.15, 0.0, -0.3]
+    grippers = [GripperState(at_a + [0, 0, -0.2], 0.08), GripperState(at_a, 0.08)]  # seen, then covered by the fingers
+    steps = [(0.0, False, [PLACE_A]), (0.1, True, [PLACE_B])]
+    for i in range(2, 32):  # closed on it and carried away
+        grippers.append(GripperState(lifted, 0.04))
+        steps.append((0.1 * i, False, [PLACE_B]))
+    for i in range(32, 42):  # opened: put down
+        grippers.append(GripperState(lifted, 0.08))
+        steps.append((0.1 * i, False, [PLACE_B]))
+
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    held = [detector.detect([frame(t, covered)], features(descriptors, places, rng), [g])[0]
+            for (t, covered, places), g in zip(steps, grippers)]
+    assert held[0].visible.all()
+    assert not any(k.visible.any() for k in held[1:32])
+    found = [i for i, k in enumerate(held) if k.visible.all()][1:]
+    assert found and 34 <= found[0] <= 39, found  # the reach grows again from the release
+    np.testing.assert_allclose(held[found[0]].uv, cell_centre(PLACE_B), atol=1.5)
+
+    blind = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
+    jumped = [i for i, k in enumerate(blind) if i > 0 and k.visible.all()]
+    assert jumped and jumped[0] <= 8, jumped
+
+
+def test_the_gripper_closing_away_from_an_object_does_not_hold_it():
+    """The reach of an object the gripper never came near grows while the gripper is closed."""
+    permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1))
+    at_a = place_xyz(PLACE_A)
+    permanence.reaches(frame(0.0), GripperState(at_a + [0.2, 0, -0.2], 0.08))
+    permanence.update(np.array([at_a] * 4), np.ones(4, bool))
+    r = permanence.reaches(frame(1.0), GripperState(at_a + [0.2, 0, -0.2], 0.01))[0]
+    assert r.radius_m == pytest.approx(0.13)
 
 
 @pytest.mark.parametrize("restart", ["reset", "stamp_back", "gap"])

@@ -127,6 +127,7 @@ def observe_episodes(extractor, episodes: list[Path], configs: dict[str, Detecto
     from kil.data.episode import read_metadata
     from kil.data.episode_streams import read_streams
     from kil.perception.keypoints import reference_set
+    from kil.perception.permanence import GripperState
     from kil.perception.spec import load_spec
 
     detectors: dict[str, tuple] = {}
@@ -148,10 +149,11 @@ def observe_episodes(extractor, episodes: list[Path], configs: dict[str, Detecto
         index = oracle_index(names, list(streams.truth[0].names), np.asarray(streams.truth[0].instance), episode)
         for detector in by_label.values():
             detector.reset()
-        for frame, truth in zip(streams.frames, streams.truth):
+        for t, (frame, truth) in enumerate(zip(streams.frames, streams.truth)):
             features = extractor.extract(frame.rgb)
+            gripper = GripperState(streams.ee_position[t], float(streams.gripper[t]))
             for label, detector in by_label.items():
-                keypoints, reasons = detector.detect_with_reasons([frame], features)[0]
+                keypoints, reasons = detector.detect_with_reasons([frame], features, [gripper])[0]
                 _record(out[label], metadata.variation, keypoints, reasons, truth.uv[index], truth.xyz[index], truth.visible[index])
         if progress:
             progress()

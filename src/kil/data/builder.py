@@ -37,6 +37,7 @@ from kil.data.store import EpisodeData, Store, field_stats
 from kil.errors import BagError, ConfigError
 from kil.graph import GraphSpec, load_graph
 from kil.paths import check_creatable, graph_path
+from kil.perception.permanence import GripperState
 from kil.perception.spec import spec_path
 
 log = logging.getLogger("kil.dataset")
@@ -202,10 +203,11 @@ class KeypointSource:
         detector.reset()  # objects are tracked within an episode's frames (in order), never across episodes
         out: dict[str, list] = {"keypoints": [], "visible": [], "score": [], "similarity": []}
         B = self.config.batch_size
+        grippers = [GripperState(p, float(o)) for p, o in zip(streams.ee_position, streams.gripper)]
         for start in range(0, len(streams.frames), B):
             frames = streams.frames[start: start + B]
             features = extractor.extract(np.stack([f.rgb for f in frames]))
-            for k in detector.detect(frames, features):
+            for k in detector.detect(frames, features, grippers[start: start + B]):
                 out["keypoints"].append(k.xyz)
                 out["visible"].append(k.visible)
                 out["score"].append(k.score)

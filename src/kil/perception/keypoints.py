@@ -27,12 +27,12 @@ from kil.msgs import RGBD, Keypoints
 from kil.perception.features.base import FeatureExtractor
 from kil.perception.lifting import lift
 from kil.perception.matching import Matcher, sample_descriptors
-from kil.perception.permanence import ObjectPermanence, PermanenceConfig, Reach
+from kil.perception.permanence import GripperState, ObjectPermanence, PermanenceConfig, Reach
 from kil.perception.spec import LoadedSpec
 from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
-DETECTION_VERSION = 3  # bump when the same inputs give other keypoints (dataset caches depend on it)
+DETECTION_VERSION = 4  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
 @dataclass(frozen=True)
@@ -152,12 +152,18 @@ class KeypointDetector:
                 out[members] = moved <= reach.radius_m
         return out
 
-    def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor) -> list[Keypoints]:
-        """Keypoints of B frames from their (B, C, h, w) patch features (one image size)."""
-        return [keypoints for keypoints, _ in self.detect_with_reasons(frames, features)]
+    def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor,
+               grippers: list[GripperState | None] | None = None) -> list[Keypoints]:
+        """Keypoints of B frames from their (B, C, h, w) patch features (one image size);
+        `grippers`: the gripper's state at each frame where known (an object it holds is
+        not looked for elsewhere, `kil.perception.permanence`)."""
+        return [keypoints for keypoints, _ in self.detect_with_reasons(frames, features, grippers)]
 
-    def detect_with_reasons(self, frames: list[RGBD], features: np.ndarray | torch.Tensor) -> list[tuple[Keypoints, Reasons]]:
+    def detect_with_reasons(self, frames: list[RGBD], features: np.ndarray | torch.Tensor,
+                            grippers: list[GripperState | None] | None = None) -> list[tuple[Keypoints, Reasons]]:
         """Like `detect`, with why each keypoint is visible or not."""
+        if grippers is not None and len(grippers) != len(frames):
+            raise ValueError(f"grippers: one per frame, got {len(grippers)} for {len(frames)} frames")
         sizes = {f.size for f in frames}
         if len(sizes) != 1:
             raise ValueError(f"frames: one image size per batch, got {sorted(sizes)}")
@@ -165,7 +171,7 @@ class KeypointDetector:
                                      candidates=max(self.config.candidates, 1))
         out = []
         for b, frame in enumerate(frames):
-            reaches = self.permanence.reaches(frame)
+            reaches = self.permanence.reaches(frame, None if grippers is None else grippers[b])
             uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b], reaches)
             xyz, has_depth = lift(uv, frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
             visible = has_depth & matches.valid[b] & (score >= self.min_score) & verified

@@ -11,6 +11,15 @@ nearer than where the object was) the object is presumed still there and the rea
 grow; once the place is uncovered and empty, the object may have been carried anywhere the
 arm went and the reach grows until any place qualifies again.
 
+The gripper is the one mover the frames can account for. Given its state per frame, an
+unseen object the gripper came within `grasp_radius_m` of is taken to be held while the
+gripper stays closed (narrower than the widest opening seen in the stream by
+`closed_margin_m`): its reach does not grow, so while the block rides in the fingers, where
+the matcher rarely finds it, a look-alike elsewhere on the table is not taken for it. When
+the gripper opens the object has been put down somewhere the arm went and the reach grows
+again. (A grasp that closes on nothing keeps the object at its old place until the gripper
+opens again.)
+
 Each object (a reference group) is tracked by the base-frame points of the keypoints seen
 at its last sighting. Frames must come in order; a stamp going backwards or a gap of more
 than `max_gap_s` starts over (a new episode, a restarted camera).
@@ -35,19 +44,34 @@ class PermanenceConfig:
     how fast an unseen object's reach grows while its last place is uncovered (about the
     arm's carrying speed); cover_margin_m: depth readings this much nearer than the last
     seen points mean something covers them; max_gap_s: a longer gap between frames starts
-    over."""
+    over; grasp_radius_m: the gripper's point this near the mean of an unseen object's last
+    seen points can have taken it; closed_margin_m: an opening this much narrower than the
+    widest seen in the stream is a closed gripper."""
 
     enabled: bool = True
     slack_m: float = 0.03
     speed_mps: float = 0.1
     cover_margin_m: float = 0.02
     max_gap_s: float = 2.0
+    grasp_radius_m: float = 0.06
+    closed_margin_m: float = 0.005
 
     def __post_init__(self) -> None:
         require(self.slack_m > 0, "slack_m", f"must be > 0, got {self.slack_m}")
         require(self.speed_mps > 0, "speed_mps", f"must be > 0 (0 would never find a moved object again), got {self.speed_mps}")
         require(self.cover_margin_m > 0, "cover_margin_m", f"must be > 0, got {self.cover_margin_m}")
         require(self.max_gap_s > 0, "max_gap_s", f"must be > 0, got {self.max_gap_s}")
+        require(self.grasp_radius_m >= 0, "grasp_radius_m", f"must be >= 0, got {self.grasp_radius_m}")
+        require(self.closed_margin_m > 0, "closed_margin_m", f"must be > 0, got {self.closed_margin_m}")
+
+
+@dataclass(frozen=True)
+class GripperState:
+    """The gripper at one frame: position (3,) metres in the base frame (the robot's EE
+    point, between the fingers), opening in metres."""
+
+    position: np.ndarray
+    opening: float
 
 
 @dataclass(frozen=True)
@@ -66,6 +90,7 @@ class Reach:
 class _Track:
     xyz: np.ndarray  # (M, 3) base frame, NaN where the keypoint was not seen at the last sighting
     unseen_s: float  # time unseen with the last place uncovered
+    grasped: bool = False  # the gripper came within grasp_radius_m of it since it was last seen
 
 
 class ObjectPermanence:
@@ -80,9 +105,11 @@ class ObjectPermanence:
         """Forget every object (a new episode)."""
         self._tracks: list[_Track | None] = [None] * len(self.groups)
         self._last_stamp_ns: int | None = None
+        self._widest = 0.0  # the gripper's widest opening in this stream (metres)
 
-    def reaches(self, frame: RGBD) -> list[Reach | None]:
-        """Advance to `frame` and say where each object may be in it (None: anywhere)."""
+    def reaches(self, frame: RGBD, gripper: GripperState | None = None) -> list[Reach | None]:
+        """Advance to `frame` and say where each object may be in it (None: anywhere);
+        `gripper`: its state at the frame, if known."""
         if not self.config.enabled:
             return [None] * len(self.groups)
         dt = 0.0 if self._last_stamp_ns is None else (frame.stamp_ns - self._last_stamp_ns) * 1e-9
@@ -90,6 +117,10 @@ class ObjectPermanence:
             self.reset()
             dt = 0.0
         self._last_stamp_ns = frame.stamp_ns
+        closed = False
+        if gripper is not None:
+            self._widest = max(self._widest, float(gripper.opening))
+            closed = gripper.opening < self._widest - self.config.closed_margin_m
         depth = None
         out: list[Reach | None] = []
         for track in self._tracks:
@@ -97,10 +128,14 @@ class ObjectPermanence:
                 out.append(None)
                 continue
             known = np.isfinite(track.xyz[:, 0])
+            if gripper is not None:
+                near = np.linalg.norm(np.asarray(gripper.position) - track.xyz[known].mean(0)) <= self.config.grasp_radius_m
+                track.grasped = track.grasped or bool(near)
             uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
             if depth is None:
                 depth = depth_in_metres(frame.depth)
-            if not self._covered(depth, uv, z):
+            held = closed and track.grasped
+            if not held and not self._covered(depth, uv, z):
                 track.unseen_s += dt
             radius_m = self.config.slack_m + self.config.speed_mps * track.unseen_s
             anchor = np.full((len(track.xyz), 2), np.nan)

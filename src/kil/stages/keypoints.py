@@ -6,22 +6,26 @@ The reference descriptors are computed once at start with the same feature backe
 features node (`model` must name the same config). Bad frames never stop the node: without
 valid depth a keypoint is `visible=false`; a feature map of the wrong size is logged once.
 Objects are tracked across frames (`permanence`): a stamp going backwards or a gap of more
-than 2 s starts over.
+than 2 s starts over. With the robot's state connected (`state`, optional) an object the
+gripper has taken is not looked for elsewhere while the gripper stays closed.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from kil.config import require
-from kil.msgs import RGBD, FeatureMap, Image, Keypoints
+from kil.msgs import RGBD, FeatureMap, Image, Keypoints, RobotState
 from kil.perception.draw import draw_keypoints
 from kil.perception.features.base import load_extractor
 from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
-from kil.perception.permanence import PermanenceConfig
+from kil.perception.permanence import GripperState, PermanenceConfig
 from kil.perception.spec import load_spec
 from kil.stage import Stage, subscribe
 from kil.threads import limit_torch_threads
+
+STATE_HISTORY = 256  # robot states kept to find the one at a frame's stamp (2.5 s at 100 Hz)
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,29 @@ class KeypointsNode(Stage):
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
                                                                           config.candidates, permanence=permanence))
         self._reported: set[str] = set()
+        self._states: deque[RobotState] = deque(maxlen=STATE_HISTORY)  # the newest, in arrival order
 
     def _report_once(self, reason: str, message: str, *args) -> None:
         if reason not in self._reported:
             self._reported.add(reason)
             self.io.log.error(message, *args)
+
+    @subscribe(state=RobotState, optional=True)
+    def on_state(self, state: RobotState) -> None:
+        self._states.append(state)
+
+    def _gripper_at(self, frame: RGBD) -> GripperState | None:
+        """The gripper at the frame's stamp (the robot state nearest it: frames reach this
+        node after their features, by then newer states have come), if in the frame's base
+        frame."""
+        if not self._states:
+            return None
+        state = min(self._states, key=lambda s: abs(s.stamp_ns - frame.stamp_ns))
+        if state.frame_id != frame.base_frame_id:
+            self._report_once("state frame", "keypoints: robot state on `state` is in frame %s but keypoints are in %s; "
+                              "the gripper is ignored", state.frame_id, frame.base_frame_id)
+            return None
+        return GripperState(state.position, state.gripper)
 
     # Frames wait here for their features (which come later); of the features only the newest counts.
     @subscribe(rgbd=RGBD, features=FeatureMap, latest=("features",))
@@ -75,7 +97,7 @@ class KeypointsNode(Stage):
                               "the features node must run the backend named in `model` (%s)",
                               features.features.shape[0], self.detector.channels, self.config.model)
             return
-        keypoints = self.detector.detect([frame], features.features[None])[0]
+        keypoints = self.detector.detect([frame], features.features[None], [self._gripper_at(frame)])[0]
         self.io.publish("keypoints", keypoints)
         if self.config.annotate:
             drawn = draw_keypoints(frame.rgb, keypoints.uv, keypoints.names, keypoints.visible, keypoints.score)
