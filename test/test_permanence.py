@@ -192,3 +192,26 @@ def test_verification_keeps_an_object_within_reach_of_its_anchor():
     partly_known = reference.copy()
     partly_known[1:] = np.nan  # only one keypoint was seen last time
     np.testing.assert_array_equal(verify_object(reference, candidates, scores, usable, anchor=partly_known, radius_px=20.0), [1, 1, 1, 1])
+
+
+def test_the_keypoints_node_takes_the_gripper_at_each_frames_stamp():
+    """The node keeps recent robot states and uses the one nearest a frame's stamp (frames
+    arrive after their features, when newer states are in); a state in another frame is
+    ignored, with one error logged."""
+    import logging
+
+    from kil.msgs import RobotState
+    from kil.stages.keypoints import KeypointsConfig, KeypointsNode
+
+    class IO:
+        log = logging.getLogger("test.keypoints")
+
+    node = KeypointsNode(KeypointsConfig(spec="pick_place", model="sift", annotate=False), IO())
+    assert node._gripper_at(frame(1.0)) is None  # no robot state connected
+    for t, opening in ((0.8, 0.08), (0.99, 0.05), (1.2, 0.02)):
+        node.on_state(RobotState(int(t * 1e9), "camera", np.array([t, 0, 0]), np.array([0, 0, 0, 1.0]), opening))
+    gripper = node._gripper_at(frame(1.0))
+    assert gripper.opening == 0.05 and gripper.position[0] == 0.99
+    node.on_state(RobotState(int(1.0 * 1e9), "world", np.zeros(3), np.array([0, 0, 0, 1.0]), 0.08))
+    assert node._gripper_at(frame(1.0)) is None
+    assert node._reported == {"state frame"}
