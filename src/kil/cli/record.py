@@ -68,7 +68,8 @@ def record_batch(args: argparse.Namespace, teleop: str, robot: str) -> int:
     out = Path(args.out)
     if teleop == "expert":
         require_new_batch(out)  # episode i is seed (s, i): a batch starts at episode_0000
-    demo_graph(args.task, robot, args.variation, args.seed, out, teleop=teleop)  # validate the arguments first
+    miss_rate = getattr(args, "miss_rate", 0.0)  # kil sim demos only
+    demo_graph(args.task, robot, args.variation, args.seed, out, teleop=teleop, miss_rate=miss_rate)  # validate the arguments first
     console = Console(stderr=True)
     results, discarded = [], 0
     attempt = int(next_episode_dir(out).name.split("_")[1])  # seeds continue where the directory left off
@@ -79,7 +80,8 @@ def record_batch(args: argparse.Namespace, teleop: str, robot: str) -> int:
         while len(results) < args.episodes:
             if teleop == "keyboard":
                 progress.console.print(f"episode {len(results) + 1}/{args.episodes}: press enter to start recording, enter again to save, backspace to discard")
-            result = record_episode(args.task, robot, args.variation, episode_seed(args.seed, attempt), out, args.camera_rate, teleop)
+            result = record_episode(args.task, robot, args.variation, episode_seed(args.seed, attempt), out, args.camera_rate, teleop,
+                                    miss_rate)
             attempt += 1
             if result.path is None:
                 discarded += 1

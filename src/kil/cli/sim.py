@@ -1,6 +1,6 @@
 """`kil sim`: the simulated rig from the command line.
 
-    kil sim demos --task pick_place --robot panda --variation in --episodes 50 --seed 0 --out DIR
+    kil sim demos --task pick_place --robot panda --variation in --episodes 50 --seed 0 --out DIR [--miss-rate 0.3]
     kil sim render --task place_upright --robot ur5e --variation scene --seed 3 --out scene.png
     kil sim reference --task pick_place --out config/tasks/pick_place
 """
@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="demos: record scripted demonstrations; render: PNG of an episode's first frame with its true "
                              "keypoints; reference: a keypoint spec (reference image + true points) written into --out")
     add_episode_arguments(parser, robot="panda", out_help="demos: directory for the episodes; render: PNG path")
+    parser.add_argument("--miss-rate", type=float, default=0.0, metavar="P",
+                        help="demos: share of first picks the expert aims 3 cm beside the object, then picks again "
+                             "(demonstrations that show recovery from a missed grasp)")
 
 def main(args: argparse.Namespace) -> int:
     from kil.errors import ConfigError

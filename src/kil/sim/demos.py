@@ -44,8 +44,10 @@ def episode_seed(batch_seed: int, index: int) -> int:
 
 
 def demo_graph(task: str, robot: str, variation: str, seed: int, out: Path, camera_rate_hz: float | None = None,
-               graph: str = DEMO_GRAPH, teleop: str = "expert") -> GraphSpec:
-    """The demonstration graph with every node set to one episode, recorded under `out`."""
+               graph: str = DEMO_GRAPH, teleop: str = "expert", miss_rate: float = 0.0) -> GraphSpec:
+    """The demonstration graph with every node set to one episode, recorded under `out`;
+    `miss_rate`: the scripted expert's share of first picks aimed beside the object (it
+    then picks again: demonstrations of recovery)."""
     from kil.sim.objects import load_catalogue
     from kil.sim.scene import check_variation
     from kil.sim.tasks import task_config
@@ -65,7 +67,7 @@ def demo_graph(task: str, robot: str, variation: str, seed: int, out: Path, came
     operator = "scripted_expert" if teleop == "expert" else teleop
     overrides = {
         "rig": rig,
-        "teleop": dict(episode) if teleop == "expert" else {},
+        "teleop": {**episode, **({"motion": {"miss_rate": miss_rate}} if miss_rate else {})} if teleop == "expert" else {},
         "recorder": {**episode, "out": str(out), "rig": "sim", "operator": operator, "extra": {"robot": robot}},
     }
     return load_graph(graph_path(graph), overrides, stages={"teleop": TELEOPS[teleop]})
@@ -100,13 +102,13 @@ def run_episode(graph: GraphSpec, task: str, seed: int, clock: str = "stepped", 
 
 
 def record_episode(task: str, robot: str, variation: str, seed: int, out: Path, camera_rate_hz: float | None = None,
-                   teleop: str = "expert") -> EpisodeResult:
+                   teleop: str = "expert", miss_rate: float = 0.0) -> EpisodeResult:
     """Run one demonstration into the next episode directory under `out` and add the sim's
     verdict to its metadata. The expert runs on the stepped clock within the task's time
     limit; a person at the keyboard on the real-time clock until they save or discard."""
     from kil.sim.episode import episode_scene
 
-    graph = demo_graph(task, robot, variation, seed, out, camera_rate_hz, teleop=teleop)
+    graph = demo_graph(task, robot, variation, seed, out, camera_rate_hz, teleop=teleop, miss_rate=miss_rate)
     result = run_episode(graph, task, seed, "stepped" if teleop == "expert" else "realtime")
     if result.path is not None:
         metadata = read_metadata(result.path)

@@ -4,7 +4,10 @@ From the true object poses it plans, per object, approach → grasp → lift →
 release → retreat, as segments of EE poses (base frame) with eased timing, and hands out
 chunks of future waypoints like a policy does. The place motion is planned when the object
 is in the hand, from the object's pose relative to the EE at that moment, so a grasp that
-slipped is still placed where it should be.
+slipped is still placed where it should be. A pick that did not lift the object (it slipped
+out, or the fingers closed beside it) is tried again, as an operator would; `miss_rate`
+makes some first attempts aim beside the object on purpose, so the demonstrations show that
+recovery (noise injected into the demonstrator, as in DART) and a policy learns it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from kil.config import require
 from kil.sim.objects import shape_of
 from kil.sim.scene import SceneSpec
 from kil.sim.tasks import Task
@@ -31,6 +35,15 @@ class ExpertConfig:
     release_dwell_s: float = 0.4
     final_hold_s: float = 0.8
     settle_s: float = 0.3  # pause above a grasp or place: the arm's tracking lag dies out
+    lift_check_m: float = 0.03  # after a pick the object must have risen this much, else it is picked again
+    max_attempts: int = 3  # picks per object before going on regardless (the episode then fails)
+    miss_rate: float = 0.0  # probability that an object's first pick aims miss_offset_m beside it
+    miss_offset_m: float = 0.03  # horizontal, in a random direction
+
+    def __post_init__(self) -> None:
+        require(self.max_attempts >= 1, "max_attempts", f"must be >= 1, got {self.max_attempts}")
+        require(0.0 <= self.miss_rate <= 1.0, "miss_rate", f"a probability in [0, 1], got {self.miss_rate}")
+        require(self.miss_offset_m >= 0, "miss_offset_m", f"must be >= 0, got {self.miss_offset_m}")
 
 
 @dataclass
@@ -80,6 +93,10 @@ class ScriptedExpert:
         self.segments: list[Segment] = []
         self.stage = 0  # 2 per object (pick, place), then done
         self.done_at: float | None = None
+        self.attempts = 0  # picks of the current object so far
+        self.picks = 0  # picks planned in the episode, retries included
+        self.picked_from_z: float | None = None  # the object's height when its last pick was planned
+        self._rng = np.random.default_rng([scene.seed, 1])  # the deliberate misses, reproducible per episode
 
     # ------------------------------------------------------------------ planning
 
@@ -130,6 +147,12 @@ class ScriptedExpert:
     def _plan_pick(self, index: int, t: float, ee_cmd: np.ndarray, T_obj: np.ndarray) -> list[Segment]:
         c = self.config
         G = self.grasp_pose(index, T_obj, ee_cmd)
+        self.attempts += 1
+        self.picks += 1
+        self.picked_from_z = float(T_obj[2, 3])
+        if self.attempts == 1 and c.miss_rate > 0 and self._rng.random() < c.miss_rate:
+            angle = self._rng.uniform(-math.pi, math.pi)
+            G[:2, 3] += c.miss_offset_m * np.array([math.cos(angle), math.sin(angle)])
         inst = self.scene.objects[index].instance
         w, closed = min(self.open_width, shape_of(inst).grasp(inst).max_opening), 0.0
         return self._chain(ee_cmd, t, [
@@ -163,12 +186,20 @@ class ScriptedExpert:
                 self.done_at = t + self.config.final_hold_s
             return
         index, placing = divmod(self.stage, 2)
+        if placing and not self.lifted(object_poses[index]) and self.attempts < self.config.max_attempts:
+            self.segments = self._plan_pick(index, t, ee_cmd, object_poses[index])  # again, from where it lies now
+            return
         if placing:
             plan = self._plan_place(index, t, ee_cmd, ee_now, object_poses[index])
+            self.attempts = 0
         else:
             plan = self._plan_pick(index, t, ee_cmd, object_poses[index])
         self.segments = plan
         self.stage += 1
+
+    def lifted(self, T_obj: np.ndarray) -> bool:
+        """Whether the last pick raised the object (pose (4, 4), base frame) off the table."""
+        return self.picked_from_z is None or float(T_obj[2, 3]) - self.picked_from_z >= self.config.lift_check_m
 
     def finished(self, t: float) -> bool:
         return self.done_at is not None and t >= self.done_at
