@@ -154,3 +154,37 @@ def test_policy_trained_on_a_recorded_episode_drives_the_sim_rig(recorded, tmp_p
     result = run_policy(tmp_path / "run", "pick_place", "panda", "in", 5, time_limit_s=1.0, video=tmp_path / "rollout.mp4")
     assert result.path == tmp_path / "rollout.mp4" and result.path.stat().st_size > 0
     assert result.duration_s == pytest.approx(1.0) and result.stop_reason == "ran for 1 s" and 0.0 <= result.completion <= 1.0
+
+
+def test_spans_marked_not_to_imitate_are_left_out_of_training(recorded, tmp_path):
+    """A recording's injected error (metadata extra.not_to_imitate_ns, as `kil sim demos
+    --miss-rate` writes) keeps its observations in the store but no sample whose action
+    chunk reaches into it is trained on; a malformed span breaks only its episode."""
+    from kil.data.episode import NOT_TO_IMITATE
+    from kil.policy.configuration import load_run_config
+    from kil.training.policy import Trainer
+
+    episodes = tmp_path / "episodes"
+    shutil.copytree(recorded, episodes / "episode_0000")
+    plain = build_dataset(episodes, tmp_path / "plain", BuildConfig(task="pick_place"))
+    stamps = Store.open(tmp_path / "plain").read_episode("episode_0000").stamp_ns
+    assert not plain.not_imitated
+    start, end = int(stamps[20]) + 50_000_000, int(stamps[40])  # between frames 20 and 21 .. frame 40
+    metadata = read_metadata(recorded)
+    write_metadata(episodes / "episode_0000", metadata.with_updates(extra={**metadata.extra, NOT_TO_IMITATE: [[start, end]]}))
+    shutil.copytree(recorded, episodes / "episode_0001")
+    write_metadata(episodes / "episode_0001", metadata.with_updates(extra={**metadata.extra, NOT_TO_IMITATE: [[end, start]]}))
+
+    report = build_dataset(episodes, tmp_path / "ds", BuildConfig(task="pick_place", horizon=16))
+    assert "episode_0001" in report.broken and f"extra.{NOT_TO_IMITATE}" in report.broken["episode_0001"]
+    e = Store.open(tmp_path / "ds").read_episode("episode_0000")
+    assert np.array_equal(e.stamp_ns, stamps)
+    # at 10 Hz the chunk at frame t reaches t + 1.5 s: frames 6..39 touch [start, end), the rest do not
+    expected = np.ones(len(e), bool)
+    expected[6:40] = False
+    assert np.array_equal(e.imitate, expected) and report.not_imitated == {"episode_0000": 34}
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("preset: cpu-small\ntraining: {steps: 1, batch_size: 4}\n")
+    trainer = Trainer(load_run_config(config), tmp_path / "ds", tmp_path / "run")
+    assert set(trainer.usable.tolist()) == set(np.flatnonzero(expected).tolist())

@@ -211,8 +211,14 @@ def test_the_expert_picks_again_after_a_missed_grasp(seed):
     nodes["teleop"] = replace(nodes["teleop"], config=replace(nodes["teleop"].config, motion=ExpertConfig(miss_rate=1.0)))
     runtime = LocalRuntime(replace(graph, nodes=nodes))
     runtime.run(task_config("pick_place").time_limit_s)
-    assert runtime.stages["teleop"].planner.picks >= 2
+    expert = runtime.stages["teleop"]
+    assert expert.planner.picks >= 2
     assert runtime.stages["rig"].completion == 1.0
+    # the aimed-off pick is marked not to imitate, from its plan (the start) to the retry's plan
+    (start, end), = expert.planner.deliberate_misses
+    assert start < 0.5 and 3.0 < end < task_config("pick_place").time_limit_s
+    (start_ns, end_ns), = expert.not_to_imitate_ns
+    assert end_ns - start_ns == round((end - start) * 1e9)
 
 
 def test_variations_change_the_scene():

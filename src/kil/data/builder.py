@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from kil.config import require, to_plain
 from kil.data.bag import bag_problem, is_complete, needs_recovery, recover_episode
-from kil.data.episode import EpisodeMetadata, read_metadata
+from kil.data.episode import EpisodeMetadata, not_to_imitate, read_metadata
 from kil.data.episode_streams import EpisodeStreams, read_streams
 from kil.data.store import EpisodeData, Store, field_stats
 from kil.errors import BagError, ConfigError
@@ -77,13 +77,15 @@ class BuildConfig:
 @dataclass(frozen=True)
 class BuildReport:
     """What became of every directory: kept (name -> samples), trimmed (name -> camera
-    frames cut at start and end), excluded / broken / ignored (name -> why)."""
+    frames cut at start and end), excluded / broken / ignored (name -> why); not_imitated
+    (name -> samples of a kept episode whose actions training leaves out)."""
 
     kept: dict[str, int]
     trimmed: dict[str, tuple[int, int]]
     excluded: dict[str, str]
     broken: dict[str, str]
     ignored: dict[str, str]
+    not_imitated: dict[str, int] = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
@@ -332,7 +334,20 @@ def resize_images(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray
     return np.stack([np.asarray(Image.fromarray(np.asarray(rgb)).resize((size[1], size[0]), Image.BOX)) for rgb in images])
 
 
-def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray], images: tuple[int, int] | None) -> EpisodeData:
+def imitated(obs_ns: np.ndarray, spans: list[tuple[int, int]], rate_hz: float, horizon: int) -> np.ndarray | None:
+    """(T,) bool: the action chunk at each observation (targets at obs + i/rate_hz, i <
+    horizon) stays clear of every [start, end) span not to imitate; None when all do."""
+    if not spans:
+        return None
+    last = obs_ns + int(round((horizon - 1) * 1e9 / rate_hz))
+    clear = np.ones(len(obs_ns), bool)
+    for start, end in spans:
+        clear &= (last < start) | (obs_ns >= end)
+    return None if clear.all() else clear
+
+
+def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray], images: tuple[int, int] | None,
+                  imitate: np.ndarray | None = None) -> EpisodeData:
     from kil.policy.rotation import quat_to_rot6d
 
     action = np.concatenate([streams.action_position, quat_to_rot6d(streams.action_orientation), streams.action_gripper[..., None]], axis=-1)
@@ -348,6 +363,7 @@ def _episode_data(streams: EpisodeStreams, keypoints: dict[str, np.ndarray], ima
         action=action.astype(np.float32),
         similarity=keypoints["similarity"].astype(np.float32) if "similarity" in keypoints else None,
         rgb=resize_images([f.rgb for f in streams.frames], images) if images else None,
+        imitate=imitate,
     )
 
 
@@ -359,7 +375,7 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
     maps = TopicMaps(config)
     source = KeypointSource(config)
     store: Store | None = None
-    kept, trimmed, excluded, broken = {}, {}, {}, {}
+    kept, trimmed, excluded, broken, not_imitated = {}, {}, {}, {}, {}
     cache_dir = cache_root(Path(episodes_dir), episodes) if config.cache else None
     for episode in tqdm(episodes, desc="episodes", unit="ep"):
         try:
@@ -383,7 +399,8 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
                 raise BagError(f"{err} (topic names of {named_by})") from None
             cache = cache_dir / f"{episode.name}.{source.key}.{episode_fingerprint(episode, graph)}.npz" if cache_dir else None
             keypoints = _cached(cache, lambda: source.extract(streams, episode))
-            data = _episode_data(streams, keypoints, config.images)
+            imitate = imitated(streams.obs_ns, not_to_imitate(metadata, episode), config.rate_hz, config.horizon)
+            data = _episode_data(streams, keypoints, config.images, imitate)
         except Exception as err:  # noqa: BLE001 - any broken episode (bad bag, bad metadata) is skipped, never fatal
             message = str(err) if str(episode) in str(err) else f"{episode}: {err}"
             broken[episode.name] = message.splitlines()[0]
@@ -402,7 +419,9 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
         kept[episode.name] = len(data)
         if any(streams.trimmed):
             trimmed[episode.name] = streams.trimmed
-    report = BuildReport(kept, trimmed, excluded, broken, ignored)
+        if imitate is not None:
+            not_imitated[episode.name] = int((~imitate).sum())
+    report = BuildReport(kept, trimmed, excluded, broken, ignored, not_imitated)
     if store is None:
         raise NothingToBuild(f"{episodes_dir}: no episode to build a dataset from ({summary(report, len(episodes))})", report)
     stored = store.episodes()
@@ -417,5 +436,6 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
 def summary(report: BuildReport, total: int | None = None) -> str:
     """One line: how many episodes were kept, trimmed, excluded, broken and ignored."""
     total = total if total is not None else len(report.kept) + len(report.excluded) + len(report.broken)
-    return (f"{total} episodes: {len(report.kept)} kept ({len(report.trimmed)} trimmed), {len(report.excluded)} excluded, "
+    marked = f", {sum(report.not_imitated.values())} samples of {len(report.not_imitated)} marked not to imitate" if report.not_imitated else ""
+    return (f"{total} episodes: {len(report.kept)} kept ({len(report.trimmed)} trimmed{marked}), {len(report.excluded)} excluded, "
             f"{len(report.broken)} broken; {len(report.ignored)} other directories ignored")

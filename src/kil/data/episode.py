@@ -13,6 +13,9 @@ from kil import __version__
 from kil.config import load_dataclass, load_yaml, to_plain
 
 METADATA_FILE = "kil_episode.yaml"
+# extra key: [[start, end], ...] stamps (ns, the bag's clock) whose actions are no demonstration
+# (a demonstrator's injected error, DART-style); training leaves samples whose labels reach into them out
+NOT_TO_IMITATE = "not_to_imitate_ns"
 EpisodeStatus = Literal["recording", "complete", "recovered", "failed"]
 
 
@@ -37,6 +40,19 @@ class EpisodeMetadata:
 
     def with_updates(self, **changes: Any) -> EpisodeMetadata:
         return replace(self, **changes)
+
+
+def not_to_imitate(metadata: EpisodeMetadata | None, where: str | Path) -> list[tuple[int, int]]:
+    """The spans of `metadata`'s episode (read from `where`) not to imitate: [(start_ns,
+    end_ns)], start < end. A malformed entry is a one-line ValueError naming the file and key."""
+    raw = [] if metadata is None else metadata.extra.get(NOT_TO_IMITATE, [])
+    try:
+        spans = [(int(a), int(b)) for a, b in raw]
+    except (TypeError, ValueError):
+        raise ValueError(f"{Path(where) / METADATA_FILE}: extra.{NOT_TO_IMITATE} must be a list of [start_ns, end_ns], got {raw!r}") from None
+    if any(a >= b for a, b in spans):
+        raise ValueError(f"{Path(where) / METADATA_FILE}: extra.{NOT_TO_IMITATE}: every span needs start < end, got {raw!r}")
+    return spans
 
 
 def write_metadata(bag_dir: str | Path, metadata: EpisodeMetadata) -> Path:

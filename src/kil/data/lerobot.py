@@ -17,6 +17,7 @@ There are no images or videos.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,10 @@ def export_lerobot(store_path: str | Path, out: str | Path) -> Path:
     episodes = store.episodes()
     if not episodes:
         raise ConfigError(f"--dataset: {store_path} has no episodes to export")
+    marked = sum(int((~e.imitate).sum()) for e in episodes if e.imitate is not None)
+    if marked:  # LeRobot's format has no field for it
+        logging.getLogger("kil.dataset").warning("%s: %d frames are marked not to imitate; the LeRobot export keeps them as "
+                                                 "ordinary frames (drop them in its training if it matters)", store_path, marked)
     feats = features(list(attrs["keypoint_names"]))
     lengths = [len(e) for e in episodes]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

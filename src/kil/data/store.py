@@ -15,6 +15,8 @@ Layout of DS/ (a zarr v2 directory store):
         ee_orientation (T, 4) f32   quaternion x, y, z, w
         gripper      (T,) f32       opening in metres
         action       (T, H, 10) f32 commanded targets at obs + i/rate: position, 6-D rotation, gripper
+        imitate      (T,) bool      only where some are False: the action chunk at t is no demonstration
+                                    (it reaches into a span the recording marks not to imitate)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from kil.errors import ConfigError
 STORE_FORMAT = 1
 ACTION_DIM = 10
 FIELDS = ("stamp_ns", "keypoints", "visible", "score", "ee_position", "ee_orientation", "gripper", "action")
-OPTIONAL_FIELDS = ("similarity", "rgb")
+OPTIONAL_FIELDS = ("similarity", "rgb", "imitate")
 
 
 def _zarr():
@@ -56,6 +58,7 @@ class EpisodeData:
     action: np.ndarray
     similarity: np.ndarray | None = None
     rgb: np.ndarray | None = None
+    imitate: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         T = len(self.stamp_ns)
@@ -71,6 +74,8 @@ class EpisodeData:
             raise ValueError(f"episode {self.name}: action has shape {self.action.shape}, expected ({T}, H, {ACTION_DIM})")
         if self.rgb is not None and (self.rgb.ndim != 4 or self.rgb.shape[0] != T or self.rgb.shape[3] != 3 or self.rgb.dtype != np.uint8):
             raise ValueError(f"episode {self.name}: rgb has shape {self.rgb.shape} {self.rgb.dtype}, expected ({T}, h, w, 3) uint8")
+        if self.imitate is not None and (self.imitate.shape != (T,) or self.imitate.dtype != bool):
+            raise ValueError(f"episode {self.name}: imitate has shape {self.imitate.shape} {self.imitate.dtype}, expected ({T},) bool")
         if self.similarity is not None and self.similarity.shape != (T, N, N):
             raise ValueError(f"episode {self.name}: similarity has shape {self.similarity.shape}, expected {(T, N, N)}")
 

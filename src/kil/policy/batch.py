@@ -98,6 +98,8 @@ class SampleBank:
         self.action_position = action[..., :3]
         self.action_rotation = rot6d_to_matrix(action[..., 3:9])
         self.action_gripper = action[..., 9]
+        # samples whose action chunk is a demonstration (a store may mark injected errors not to imitate)
+        self.imitate = torch.as_tensor(np.concatenate([np.ones(len(e), bool) if e.imitate is None else e.imitate for e in episodes]))
         self.anchor_position = self.anchor_known = None
         if anchor is not None:  # the anchor's last sighting in the episode, at every sample
             rows = [last_seen(e.keypoints[:, anchor], e.visible[:, anchor]) for e in episodes]

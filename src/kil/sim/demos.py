@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kil.data.episode import read_metadata, write_metadata
+from kil.data.episode import NOT_TO_IMITATE, read_metadata, write_metadata
 from kil.errors import ConfigError
 from kil.graph import GraphSpec, load_graph
 from kil.paths import graph_path
@@ -32,6 +32,7 @@ class EpisodeResult:
     duration_s: float
     stop_reason: str
     keypoint_names: tuple[str, ...] = ()  # of the ground-truth keypoints, by index
+    not_to_imitate_ns: tuple[tuple[int, int], ...] = ()  # the teleop's deliberate errors, [start, end) stamps
 
     @property
     def success(self) -> bool:
@@ -73,10 +74,10 @@ def demo_graph(task: str, robot: str, variation: str, seed: int, out: Path, came
     return load_graph(graph_path(graph), overrides, stages={"teleop": TELEOPS[teleop]})
 
 
-def run_expert(task: str, robot: str, variation: str, seed: int) -> EpisodeResult:
+def run_expert(task: str, robot: str, variation: str, seed: int, miss_rate: float = 0.0) -> EpisodeResult:
     """One scripted episode through the same graph, without camera or recorder: the
     expert's success alone (for benchmarks)."""
-    graph = demo_graph(task, robot, variation, seed, Path("unused"))
+    graph = demo_graph(task, robot, variation, seed, Path("unused"), miss_rate=miss_rate)
     nodes = {k: v for k, v in graph.nodes.items() if k != "recorder"}
     nodes["teleop"] = replace(nodes["teleop"], publish={"chunk": nodes["teleop"].publish["chunk"]})  # it stops the run itself
     rig = nodes["rig"]
@@ -97,8 +98,9 @@ def run_episode(graph: GraphSpec, task: str, seed: int, clock: str = "stepped", 
     recorder = runtime.stages.get("recorder")
     written = recorder.session.saved[-1:] if recorder is not None else []
     rig = runtime.stages["rig"]
+    spans = getattr(runtime.stages.get("teleop"), "not_to_imitate_ns", [])
     return EpisodeResult(written[0] if written else None, seed, float(rig.completion), (stats.end_ns - stats.start_ns) / 1e9,
-                         stats.stop_reason, rig.keypoint_names)
+                         stats.stop_reason, rig.keypoint_names, tuple(tuple(s) for s in spans))
 
 
 def record_episode(task: str, robot: str, variation: str, seed: int, out: Path, camera_rate_hz: float | None = None,
@@ -120,6 +122,8 @@ def record_episode(task: str, robot: str, variation: str, seed: int, out: Path, 
             "operator_verdict": metadata.extra.get("operator_verdict", metadata.success),
             "ground_truth_keypoints": list(result.keypoint_names),  # names of /sim/keypoints indices
         }
+        if result.not_to_imitate_ns:  # the dataset builder leaves these action labels out of training
+            extra[NOT_TO_IMITATE] = [list(span) for span in result.not_to_imitate_ns]
         write_metadata(result.path, metadata.with_updates(success=result.success, extra=extra))
     return result
 

@@ -7,7 +7,11 @@ is in the hand, from the object's pose relative to the EE at that moment, so a g
 slipped is still placed where it should be. A pick that did not lift the object (it slipped
 out, or the fingers closed beside it) is tried again, as an operator would; `miss_rate`
 makes some first attempts aim beside the object on purpose, so the demonstrations show that
-recovery (noise injected into the demonstrator, as in DART) and a policy learns it.
+recovery (noise injected into the demonstrator, as in DART) and a policy learns it. Like
+DART, the deliberate error itself is not to be imitated: `deliberate_misses` gives the
+spans of expert time from planning such a pick until the next plan for that object (the
+retry, or the place when the aimed-off pick held after all), which the recording marks so
+training leaves those action labels out and keeps the recovery.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ class ScriptedExpert:
         self.picks = 0  # picks planned in the episode, retries included
         self.picked_from_z: float | None = None  # the object's height when its last pick was planned
         self._rng = np.random.default_rng([scene.seed, 1])  # the deliberate misses, reproducible per episode
+        self.deliberate_misses: list[tuple[float, float]] = []  # [start, end) s of expert time, closed spans
+        self._miss_from: float | None = None  # start of the open span, while an aimed-off pick plays out
 
     # ------------------------------------------------------------------ planning
 
@@ -153,6 +159,7 @@ class ScriptedExpert:
         if self.attempts == 1 and c.miss_rate > 0 and self._rng.random() < c.miss_rate:
             angle = self._rng.uniform(-math.pi, math.pi)
             G[:2, 3] += c.miss_offset_m * np.array([math.cos(angle), math.sin(angle)])
+            self._miss_from = t
         inst = self.scene.objects[index].instance
         w, closed = min(self.open_width, shape_of(inst).grasp(inst).max_opening), 0.0
         return self._chain(ee_cmd, t, [
@@ -186,6 +193,9 @@ class ScriptedExpert:
                 self.done_at = t + self.config.final_hold_s
             return
         index, placing = divmod(self.stage, 2)
+        if self._miss_from is not None:  # the aimed-off pick has played out: what follows is recovery (or the place)
+            self.deliberate_misses.append((self._miss_from, t))
+            self._miss_from = None
         if placing and not self.lifted(object_poses[index]) and self.attempts < self.config.max_attempts:
             self.segments = self._plan_pick(index, t, ee_cmd, object_poses[index])  # again, from where it lies now
             return

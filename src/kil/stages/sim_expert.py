@@ -53,6 +53,14 @@ class SimExpert(Stage):
         self.t0_ns: int | None = None
         self.done = False
 
+    @property
+    def not_to_imitate_ns(self) -> list[tuple[int, int]]:
+        """[start, end) stamps (ns, the graph's clock) of the deliberate misses played so far:
+        action labels in them are the demonstrator's injected error, not the task."""
+        if self.planner is None or self.t0_ns is None:
+            return []
+        return [(self.t0_ns + int(round(a * 1e9)), self.t0_ns + int(round(b * 1e9))) for a, b in self.planner.deliberate_misses]
+
     @subscribe(state=RobotState)
     def on_state(self, state: RobotState) -> None:
         self.state = state

@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from kil.config import load_dataclass, load_yaml
+from kil.data.episode import NOT_TO_IMITATE
 from kil.data.store import Store
 from kil.errors import ConfigError
 from kil.paths import check_creatable
@@ -90,10 +91,14 @@ class Trainer:
         passes = NORMALISER_AUGMENTED_PASSES if p.kind == "keypoint" else 0  # images cannot be moved with the scene
         samples = [whole] + [augment(whole, t.augment, fit_generator, anchor) for _ in range(passes)]
         codec = Codec.fit(p, samples, anchor)
-        # In a keypoint-centred frame a sample whose anchor was never seen has no target.
-        self.usable = torch.nonzero(codec.anchor_visible(whole)).flatten()
-        if len(self.usable) == 0:
+        # In a keypoint-centred frame a sample whose anchor was never seen has no target; a sample
+        # whose actions the recording marks not to imitate (a demonstrator's injected error) is no target either.
+        anchored = codec.anchor_visible(whole)
+        self.usable = torch.nonzero(anchored & self.bank.imitate).flatten()
+        if not anchored.any():
             raise ConfigError(f"policy.action_frame_keypoint: {run.policy.action_frame_keypoint} is never visible in the dataset")
+        if len(self.usable) == 0:
+            raise ConfigError(f"--dataset: every sample is marked not to imitate ({NOT_TO_IMITATE} in the episodes' metadata)")
         self.policy = Policy.create(run, self.trained_on, codec)
         self.model = self.policy.model.to(self.device).train()
         self.module = self.model
