@@ -164,7 +164,7 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
     import os
 
     args = ("bench", "variations", "--out", str(tmp_path), "--demos", "1", "--episodes", "1", "--variations", "in,scene",
-            "--steps", "4", "--time-limit", "1")
+            "--steps", "4", "--time-limit", "1", "--demo-miss-rate", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {kind: subprocess.Popen([sys.executable, "-m", "kil", *args, "--policies", kind], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, env=env) for kind in ("keypoint", "rgb")}
@@ -175,6 +175,7 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
         outs[kind] = " ".join(stdout.split())
     both = outs["keypoint"] + outs["rgb"]
     assert both.count("$ kil sim demos") == 1 and both.count("$ kil build-dataset") == 1  # made once, waited for
+    assert "--miss-rate 1.0" in both and "samples of 1 marked not to imitate" in both  # the aimed-off pick is no label
     assert "kil train --config cpu-small" in outs["keypoint"] and "rgb-cpu-small" not in outs["keypoint"]
     assert "kil train --config rgb-cpu-small" in outs["rgb"] and "--config cpu-small" not in outs["rgb"]
     from kil.data.store import Store
@@ -193,3 +194,4 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
     table = again.stdout[again.stdout.index("keypoint policy success"):]
     assert "rgb policy success" in table and "│ in " in table and "│ scene " in table
     assert table.count("/1 = ") == 4 and "so far" not in table and "(colour images)" in table
+    assert "100% of first picks aimed off, then recovered" in again_out

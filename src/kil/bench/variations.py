@@ -39,6 +39,7 @@ class VariationsConfig:
     rgb_preset: str = "rgb-cpu-small"
     steps: int = 0  # training steps of both policies (0: the presets')
     demo_seed: int = 0
+    demo_miss_rate: float = 0.0  # share of the expert's first picks aimed beside the object (kil sim demos --miss-rate)
     eval_seed: int = 1000  # disjoint from the demonstrations'
     time_limit_s: float | None = None  # of each closed-loop episode (None: the task's)
     # The policies this process trains and evaluates; the table also shows the others' logged
@@ -51,6 +52,7 @@ class VariationsConfig:
         require(self.demos >= 1, "demos", f"must be >= 1, got {self.demos}")
         require(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
         require(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        require(0.0 <= self.demo_miss_rate <= 1.0, "demo_miss_rate", f"a probability in [0, 1], got {self.demo_miss_rate}")
         require(len(self.variations) > 0, "variations", "name at least one")
         require(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s", f"must be > 0, got {self.time_limit_s}")
 
@@ -127,7 +129,7 @@ def _prepare(console: Console, config: VariationsConfig, demos: Path, dataset: P
         if demos.exists():
             raise SystemExit(f"{demos}: an incomplete batch of demonstrations; remove it and run again")
         _kil(console, "sim", "demos", "--task", config.task, "--robot", config.robot, "--variation", "in",
-             "--episodes", str(config.demos), "--seed", str(config.demo_seed), "--out", str(demos))
+             "--episodes", str(config.demos), "--seed", str(config.demo_seed), "--miss-rate", str(config.demo_miss_rate), "--out", str(demos))
     rgb_size = load_run_config(config.rgb_preset).policy.image_size
     if not _built(dataset):
         if dataset.exists():
@@ -195,7 +197,8 @@ def comparison(results: dict[str, dict[str, list[dict]]], config: VariationsConf
     """The side-by-side table: per variation, each policy's successes with their interval."""
     from kil.bench.stats import clopper_pearson
 
-    table = Table(title=f"{config.task} on the {config.robot}: trained on {config.demos} `in` demonstrations, "
+    recovery = f" ({config.demo_miss_rate:.0%} of first picks aimed off, then recovered)" if config.demo_miss_rate else ""
+    table = Table(title=f"{config.task} on the {config.robot}: trained on {config.demos} `in` demonstrations{recovery}, "
                         f"{config.episodes} closed-loop episodes per variation (seed {config.eval_seed})",
                   caption="; ".join(f"{kind}: {fact}" for kind, fact in facts.items()))
     table.add_column("variation")

@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     var.add_argument("--task", default="pick_place")
     var.add_argument("--robot", default="panda")
     var.add_argument("--demos", type=int, default=50, help="in-distribution demonstrations both policies train on")
+    var.add_argument("--demo-miss-rate", type=float, default=0.0, metavar="P",
+                     help="share of the expert's first picks aimed beside the object, then picked again (kil sim demos --miss-rate)")
     var.add_argument("--episodes", type=int, default=30, help="closed-loop episodes per variation and policy")
     var.add_argument("--variations", default="in,obj,scene")
     var.add_argument("--keypoint-preset", default="cpu-small")
@@ -147,7 +149,8 @@ def _variations(args: argparse.Namespace) -> int:
 
     try:
         config = VariationsConfig(args.task, args.robot, args.demos, args.episodes, tuple(_split(args.variations)),
-                                  args.keypoint_preset, args.rgb_preset, args.steps, time_limit_s=args.time_limit,
+                                  args.keypoint_preset, args.rgb_preset, args.steps, demo_miss_rate=args.demo_miss_rate,
+                                  time_limit_s=args.time_limit,
                                   policies=tuple(_split(args.policies)))
     except ValueError as err:
         raise ConfigError(str(err)) from None
