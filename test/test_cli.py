@@ -68,6 +68,10 @@ def test_models_list_shows_every_backend_and_its_weights():
         assert any(line.startswith(f"│ {name} ") for line in lines), name
     assert any("descriptor_net_sim.safetensors" in line and "yes" in line for line in lines)  # shipped
     assert any(line.startswith("│ sift ") and "no weights" not in line and "yes" in line for line in lines)
+    segmenters = lines[next(i for i, line in enumerate(lines) if "segmentation backends" in line):]
+    for name in ("depth_colour", "sam", "sam2", "sam3"):
+        assert any(line.startswith(f"│ {name} ") for line in segmenters), name
+    assert any(line.startswith("│ depth_colour ") and "yes" in line for line in segmenters)  # needs no weights
 
 
 def test_keypoints_show_writes_a_png(tmp_path):

@@ -1,5 +1,5 @@
-"""`kil models list`: every feature backend config, where it looks for weights, and whether
-they are present (nothing is loaded or downloaded)."""
+"""`kil models list`: every feature and segmentation backend config, where it looks for
+weights, and whether they are present (nothing is loaded or downloaded)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ def main(args: argparse.Namespace) -> int:
 
     from kil.errors import ConfigError
     from kil.paths import share_dir
-    from kil.perception.features.base import describe
+    from kil.perception.features.base import FEATURES
+    from kil.perception.segmentation.base import SEGMENTERS
 
-    table = Table("config", "backend", "weights", "present")
-    for path in sorted((share_dir() / "config" / "features").glob("*.yaml")):
-        try:
-            backend, status = describe(path)
-            table.add_row(path.stem, backend, status.location, "yes" if status.present else f"no ({status.detail})")
-        except ConfigError as err:
-            table.add_row(path.stem, "?", str(err), "no")
-    Console(width=160).print(table)
+    for kind in (FEATURES, SEGMENTERS):
+        table = Table("config", "backend", "weights", "present", title=f"{kind.title}s (config/{kind.package}/)")
+        for path in sorted((share_dir() / "config" / kind.package).glob("*.yaml")):
+            try:
+                cls, config, source = kind.load_config(path)
+                status = cls.check_weights(config, source)
+                table.add_row(path.stem, config.backend, status.location, "yes" if status.present else f"no ({status.detail})")
+            except ConfigError as err:
+                table.add_row(path.stem, "?", str(err), "no")
+        Console(width=160).print(table)
     return 0

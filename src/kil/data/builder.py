@@ -170,7 +170,8 @@ class KeypointSource:
                  "rate_hz": self.config.rate_hz, "similarity": self.config.similarity_vectors,
                  "alignment": ALIGNMENT}
         if self.config.keypoints == "image":
-            from kil.perception.features.base import load_config, resolve_weights
+            from kil.perception.features.base import load_config
+            from kil.perception.registry import resolve_weights
 
             _, backend_config, source = load_config(self.config.feature_model)
             from kil.perception.keypoints import DETECTION_VERSION

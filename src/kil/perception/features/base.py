@@ -10,7 +10,6 @@ ConfigError naming the config key and the path tried.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kil.config import load_dataclass, load_yaml, require
+from kil.config import require
 from kil.errors import ConfigError
 from kil.msgs import FeatureMap
-from kil.paths import share_dir
+from kil.perception.registry import BackendKind, WeightedBackend, WeightsStatus
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,16 +54,7 @@ class BackendConfig:
             require(all(s > 0 for s in self.input_size), "input_size", f"must be positive, got {self.input_size}")
 
 
-@dataclass(frozen=True)
-class WeightsStatus:
-    """Where a backend looks for its weights and whether they are there."""
-
-    location: str
-    present: bool
-    detail: str = ""
-
-
-class FeatureExtractor:
+class FeatureExtractor(WeightedBackend):
     """Base class of feature backends. Subclasses set `Config`, `patch_size`,
     `default_input_size`, and implement `_load` and `_forward`."""
 
@@ -73,45 +63,19 @@ class FeatureExtractor:
     patch_size: ClassVar[int] = 16
     default_input_size: ClassVar[tuple[int, int]] = (384, 512)
     gpu_dtype: ClassVar[torch.dtype] = torch.bfloat16
-    needs_weights: ClassVar[bool] = True
-    weights_expect: ClassVar[str | None] = "config.json"  # file a checkpoint directory must hold
 
     def __init__(self, config: BackendConfig, source: Path | None = None) -> None:
         """`source` is the YAML file the config came from (for relative paths and errors)."""
-        self.config = config
-        self.source = source
-        self.where = f"{source}: " if source else ""
-        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if config.device == "auto" else config.device))
+        self._open(config, source)
         if config.dtype != "auto":
             self.dtype = getattr(torch, config.dtype)
         else:
             self.dtype = self.gpu_dtype if self.device.type == "cuda" else torch.float32
-        status = self.check_weights(config, source)
-        if not status.present:
-            raise ConfigError(f"{self.where}weights: no {self.title} checkpoint at {status.location} ({status.detail})")
         self._load()  # may set the patch size and default input size from the checkpoint
         size = tuple(config.input_size or self.default_input_size)
         if size[0] % self.patch_size or size[1] % self.patch_size:
             raise ConfigError(f"{self.where}input_size: {list(size)} must be a multiple of the {self.title} patch size {self.patch_size}")
         self.input_size = size
-
-    @property
-    def name(self) -> str:
-        return self.config.backend
-
-    # ---------------------------------------------------------------- weights
-
-    @classmethod
-    def check_weights(cls, config: BackendConfig, source: Path | None) -> WeightsStatus:
-        """Where this backend looks for its weights and whether they are there."""
-        if not cls.needs_weights:
-            return WeightsStatus("(none: computed)", True, "no weights needed")
-        return weights_status(resolve_weights(config.weights, source), cls.weights_expect)
-
-    def weights_path(self) -> Path | str:
-        """The weights as a local Path, or the hub id string when it is not a local path."""
-        return resolve_weights(self.config.weights, self.source)
 
     # ---------------------------------------------------------------- running
 
@@ -166,93 +130,43 @@ def normalise(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
 
 
 def preprocessor_stats(path: Path | str, default_mean: tuple, default_std: tuple) -> tuple[tuple, tuple]:
-    """image_mean / image_std from a checkpoint's preprocessor_config.json, else the defaults."""
-    file = Path(path) / "preprocessor_config.json" if isinstance(path, Path) else None
-    if file is not None and file.is_file():
-        data = json.loads(file.read_text())
-        return tuple(data.get("image_mean", default_mean)), tuple(data.get("image_std", default_std))
+    """image_mean / image_std from a checkpoint's preprocessor_config.json (or the image
+    processor inside processor_config.json, as newer `transformers` save it), else the defaults."""
+    if not isinstance(path, Path):
+        return default_mean, default_std
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        file = path / name
+        if file.is_file():
+            data = json.loads(file.read_text())
+            data = data.get(key, {}) if key else data
+            if "image_mean" in data or "image_std" in data:
+                return tuple(data.get("image_mean", default_mean)), tuple(data.get("image_std", default_std))
     return default_mean, default_std
-
-
-# -------------------------------------------------------------------- weights lookup
-
-
-def _looks_like_hub_id(value: str) -> bool:
-    return value.count("/") == 1 and not value.startswith((".", "/", "~")) and " " not in value
-
-
-def resolve_weights(value: str, source: Path | None) -> Path | str:
-    """A config's `weights` value as a local Path (relative to the YAML file, `~` expanded), or
-    the string itself when it is a hub id ("org/name") that is not a local path."""
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = ((source.parent if source else Path.cwd()) / path).resolve()
-    if not path.exists() and _looks_like_hub_id(value):
-        return value
-    return path
-
-
-def weights_status(weights: Path | str, expect: str | None) -> WeightsStatus:
-    """Present when the local path exists (with `expect` inside, for a directory), or when a
-    hub id is already in the local hub cache."""
-    if isinstance(weights, str):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(weights, expect or "config.json")
-        except Exception:  # noqa: BLE001 - any hub error means "not available offline"
-            cached = None
-        present = isinstance(cached, str)
-        return WeightsStatus(f"hub id {weights}", present, "in the hub cache" if present else "not in the local hub cache")
-    if not weights.exists():
-        return WeightsStatus(str(weights), False, "no such file or directory")
-    if weights.is_dir() and expect and not (weights / expect).is_file():
-        return WeightsStatus(str(weights), False, f"{expect} missing")
-    return WeightsStatus(str(weights), True, "found")
 
 
 # -------------------------------------------------------------------- registry
 
 
+FEATURES = BackendKind("features", FeatureExtractor, "feature backend", ("__init__", "base", "hf"))
+
+
 def config_path(name_or_path: str | Path) -> Path:
     """A backend config: an existing YAML path, or a name under config/features/."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    return share_dir() / "config" / "features" / f"{name_or_path}.yaml"
+    return FEATURES.config_path(name_or_path)
 
 
 def backend_class(name: str, where: str) -> type[FeatureExtractor]:
     """The extractor class of backend `name` (module kil.perception.features.<name>)."""
-    module_name = f"kil.perception.features.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):
-            raise ConfigError(f"{where}backend: unknown feature backend {name!r} (known: {', '.join(backend_names())})") from None
-        raise ConfigError(f"{where}backend: {name} needs the Python package {err.name!r}, which is not installed") from None
-    cls = getattr(module, "BACKEND", None)
-    if not (isinstance(cls, type) and issubclass(cls, FeatureExtractor)):
-        raise ConfigError(f"{where}backend: {module_name} has no BACKEND class deriving from FeatureExtractor")
-    return cls
+    return FEATURES.backend_class(name, where)
 
 
 def backend_names() -> list[str]:
-    here = Path(__file__).parent
-    return sorted(p.stem for p in here.glob("*.py") if p.stem not in ("__init__", "base", "hf"))
+    return FEATURES.names()
 
 
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[type[FeatureExtractor], BackendConfig, Path]:
     """The backend class, its validated config and the YAML path."""
-    path = config_path(name_or_path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no feature backend config (known: {', '.join(p.stem for p in sorted(path.parent.glob('*.yaml')))})")
-    data = load_yaml(path) or {}
-    if not isinstance(data, dict) or "backend" not in data:
-        raise ConfigError(f"{path}: backend: required key is missing")
-    data = {**data, **(overrides or {})}
-    cls = backend_class(str(data["backend"]), f"{path}: ")
-    return cls, load_dataclass(cls.Config, data, f"{path}:"), path
+    return FEATURES.load_config(name_or_path, overrides)
 
 
 def load_extractor(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> FeatureExtractor:
