@@ -29,7 +29,7 @@ from kil.paths import share_dir
 from kil.rigs import live_params, load_rig
 from kil.runtimes.ros2.launch import declare_rig_arguments, graph_launch_actions, merge_overrides, rig_actions, use_sim_time
 
-EXTRACTIONS = ["im"]  # image matching (paper 001's IM); the others need their models on the robot PC
+EXTRACTIONS = ["im", "in"]  # paper 001's image matching, instance matching (kil.perception.keypoints.EXTRACTIONS)
 
 
 def graph_actions(context) -> list:
@@ -42,7 +42,7 @@ def graph_actions(context) -> list:
     if graph == "live":
         if not arg("policy"):
             raise ConfigError("policy:=RUN is required (the run directory of a trained policy, kil train --out)")
-        overrides = merge_overrides(live_params(rig, arg("task"), arg("policy")), overrides)
+        overrides = merge_overrides(live_params(rig, arg("task"), arg("policy"), arg("extraction"), arg("segmenter")), overrides)
     return graph_launch_actions(graph, overrides, rig=rig.name, use_sim_time=use_sim_time(rig, arg("use_sim_time")), profile=arg("profile"))
 
 
@@ -54,7 +54,10 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("graph", default_value="live", description="graph description: a name under config/graphs/ or a YAML path"),
             DeclareLaunchArgument("task", default_value="pick_place", description="task: its reference keypoints (config/tasks/<task>/)"),
             DeclareLaunchArgument("policy", default_value="", description="run directory of the trained policy (kil train --out)"),
-            DeclareLaunchArgument("extraction", default_value="im", choices=EXTRACTIONS, description="keypoint extraction: image matching"),
+            DeclareLaunchArgument("extraction", default_value="im", choices=EXTRACTIONS,
+                                  description="keypoint extraction: im (image matching) or in (instance matching); as the policy was trained"),
+            DeclareLaunchArgument("segmenter", default_value="depth_colour",
+                                  description="instance matching's segmentation backend (config/segmentation/<name>.yaml or a path)"),
             DeclareLaunchArgument("set", default_value="", description="node parameter overrides: 'node.param=value ...'"),
             DeclareLaunchArgument("rviz", default_value="true", choices=["true", "false"], description="start RViz with config/rviz/kil.rviz"),
             OpaqueFunction(function=rig_actions),

@@ -91,11 +91,12 @@ def graph_topics(rig: RigConfig) -> dict[str, dict]:
     }
 
 
-def live_params(rig: RigConfig, task: str, policy: str) -> dict[str, dict]:
-    """Node parameters of the live graph for a rig, task and trained policy."""
+def live_params(rig: RigConfig, task: str, policy: str, extraction: str = "im", segmenter: str = "depth_colour") -> dict[str, dict]:
+    """Node parameters of the live graph for a rig, task and trained policy; `extraction`:
+    im (image matching) or in (instance matching inside `segmenter`'s masks)."""
     return {
         "features": {"model": rig.feature_model},
-        "keypoints": {"spec": task, "model": rig.feature_model},
+        "keypoints": {"spec": task, "model": rig.feature_model, "extraction": extraction, "segmenter": segmenter},
         "policy": {"policy": policy},
         "interpolator": {"max_speed": rig.safety.max_speed, "max_angular_speed": rig.safety.max_angular_speed},
         "safety": {"rig": rig.name},

@@ -113,8 +113,9 @@ def run_ros2(policy: str | Path, duration_s: float, task: str, robot: str, varia
     with tempfile.TemporaryDirectory(prefix="kil_bench_live_") as tmp:
         profile_dir, logs = Path(tmp) / "profile", Path(tmp)
         rig_set = f"rig.task={task} rig.robot={robot} rig.variation={variation} rig.seed={seed} rig.real_time_factor={real_time_factor}"
-        model, spec = trained_perception(policy)
-        bringup_set = f"features.model={model} keypoints.model={model} keypoints.spec={spec}"
+        model, spec, extraction = trained_perception(policy)
+        bringup_set = " ".join([f"features.model={model} keypoints.model={model} keypoints.spec={spec}",
+                                *(f"keypoints.{key}={value}" for key, value in extraction.items())])
         commands = {
             "rig": ["ros2", "launch", "kil", "rig.launch.py", "rig:=sim", f"rig_set:={rig_set}", f"profile:={profile_dir}"],
             "graph": ["ros2", "launch", "kil", "bringup.launch.py", "rig:=sim", "drivers:=false", "rviz:=false", f"task:={task}",

@@ -52,6 +52,8 @@ class BuildConfig:
     task: str
     keypoints: str = "image"  # image matching with `feature_model`, or the sim's ground truth
     feature_model: str = "descriptor_net"  # config/features/<name>.yaml or a YAML path
+    extraction: str = "im"  # im: image matching; in: instance matching inside `segmenter`'s masks
+    segmenter: str = "depth_colour"  # config/segmentation/<name>.yaml or a YAML path (extraction in)
     spec: str | None = None  # keypoint spec (task name or path); default: the task's
     graph: str | None = None  # topics of the recording (a graph description); default: from the rig
     rig: str | None = None  # the rig whose topic names the recordings use; default: each episode's kil_episode.yaml
@@ -72,6 +74,9 @@ class BuildConfig:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.min_overlap_s > 0, "min_overlap_s", f"must be > 0, got {self.min_overlap_s}")
         require(not (self.graph and self.rig), "graph", "give the recordings' topics by graph or by rig, not both")
+        from kil.perception.keypoints import extraction_config
+
+        extraction_config(self.extraction, self.segmenter)
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,10 @@ class KeypointSource:
 
             parts["backend"] = json.dumps(to_plain(backend_config), sort_keys=True)
             parts["detector"] = [DETECTION_VERSION, json.dumps(to_plain(self._detector_config()), sort_keys=True)]
+            if self.config.extraction == "in":  # the segmenter's settings decide the masks
+                from kil.perception.segmentation.base import SEGMENTERS
+
+                parts["segmenter"] = json.dumps(to_plain(SEGMENTERS.load_config(self.config.segmenter)[1]), sort_keys=True)
             weights = resolve_weights(backend_config.weights, source) if backend_config.weights else None
             if isinstance(weights, Path) and weights.is_file():
                 parts["weights"] = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -194,9 +203,10 @@ class KeypointSource:
         return self._extractor, self._detector
 
     def _detector_config(self):
-        from kil.perception.keypoints import DetectorConfig
+        from kil.perception.keypoints import DetectorConfig, extraction_config
 
-        return DetectorConfig(similarity_vectors=self.config.similarity_vectors)
+        return DetectorConfig(similarity_vectors=self.config.similarity_vectors,
+                              instances=extraction_config(self.config.extraction, self.config.segmenter))
 
     def extract(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
         """keypoints (T, N, 3), visible (T, N), score (T, N) and optionally similarity (T, N, N)."""
@@ -413,6 +423,8 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
                 "keypoint_names": list(source.layout.names),
                 "keypoint_instance": source.layout.instance.tolist(), "keypoint_source": config.keypoints,
                 "feature_model": config.feature_model if config.keypoints == "image" else None,
+                "extraction": config.extraction if config.keypoints == "image" else None,
+                "segmenter": config.segmenter if config.keypoints == "image" and config.extraction == "in" else None,
                 "rate_hz": config.rate_hz, "horizon": config.horizon, "episodes": [],
                 "robot_type": (metadata.extra.get("robot") if metadata else None) or (metadata.rig if metadata else None) or config.rig,
             })

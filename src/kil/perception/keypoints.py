@@ -24,14 +24,18 @@ import numpy as np
 import torch
 
 from kil.msgs import RGBD, Keypoints
+from kil.config import require
 from kil.perception.features.base import FeatureExtractor
+from kil.perception.instances import InstanceConfig, InstanceMatcher, Slot
 from kil.perception.lifting import lift
 from kil.perception.matching import Matcher, sample_descriptors
 from kil.perception.permanence import GripperState, ObjectPermanence, PermanenceConfig, Reach
+from kil.perception.segmentation.base import Segmenter, load_segmenter
 from kil.perception.spec import LoadedSpec
 from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
+EXTRACTIONS = ("im", "in")  # image matching over the whole frame; instance matching inside instance masks
 DETECTION_VERSION = 4  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
@@ -42,7 +46,8 @@ class ReferenceSet:
     names: N keypoint names; instance: (N,) int32; descriptors: (N, C) float32; uv: (N, 2)
     px in their reference image; group: (N,) int, the reference image (one object) each
     keypoint was annotated on; min_score: the feature model's calibrated visibility
-    threshold.
+    threshold; category: (N,) int, the spec category of each keypoint, whose text prompt
+    is prompts[category] (instance matching).
     """
 
     names: tuple[str, ...]
@@ -52,6 +57,8 @@ class ReferenceSet:
     uv: np.ndarray | None = None
     group: np.ndarray | None = None
     min_score: float = -1.0
+    category: np.ndarray | None = None
+    prompts: tuple[str, ...] = ()
 
 
 def reference_set(spec: LoadedSpec, extractor: FeatureExtractor) -> ReferenceSet:
@@ -65,8 +72,11 @@ def reference_set(spec: LoadedSpec, extractor: FeatureExtractor) -> ReferenceSet
         rows.append(sample_descriptors(features, uv, image.shape[:2]))
         uvs.append(uv)
         groups.append(np.full(len(uv), g))
+    categories = spec.spec.categories
+    category = [c for c, cat in enumerate(categories) for ref in cat.references for _ in ref.keypoints]
     return ReferenceSet(layout.names, layout.instance, np.concatenate(rows).astype(np.float32), extractor.name,
-                        np.concatenate(uvs), np.concatenate(groups), extractor.config.min_score)
+                        np.concatenate(uvs), np.concatenate(groups), extractor.config.min_score, np.array(category, np.int64),
+                        tuple(cat.prompt or cat.name for cat in categories))
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,9 @@ class DetectorConfig:
     """depth_radius: pixels searched for a valid depth reading around a match; min_score:
     matches scoring lower are not visible (None: the feature model's calibrated threshold);
     candidates: places per keypoint the geometric verification may choose from (1: none);
-    permanence: objects tracked across the frames of a stream."""
+    permanence: objects tracked across the frames of a stream; instances: instance
+    matching (IN: the search restricted to instance masks, `kil.perception.instances`)
+    instead of image matching over the whole frame (None, IM)."""
 
     depth_radius: int = 3
     min_score: float | None = None
@@ -93,12 +105,26 @@ class DetectorConfig:
     candidates: int = 5
     geometry: GeometryConfig = GeometryConfig()
     permanence: PermanenceConfig = PermanenceConfig()
+    instances: InstanceConfig | None = None
+
+    def __post_init__(self) -> None:
+        require(self.instances is None or not self.similarity_vectors, "similarity_vectors",
+                "not available with instance matching (extraction: in) yet")
+
+
+def extraction_config(extraction: str, segmenter: str) -> InstanceConfig | None:
+    """DetectorConfig.instances for an `extraction` setting ("im": None; "in": instance
+    matching with the segmentation backend config `segmenter`)."""
+    require(extraction in EXTRACTIONS, "extraction", f"expected one of {', '.join(EXTRACTIONS)}, got {extraction!r}")
+    return InstanceConfig(segmenter) if extraction == "in" else None
 
 
 class KeypointDetector:
     """Finds the reference keypoints in frames, given their patch features."""
 
-    def __init__(self, references: ReferenceSet, config: DetectorConfig = DetectorConfig()) -> None:
+    def __init__(self, references: ReferenceSet, config: DetectorConfig = DetectorConfig(), segmenter: Segmenter | None = None) -> None:
+        """`segmenter`: the instance segmenter for instance matching (default: the one
+        `config.instances` names, loaded here)."""
         self.references = references
         self.config = config
         self.matcher = Matcher(references.descriptors)
@@ -106,6 +132,13 @@ class KeypointDetector:
         groups = references.group if references.group is not None else np.arange(len(references.names))
         self._groups = [np.flatnonzero(groups == g) for g in np.unique(groups)]
         self.permanence = ObjectPermanence(self._groups, config.permanence)
+        self.instances: InstanceMatcher | None = None
+        if config.instances is not None:
+            if references.category is None:
+                raise ValueError("references: instance matching needs each keypoint's category (reference_set gives it)")
+            segmenter = segmenter or load_segmenter(config.instances.segmenter)
+            slots = [Slot(members, int(references.category[members[0]])) for members in self._groups]
+            self.instances = InstanceMatcher(segmenter, list(references.prompts), slots, config.instances)
 
     def reset(self) -> None:
         """Forget where objects were (the next frame starts a new stream)."""
@@ -167,14 +200,25 @@ class KeypointDetector:
         sizes = {f.size for f in frames}
         if len(sizes) != 1:
             raise ValueError(f"frames: one image size per batch, got {sorted(sizes)}")
-        matches = self.matcher.match(features, sizes.pop(), similarity_vectors=self.config.similarity_vectors,
-                                     candidates=max(self.config.candidates, 1))
+        size = sizes.pop()
+        matches = None
+        if self.instances is None:
+            matches = self.matcher.match(features, size, similarity_vectors=self.config.similarity_vectors,
+                                         candidates=max(self.config.candidates, 1))
         out = []
         for b, frame in enumerate(frames):
             reaches = self.permanence.reaches(frame, None if grippers is None else grippers[b])
-            uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b], reaches)
+            if matches is not None:
+                uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b], reaches)
+                valid = matches.valid[b]
+            else:
+                one = np.asarray(features[b:b + 1].cpu() if isinstance(features, torch.Tensor) else features[b:b + 1], np.float32)
+                finite = bool(np.isfinite(one).all())  # a frame with broken features is matched on zeros, not visible
+                similarity = self.matcher.similarity(one if finite else np.zeros_like(one), size)[0]
+                uv, score, verified, _ = self.instances.choose(frame, similarity, reaches, self.min_score)
+                valid = np.full(len(score), finite)
             xyz, has_depth = lift(uv, frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
-            visible = has_depth & matches.valid[b] & (score >= self.min_score) & verified
+            visible = has_depth & valid & (score >= self.min_score) & verified
             verified &= self._within_reach(xyz, visible, reaches)
             visible &= verified
             xyz[~visible] = np.nan
@@ -189,6 +233,6 @@ class KeypointDetector:
                 score=np.where(np.isfinite(score), score, 0).astype(np.float32),
                 visible=visible,
                 instance=self.references.instance,
-                similarity=None if matches.similarity is None else matches.similarity[b],
+                similarity=None if matches is None or matches.similarity is None else matches.similarity[b],
             ), reasons))
         return out

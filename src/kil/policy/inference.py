@@ -43,6 +43,8 @@ class TrainedOn:
     keypoint_source: str = "image"
     feature_model: str | None = None
     spec: str | None = None  # the keypoint spec the dataset was built with
+    extraction: str | None = None  # im or in (None: a dataset from before the choice, im)
+    segmenter: str | None = None  # instance matching's segmentation backend config
     base_frame: str = "base_link"
 
 

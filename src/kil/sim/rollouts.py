@@ -28,10 +28,10 @@ def policy_graph(policy: str | Path, task: str, robot: str, variation: str, seed
         "visualisation": {"video": str(video or "")},
     }
     if kind == "keypoint":
-        model, spec = trained_perception(policy)
+        model, spec, extraction = trained_perception(policy)
         model = feature_model or model
         overrides["features"] = {"model": model}
-        overrides["keypoints"] = {"model": model, "spec": spec}
+        overrides["keypoints"] = {"model": model, "spec": spec, **extraction}
     return load_graph(graph_path(graph or POLICY_GRAPHS[kind]), overrides)
 
 
@@ -105,10 +105,14 @@ def trained_task(policy_path: str | Path) -> str:
     return _meta(policy_path)["trained_on"]["task"]
 
 
-def trained_perception(policy_path: str | Path) -> tuple[str, str]:
-    """(feature backend, keypoint spec) the policy's keypoints were extracted with."""
+def trained_perception(policy_path: str | Path) -> tuple[str, str, dict[str, str]]:
+    """(feature backend, keypoint spec, the keypoints node's extraction settings) the
+    policy's keypoints were extracted with."""
     trained_on = _meta(policy_path)["trained_on"]
-    return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"]
+    extraction = {"extraction": trained_on.get("extraction") or "im"}
+    if trained_on.get("segmenter"):
+        extraction["segmenter"] = trained_on["segmenter"]
+    return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"], extraction
 
 
 def training_facts(policy_path: str | Path) -> str:

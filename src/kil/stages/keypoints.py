@@ -19,7 +19,7 @@ from kil.config import require
 from kil.msgs import RGBD, FeatureMap, Image, Keypoints, RobotState
 from kil.perception.draw import draw_keypoints
 from kil.perception.features.base import load_extractor
-from kil.perception.keypoints import DetectorConfig, KeypointDetector, reference_set
+from kil.perception.keypoints import DetectorConfig, KeypointDetector, extraction_config, reference_set
 from kil.perception.permanence import GripperState, PermanenceConfig
 from kil.perception.spec import load_spec
 from kil.stage import Stage, subscribe
@@ -36,6 +36,8 @@ class KeypointsConfig:
     depth_radius: int = 3
     min_score: float | None = None  # None: the threshold calibrated for the feature model (kil keypoints calibrate)
     similarity_vectors: bool = False
+    extraction: str = "im"  # im: image matching over the frame; in: instance matching inside the segmenter's masks
+    segmenter: str = "depth_colour"  # instance matching's segmentation backend config (config/segmentation/)
     candidates: int = 5  # places per keypoint its object's geometric verification chooses from (1: no verification)
     permanence: bool = True  # a hidden object stays where it was seen last instead of jumping to a look-alike
     object_speed: float = 0.1  # m/s: how fast an unseen object's possible place grows while where it was lies uncovered
@@ -48,6 +50,7 @@ class KeypointsConfig:
         require(self.min_score is None or -1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
         require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
         require(self.object_speed > 0, "object_speed", f"must be > 0 m/s, got {self.object_speed}")
+        extraction_config(self.extraction, self.segmenter)
 
 
 class KeypointsNode(Stage):
@@ -63,7 +66,8 @@ class KeypointsNode(Stage):
         del extractor  # only the features node keeps a model in memory
         permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
-                                                                          config.candidates, permanence=permanence))
+                                                                          config.candidates, permanence=permanence,
+                                                                          instances=extraction_config(config.extraction, config.segmenter)))
         self._reported: set[str] = set()
         self._states: deque[RobotState] = deque(maxlen=STATE_HISTORY)  # the newest, in arrival order
 

@@ -79,7 +79,7 @@ class Trainer:
             raise ConfigError(f"policy.image_size: {tuple(p.image_size)} but the store's images are {tuple(self.bank.images.shape[-3:-1])}")
         self.trained_on = TrainedOn(task=attrs["task"], keypoint_names=tuple(names), rate_hz=float(attrs["rate_hz"]),
                                     keypoint_source=attrs.get("keypoint_source", "image"), feature_model=attrs.get("feature_model"),
-                                    spec=attrs.get("spec"))
+                                    spec=attrs.get("spec"), extraction=attrs.get("extraction"), segmenter=attrs.get("segmenter"))
         self.rank, self.world = _distributed()
         t = run.training
         # Every rank draws its own batches; rank r's stream is seeded (seed, r).

@@ -1,0 +1,115 @@
+"""Instance matching (paper 001's IN): each object's reference keypoints are searched only
+inside the instance masks of its category.
+
+A segmentation backend (`kil.perception.segmentation`) gives the frame's instances for the
+spec's category prompts; a class-agnostic backend gives unlabelled ones that any category
+may take. Every object slot (one reference image: `block`, or `block[0]` and `block[1]`)
+scores every instance by the mean similarity of its keypoints at their best pixels inside
+the mask. The slots of a category take the best-scoring instances, one each and greedily,
+among those within reach of where the slot's object was last seen (object permanence) and
+scoring at least `min_instance_score`. A slot left without an instance is not visible,
+which the policy sees as padding. A keypoint takes its best pixel inside its slot's mask;
+the similarity threshold and depth still decide whether it is visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kil.config import require
+from kil.msgs import RGBD
+from kil.perception.permanence import Reach
+from kil.perception.segmentation.base import Instances, Prompt, Segmenter
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """segmenter: the segmentation backend's config (name under config/segmentation/ or a
+    YAML path); min_instance_score: the mean keypoint similarity an instance needs to be
+    taken for an object (None: the detector's min_score)."""
+
+    segmenter: str = "depth_colour"
+    min_instance_score: float | None = None
+
+    def __post_init__(self) -> None:
+        require(bool(self.segmenter), "segmenter", "name a segmentation backend config (e.g. depth_colour)")
+        require(self.min_instance_score is None or -1.0 <= self.min_instance_score <= 1.0, "min_instance_score",
+                f"a cosine similarity in [-1, 1], got {self.min_instance_score}")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One object to find: its keypoints (indices into the reference set) and the index of
+    its category's prompt."""
+
+    members: np.ndarray
+    category: int
+
+
+class InstanceMatcher:
+    """Chooses each slot's instance in a frame and its keypoints' pixels inside it."""
+
+    def __init__(self, segmenter: Segmenter, prompts: list[str], slots: list[Slot], config: InstanceConfig = InstanceConfig()) -> None:
+        self.segmenter = segmenter
+        self.prompts = prompts
+        self.slots = slots
+        self.config = config
+
+    def _prompts(self, flat: np.ndarray, width: int) -> list[Prompt]:
+        """A text prompt per category; for point-prompted backends also each slot's single
+        best image match (so they segment what image matching would take)."""
+        points: dict[int, list[np.ndarray]] = {}
+        for slot in self.slots:
+            best = flat[slot.members].max(1)
+            index = flat[slot.members[int(best.argmax())]].argmax()
+            points.setdefault(slot.category, []).append(np.array([index % width, index // width], float))
+        return [Prompt(text=text, points=np.array(points[c]) if c in points else None) for c, text in enumerate(self.prompts)]
+
+    def choose(self, frame: RGBD, similarity: np.ndarray, reaches: list[Reach | None],
+               min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, Instances]:
+        """(uv (N, 2) px, score (N,), taken (N,) bool: the keypoint's slot took an instance,
+        and the instances) for one frame, from the similarity (N, H, W) of every reference
+        keypoint at every pixel; `reaches`: per slot, where its object can be (None: anywhere)."""
+        N, H, W = similarity.shape
+        flat = similarity.reshape(N, -1)
+        instances = self.segmenter.segment(frame, self._prompts(flat, W))
+        best = flat.argmax(1)  # a slot without an instance reports its best pixel anywhere, not visible
+        uv = np.stack([best % W, best // W], 1).astype(np.float64)
+        score = flat[np.arange(N), best].astype(np.float32)
+        taken = np.zeros(N, bool)
+        threshold = min_score if self.config.min_instance_score is None else self.config.min_instance_score
+        offers = []  # (instance score, slot, instance, pixel indices (M,), scores (M,))
+        pixels = [np.flatnonzero(m) for m in instances.masks]
+        for s, (slot, reach) in enumerate(zip(self.slots, reaches)):
+            for k in np.flatnonzero((instances.prompt == slot.category) | (instances.prompt < 0)):
+                inside = flat[slot.members][:, pixels[k]]  # (M, |mask|)
+                at = inside.argmax(1)
+                values = inside[np.arange(len(at)), at]
+                where = pixels[k][at]
+                if values.mean() >= threshold and _within(reach, where, W):
+                    offers.append((float(values.mean()), s, int(k), where, values))
+        used_slots, used_instances = set(), set()
+        for _, s, k, where, values in sorted(offers, key=lambda o: -o[0]):
+            if s in used_slots or k in used_instances:
+                continue
+            used_slots.add(s)
+            used_instances.add(k)
+            members = self.slots[s].members
+            uv[members] = np.stack([where % W, where // W], 1)
+            score[members] = values
+            taken[members] = True
+        return uv, score, taken, instances
+
+
+def _within(reach: Reach | None, where: np.ndarray, width: int) -> bool:
+    """Whether an object whose keypoints lie at flat pixel indices `where` is within its
+    reach (the mean distance of the keypoints seen last time to where they were)."""
+    if reach is None:
+        return True
+    known = np.isfinite(reach.anchor[:, 0])
+    if not known.any():
+        return True
+    uv = np.stack([where % width, where // width], 1)[known]
+    return float(np.linalg.norm(uv - reach.anchor[known], axis=1).mean()) <= reach.radius_px
