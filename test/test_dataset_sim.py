@@ -214,3 +214,45 @@ def test_instance_matching_builds_a_dataset_and_the_policy_runs_with_it(recorded
     train(load_run_config(config), tmp_path / "in", tmp_path / "run")
     keypoints = policy_graph(tmp_path / "run", "pick_place", "panda", "in", 5).nodes["keypoints"].config
     assert keypoints.extraction == "in" and keypoints.segmenter == "depth_colour"
+
+
+def test_proposed_keypoints_lie_on_the_object_pointed_at(recorded, tmp_path):
+    """kil keypoints propose: SKIL's k-means and KALM's consistent farthest points inside the
+    block a pixel names, on the episode's first frame, written as a loadable spec beside the
+    frame (the one kil annotate edits) with a PNG; a pixel on bare table is a one-line error."""
+    import subprocess
+    import sys
+
+    from kil.cli.keypoints import _episode_frame
+    from kil.data.builder import recording_graph
+    from kil.data.episode_streams import read_streams
+    from kil.perception.lifting import lift
+    from kil.perception.spec import load_spec
+
+    truth = read_streams(recorded, recording_graph("sim")).truth[0]
+    at = truth.uv[truth.names.index("block/top_center")]
+    centre, corner = (truth.xyz[truth.names.index(f"block/{name}")] for name in ("top_center", "top_corner"))
+    table_z = truth.xyz[truth.names.index("tray/center")][2] - 0.015  # the tray's floor stands just above the table
+    frame, _ = _episode_frame(recorded, 0)
+    demos = tmp_path / "demos"
+    for i in range(2):
+        shutil.copytree(recorded, demos / f"episode_000{i}")
+    for method, extra in (("kmeans", []), ("fps", ["--demos", str(demos), "--count", "4"])):
+        out = tmp_path / method
+        run = subprocess.run([sys.executable, "-m", "kil", "keypoints", "propose", "--episode", str(recorded), "--object",
+                              f"block={at[0]:.0f},{at[1]:.0f}", "--method", method, "--out", str(out), *extra],
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        spec = load_spec(out)
+        (category,) = spec.spec.categories
+        uv = np.array(list(category.references[0].keypoints.values()))
+        assert category.name == "block" and len(uv) == (6 if method == "kmeans" else 4)
+        assert (out / category.references[0].image).is_file() and (out / "proposals.png").stat().st_size > 0
+        xyz, has_depth = lift(uv, frame.depth, frame.K, frame.T_base_camera)
+        # on the block: within its top face's half-diagonal (+1 cm) of its centre, between the table and its top
+        assert has_depth.all()
+        assert (np.linalg.norm(xyz[:, :2] - centre[:2], axis=1) <= np.linalg.norm(corner[:2] - centre[:2]) + 0.01).all(), (method, xyz)
+        assert ((xyz[:, 2] <= centre[2] + 0.005) & (xyz[:, 2] >= table_z)).all(), (method, xyz, centre)
+    table = subprocess.run([sys.executable, "-m", "kil", "keypoints", "propose", "--episode", str(recorded), "--object", "block=5,470",
+                            "--out", str(tmp_path / "none")], capture_output=True, text=True, timeout=600)
+    assert table.returncode != 0 and "--object block=5,470: no instance of depth_colour covers that pixel" in table.stderr

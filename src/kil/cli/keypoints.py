@@ -6,7 +6,11 @@ Gumbel-softmax mask over the candidate keypoints of a dataset (built with a spec
 candidates) and write the selected subset into the spec (the candidates kept beside it).
 
 `kil keypoints calibrate`: the visibility threshold (min_score) of a feature model, fitted
-on simulated frames with ground truth (kil.perception.calibration)."""
+on simulated frames with ground truth (kil.perception.calibration).
+
+`kil keypoints propose`: keypoints proposed automatically on a frame of an episode, inside
+the objects the user points at (SKIL's k-means or KALM's consistent farthest points,
+kil.perception.proposals), written as a spec `kil annotate` edits."""
 
 from __future__ import annotations
 
@@ -33,6 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--robot", default="panda")
     calibrate.add_argument("--write", action="store_true", help="store the threshold as min_score in the model's config")
     calibrate.set_defaults(run_action=_calibrate)
+
+    propose = actions.add_parser("propose", help="keypoints proposed inside objects of a frame (SKIL k-means or KALM farthest points)")
+    propose.add_argument("--episode", required=True, help="episode directory whose frame is the reference")
+    propose.add_argument("--frame", type=int, default=0, help="colour frame index (as kil annotate counts them)")
+    propose.add_argument("--object", action="append", required=True, metavar="NAME=U,V",
+                         help="an object: its category name and a pixel on it (repeat for each object)")
+    propose.add_argument("--method", default="kmeans", choices=("kmeans", "fps"),
+                         help="kmeans: SKIL's feature clusters in the mask; fps: KALM's farthest points kept where consistent across --demos")
+    propose.add_argument("--count", type=int, default=6, help="keypoints per object")
+    propose.add_argument("--candidates", type=int, default=24, help="fps: farthest points sampled before the consistency check")
+    propose.add_argument("--demos", default=None, help="fps: directory of demonstrations whose first frames the candidates must be found in")
+    propose.add_argument("--model", default="descriptor_net", help="feature backend config (config/features/)")
+    propose.add_argument("--segmenter", default="depth_colour", help="segmentation backend config (config/segmentation/)")
+    propose.add_argument("--out", required=True, help="spec directory to write (keypoints.yaml, the reference image, proposals.png)")
+    propose.set_defaults(run_action=_propose)
 
     select = actions.add_parser("select", help="ATK: learn a sparse keypoint subset jointly with a policy; write it into the spec")
     select.add_argument("--dataset", required=True, help="training store built with the candidate keypoints")
@@ -134,4 +153,113 @@ def _show(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(drawn, axis=1)).save(out)
     print(f"wrote {out}: {len(references.names)} keypoints of {spec.task} ({args.model}) in frames {picks.tolist()} of {episode}")
+    return 0
+
+
+def _object_arguments(values: list[str]) -> list[tuple[str, tuple[float, float]]]:
+    from kil.errors import ConfigError
+
+    out = []
+    for value in values:
+        name, _, at = value.partition("=")
+        try:
+            u, v = (float(x) for x in at.split(","))
+        except ValueError:
+            raise ConfigError(f"--object: expected NAME=U,V (a category name and a pixel on the object), got {value!r}") from None
+        if not name or "/" in name or "[" in name:
+            raise ConfigError(f"--object: {value!r}: the name must be non-empty, without '/' or '['")
+        out.append((name, (u, v)))
+    return out
+
+
+def _episode_frame(episode: Path, index: int | None = None):
+    """The episode's aligned RGBD frame at colour frame `index` (None: its first aligned
+    frame) and that colour frame's index."""
+    import numpy as np
+
+    from kil.data.builder import recording_graph
+    from kil.data.episode import read_metadata
+    from kil.data.episode_streams import read_streams
+    from kil.data.preview import colour_frames
+    from kil.errors import ConfigError
+
+    metadata = read_metadata(episode)
+    if metadata is None or not metadata.rig:
+        raise ConfigError(f"{episode}: no kil_episode.yaml naming the rig it was recorded on")
+    streams = read_streams(episode, recording_graph(metadata.rig))
+    stamps = [stamp for _, stamp, _ in colour_frames(episode)]
+    if index is None:
+        return streams.frames[0], stamps.index(int(streams.obs_ns[0])) if int(streams.obs_ns[0]) in stamps else 0
+    if not 0 <= index < len(stamps):
+        raise ConfigError(f"--frame: {episode} has {len(stamps)} colour frames, got {index}")
+    at = int(np.argmin(np.abs(streams.obs_ns - stamps[index])))
+    if streams.obs_ns[at] != stamps[index]:
+        raise ConfigError(f"--frame {index}: that frame of {episode} has no robot state beside it (trimmed); choose another")
+    return streams.frames[at], index
+
+
+def _propose(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+    from rich.console import Console
+    from rich.progress import track
+
+    from kil.annotate.server import reference_name
+    from kil.data.episode import episode_task
+    from kil.errors import ConfigError
+    from kil.perception.draw import draw_keypoints
+    from kil.perception.features.base import load_extractor
+    from kil.perception.proposals import ProposalConfig, consistent_candidates, kmeans_keypoints, object_mask
+    from kil.perception.segmentation.base import Prompt, load_segmenter
+    from kil.perception.spec import SPEC_FILE, Category, KeypointSpec, Reference, save_spec
+
+    objects = _object_arguments(args.object)
+    config = ProposalConfig(count=args.count, candidates=max(args.candidates, args.count))
+    if args.method == "fps" and not args.demos:
+        raise ConfigError("--demos: the fps method keeps candidates found consistently across demonstrations; name their directory")
+    out = Path(args.out)
+    if (out / SPEC_FILE).exists():
+        raise ConfigError(f"--out: {out / SPEC_FILE} exists (edit it with kil annotate, or choose another --out)")
+    episode, task = episode_task(args.episode, None, "--episode")
+    extractor = load_extractor(args.model)
+    segmenter = load_segmenter(args.segmenter)
+    frame, index = _episode_frame(episode, args.frame)
+    demos = []
+    if args.method == "fps":
+        episodes = sorted(p for p in Path(args.demos).glob("episode_*") if p.is_dir())
+        if not episodes:
+            raise ConfigError(f"--demos: no episode_* directories in {args.demos}")
+        for path in track(episodes, description="first frames of the demonstrations"):
+            demo, _ = _episode_frame(path)
+            demos.append((demo, extractor.extract(demo.rgb)[0].numpy()))
+    features = extractor.extract(frame.rgb)[0].numpy()
+    instances = segmenter.segment(frame, [Prompt(text=name, points=np.array([at])) for name, at in objects])
+    console = Console(width=120)
+    categories, drawn_uv, drawn_names = [], [], []
+    for p, (name, at) in enumerate(objects):
+        mask = object_mask(instances.of(p), at)
+        if mask is None:
+            raise ConfigError(f"--object {name}={at[0]:g},{at[1]:g}: no instance of {args.segmenter} covers that pixel of frame {index}")
+        if args.method == "kmeans":
+            uv = kmeans_keypoints(features, mask, config)
+        else:
+            found = consistent_candidates(frame, features, mask, demos, config)
+            console.print(f"{name}: {int(found.kept.sum())} of {len(found.uv)} farthest points found in >= {config.consistency:.0%} "
+                          f"of {len(demos)} demonstrations (shares: {' '.join(f'{s:.2f}' for s in found.share)})")
+            if not found.kept.any():
+                raise ConfigError(f"--object {name}: no candidate was found consistently across the demonstrations; "
+                                  "try --method kmeans, more --candidates, or another frame")
+            uv = found.uv[found.kept]
+        points = {f"k{i}": [float(u), float(v)] for i, (u, v) in enumerate(uv)}
+        categories.append(Category(name, name, [Reference(reference_name(episode, index), points)]))
+        drawn_uv.append(uv)
+        drawn_names += [f"{name}/{k}" for k in points]
+    out.mkdir(parents=True, exist_ok=True)
+    image = out / reference_name(episode, index)
+    Image.fromarray(frame.rgb).save(image)
+    path = save_spec(KeypointSpec(task, categories), out)
+    uv = np.concatenate(drawn_uv)
+    Image.fromarray(draw_keypoints(frame.rgb, uv, drawn_names, np.ones(len(uv), bool), np.ones(len(uv)))).save(out / "proposals.png")
+    print(f"wrote {path}: {len(uv)} keypoints ({args.method}) on frame {index} of {episode}; {out / 'proposals.png'} shows them; "
+          f"edit with: kil annotate --episode {episode} --frame {index} --out {out}")
     return 0
