@@ -1,4 +1,4 @@
-"""`kil models list`: every feature and segmentation backend config, where it looks for
+"""`kil models list`: every feature, segmentation and tracker backend config, where it looks for
 weights, and whether they are present (nothing is loaded or downloaded)."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ def main(args: argparse.Namespace) -> int:
     from kil.paths import share_dir
     from kil.perception.features.base import FEATURES
     from kil.perception.segmentation.base import SEGMENTERS
+    from kil.perception.trackers.base import TRACKERS
 
-    for kind in (FEATURES, SEGMENTERS):
+    for kind in (FEATURES, SEGMENTERS, TRACKERS):
         table = Table("config", "backend", "weights", "present", title=f"{kind.title}s (config/{kind.package}/)")
         for path in sorted((share_dir() / "config" / kind.package).glob("*.yaml")):
             try:
