@@ -29,7 +29,7 @@ from kil.paths import share_dir
 from kil.rigs import live_params, load_rig
 from kil.runtimes.ros2.launch import declare_rig_arguments, graph_launch_actions, merge_overrides, rig_actions, use_sim_time
 
-EXTRACTIONS = ["im", "in"]  # paper 001's image matching, instance matching (kil.perception.keypoints.EXTRACTIONS)
+EXTRACTIONS = ["im", "in", "t"]  # paper 001's image matching, instance matching, tracking (kil.perception.keypoints.EXTRACTIONS)
 
 
 def graph_actions(context) -> list:
@@ -55,7 +55,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("task", default_value="pick_place", description="task: its reference keypoints (config/tasks/<task>/)"),
             DeclareLaunchArgument("policy", default_value="", description="run directory of the trained policy (kil train --out)"),
             DeclareLaunchArgument("extraction", default_value="im", choices=EXTRACTIONS,
-                                  description="keypoint extraction: im (image matching) or in (instance matching); as the policy was trained"),
+                                  description="keypoint extraction: im (image matching), in (instance matching) or t (tracking); as the policy was trained"),
             DeclareLaunchArgument("segmenter", default_value="depth_colour",
                                   description="instance matching's segmentation backend (config/segmentation/<name>.yaml or a path)"),
             DeclareLaunchArgument("set", default_value="", description="node parameter overrides: 'node.param=value ...'"),

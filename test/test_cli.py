@@ -135,16 +135,18 @@ def test_keypoint_bench_and_calibration_on_simulated_frames(tmp_path):
 
 def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
     """`kil bench keypoints --episodes DIR` runs a recorded sim episode's frames in order
-    against the ground truth recorded beside them, with object permanence and without;
-    a directory without episodes is a one-line error."""
+    against the ground truth recorded beside them, with object permanence and without, by
+    image matching, instance matching and tracking; a directory without episodes is a
+    one-line error."""
     episodes = tmp_path / "demos"
     assert main(["record", "--rig", "sim", "--teleop", "expert", "--variation", "scene", "--episodes", "1", "--camera-rate", "10",
                  "--seed", "5", "--out", str(episodes)]) == 0
-    bench = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes))
+    bench = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes), "--extractions", "im,in,t")
     assert bench.returncode == 0, bench.stderr
     out = " ".join(bench.stdout.split())
-    assert "in order, object permanence" in out and "each frame on its own" in out
-    assert out.count("block/top_center") == 2 and "scene" in out and "recall" in out
+    assert "image matching (IM), in order, object permanence" in out and "image matching (IM), each frame on its own" in out
+    assert "instance matching (IN, depth_colour), in order" in out and "tracking (T, lucas_kanade from IM), in order" in out
+    assert out.count("block/top_center") == 4 and "scene" in out and "recall" in out
     (tmp_path / "empty").mkdir()
     empty = kil("bench", "keypoints", "--episodes", str(tmp_path / "empty"))
     assert empty.returncode != 0 and "--episodes: no episode_* directories" in empty.stderr

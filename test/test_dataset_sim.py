@@ -193,7 +193,8 @@ def test_spans_marked_not_to_imitate_are_left_out_of_training(recorded, tmp_path
 def test_instance_matching_builds_a_dataset_and_the_policy_runs_with_it(recorded, tmp_path):
     """--extraction in: the builder finds the keypoints inside the depth-and-colour
     segmenter's instances, the store and the trained policy say so, and the closed-loop
-    graph's keypoints node is set to instance matching with that segmenter."""
+    graph's keypoints node is set to instance matching with that segmenter; --extraction t
+    (Lucas-Kanade from image matching) agrees with image matching while the arm is away."""
     from kil.policy.configuration import load_run_config
     from kil.sim.rollouts import policy_graph
     from kil.training.policy import train
@@ -202,13 +203,17 @@ def test_instance_matching_builds_a_dataset_and_the_policy_runs_with_it(recorded
     shutil.copytree(recorded, episodes / "episode_0000")
     build_dataset(episodes, tmp_path / "im", BuildConfig(task="pick_place"))
     build_dataset(episodes, tmp_path / "in", BuildConfig(task="pick_place", extraction="in"))
-    im, inn = (Store.open(tmp_path / name) for name in ("im", "in"))
+    build_dataset(episodes, tmp_path / "t", BuildConfig(task="pick_place", extraction="t"))
+    im, inn, tracked = (Store.open(tmp_path / name) for name in ("im", "in", "t"))
     assert inn.attrs["extraction"] == "in" and inn.attrs["segmenter"] == "depth_colour" and im.attrs["extraction"] == "im"
-    a, b = im.read_episode("episode_0000"), inn.read_episode("episode_0000")
-    first = slice(0, 20)  # the arm away from the block: both find it
-    assert b.visible[first].mean() >= 0.9
-    both = a.visible[first] & b.visible[first]
-    assert np.nanmedian(np.linalg.norm(a.keypoints[first][both] - b.keypoints[first][both], axis=-1)) < 0.01
+    assert tracked.attrs["extraction"] == "t" and tracked.attrs["tracker"] == "lucas_kanade" and tracked.attrs["track_init"] == "im"
+    a = im.read_episode("episode_0000")
+    for other in (inn, tracked):
+        b = other.read_episode("episode_0000")
+        first = slice(0, 20)  # the arm away from the block: all find it
+        assert b.visible[first].mean() >= 0.9
+        both = a.visible[first] & b.visible[first]
+        assert np.nanmedian(np.linalg.norm(a.keypoints[first][both] - b.keypoints[first][both], axis=-1)) < 0.01
     config = tmp_path / "tiny.yaml"
     config.write_text("preset: cpu-small\ntraining: {steps: 1, batch_size: 4, checkpoint_every: 1}\n")
     train(load_run_config(config), tmp_path / "in", tmp_path / "run")

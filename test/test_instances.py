@@ -126,9 +126,15 @@ def test_an_instance_out_of_the_objects_reach_is_not_taken():
 
 
 def test_extraction_settings_are_checked():
-    assert extraction_config("im", "depth_colour") is None
-    assert extraction_config("in", "sam3") == InstanceConfig("sam3")
-    with pytest.raises(ValueError, match="extraction: expected one of im, in, got 't'"):
-        extraction_config("t", "depth_colour")
-    with pytest.raises(ValueError, match="similarity_vectors: not available with instance matching"):
+    from kil.perception.keypoints import TrackingConfig
+
+    assert extraction_config("im", "depth_colour") == (None, None)
+    assert extraction_config("in", "sam3") == (InstanceConfig("sam3"), None)
+    assert extraction_config("t", "sam3", "cotracker", "in") == (InstanceConfig("sam3"), TrackingConfig("cotracker"))
+    assert extraction_config("t") == (None, TrackingConfig("lucas_kanade"))
+    with pytest.raises(ValueError, match="extraction: expected one of im, in, t, got 'x'"):
+        extraction_config("x", "depth_colour")
+    with pytest.raises(ValueError, match="track_init: tracking starts from im or in, got 't'"):
+        extraction_config("t", track_init="t")
+    with pytest.raises(ValueError, match="similarity_vectors: not available with instance matching or tracking"):
         DetectorConfig(similarity_vectors=True, instances=InstanceConfig())

@@ -99,3 +99,53 @@ def test_cotracker_online_protocol(monkeypatch, tmp_path):
     late = answers[22]  # frame 23: point 1 invisible since frame 20, lost at its last tracked place (frame 19)
     assert late.tracked.tolist() == [True, False] and np.allclose(late.uv, points + [[23, 0], [38, 0]])
     assert answers[26].tracked.tolist() == [True, False]  # lost stays lost
+
+
+# ----------------------------------------------------------------------------- tracking in the detector
+
+
+class ScriptedTracker:
+    """A point tracker that moves its points by a scripted offset per step, losing the
+    points `lose` names; it records every start."""
+
+    lag_frames = 0
+
+    def __init__(self, offsets, lose=()):
+        self.offsets, self.lose, self.starts, self.k = list(offsets), set(lose), [], 0
+
+    def start(self, rgb, uv):
+        self.starts.append(np.array(uv, float))
+        self.uv = np.array(uv, float)
+
+    def step(self, rgb):
+        from kil.perception.trackers.base import TrackedPoints
+
+        self.uv = self.uv + self.offsets[self.k]
+        tracked = np.array([i not in self.lose or self.k < 2 for i in range(len(self.uv))])
+        self.k += 1
+        return TrackedPoints(self.uv.copy(), tracked)
+
+
+def test_tracked_keypoints_are_checked_and_found_again_by_matching():
+    """Extraction t: the first frame is matched and starts the tracker; tracked points that
+    still look like their references are kept without matching; a point the tracker loses
+    is found again by matching and the tracker starts again from there."""
+    from test_instances import centres, features, frame, references
+
+    from kil.perception.keypoints import DetectorConfig, KeypointDetector, TrackingConfig
+
+    refs, block, _ = references()
+    tracker = ScriptedTracker([[4, 0], [4, 0], [4, 0]], lose={2})
+    detector = KeypointDetector(refs, DetectorConfig(tracking=TrackingConfig()), tracker=tracker)
+    places = [(4, 4), (4, 5), (4, 6), (4, 7)]  # the block moves one cell (4 px) right per frame
+    out = [detector.detect([frame(0.1 * t)], features(block, [(np.array(p), 1.0)]))[0] for t, p in enumerate(places)]
+    assert all(o.visible.all() for o in out)
+    for o, place in zip(out, places):
+        assert np.abs(o.uv - centres(place)).max() <= 2
+    assert len(tracker.starts) == 2  # the first frame, and frame 3 where point 2 was lost and found again
+    assert np.abs(tracker.starts[1] - centres((4, 7))).max() <= 2
+
+    drifting = ScriptedTracker([[12, 0]] * 3)  # the tracker runs off the block: not alike any more, found again
+    detector = KeypointDetector(refs, DetectorConfig(tracking=TrackingConfig()), tracker=drifting)
+    out = [detector.detect([frame(0.1 * t)], features(block, [(np.array(p), 1.0)]))[0] for t, p in enumerate(places[:2])]
+    assert np.abs(out[1].uv - centres(places[1])).max() <= 2 and out[1].visible.all() and len(drifting.starts) == 2

@@ -208,17 +208,25 @@ LEGEND = ("px and mm over keypoints the truth sees and the detector reports visi
           "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
 
 
-def run_episodes(backend: str, episodes_dir: Path) -> int:
-    """Recorded episodes in order, with object permanence and with every frame on its own."""
+def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im",)) -> int:
+    """Recorded episodes in order, with object permanence and with every frame on its own
+    (image matching); `extractions` besides im: instance matching and tracking, in order
+    with object permanence, each as its keypoints node would run them."""
     from kil.perception.features.base import load_extractor
+    from kil.perception.keypoints import extraction_config
 
     episodes = sorted(p for p in Path(episodes_dir).glob("episode_*") if p.is_dir())
     if not episodes:
         raise ConfigError(f"--episodes: no episode_* directories in {episodes_dir}")
     console = Console(width=170)
     extractor = load_extractor(backend)
-    settings = {"in order, object permanence": DetectorConfig(),
-                "each frame on its own": DetectorConfig(permanence=PermanenceConfig(enabled=False))}
+    settings = {}
+    for extraction in extractions:
+        instances, tracking = extraction_config(extraction)
+        label = {"im": "image matching (IM)", "in": "instance matching (IN, depth_colour)", "t": "tracking (T, lucas_kanade from IM)"}[extraction]
+        settings[f"{label}, in order, object permanence"] = DetectorConfig(instances=instances, tracking=tracking)
+        if extraction == "im":
+            settings[f"{label}, each frame on its own"] = DetectorConfig(permanence=PermanenceConfig(enabled=False))
     with Progress(console=console) as progress:
         bar = progress.add_task("episodes", total=len(episodes))
         scored = observe_episodes(extractor, episodes, settings, lambda: progress.advance(bar))

@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kp.add_argument("--robot", default="panda")
     kp.add_argument("--episodes", metavar="DIR", help="instead: recorded sim episodes (kil record), every frame in order, "
                                                       "with object permanence and without (first backend only)")
+    kp.add_argument("--extractions", default="im", help="with --episodes: comma-separated extraction methods to compare "
+                                                        "(im image matching, in instance matching, t tracking; paper 001's Table II)")
     kp.set_defaults(run_suite=_keypoints)
 
     var = suites.add_parser("variations", help="paper 001's central result: keypoint policy vs RGB baseline on in / obj / scene")
@@ -123,7 +125,7 @@ def _keypoints(args: argparse.Namespace) -> int:
     from kil.bench import keypoints
 
     if args.episodes:
-        return keypoints.run_episodes(_split(args.backends)[0], Path(args.episodes))
+        return keypoints.run_episodes(_split(args.backends)[0], Path(args.episodes), _split(args.extractions))
     if args.frames < 1:
         raise ConfigError(f"--frames: must be >= 1, got {args.frames}")
     return keypoints.run(_split(args.backends), _split(args.tasks), _split(args.variations), args.frames, args.robot)

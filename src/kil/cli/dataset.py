@@ -17,9 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keypoints", default="image", choices=("image", "oracle"),
                         help="image: match the spec's reference keypoints (default); oracle: the sim's ground truth")
     parser.add_argument("--features", default="descriptor_net", help="feature backend config for image matching")
-    parser.add_argument("--extraction", default="im", choices=("im", "in"),
-                        help="im: image matching over the frame; in: instance matching inside the segmenter's masks")
+    parser.add_argument("--extraction", default="im", choices=("im", "in", "t"),
+                        help="im: image matching over the frame; in: instance matching inside the segmenter's masks; t: tracking")
     parser.add_argument("--segmenter", default="depth_colour", help="segmentation backend config for --extraction in")
+    parser.add_argument("--tracker", default="lucas_kanade", help="point tracker config for --extraction t")
+    parser.add_argument("--track-init", default="im", choices=("im", "in"), help="--extraction t: what finds the keypoints tracking starts from")
     parser.add_argument("--spec", default=None, help="keypoint spec (task name or path; default: the task's)")
     parser.add_argument("--rig", default=None,
                         help="rig whose topic names the recordings use (config/rigs/<rig>.yaml or a rig file; default: each episode's kil_episode.yaml)")
@@ -51,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"--images: expected HEIGHTxWIDTH, e.g. 96x128, got {args.images!r}") from None
     config = load_dataclass(BuildConfig, {
         "task": args.task, "keypoints": args.keypoints, "feature_model": args.features, "extraction": args.extraction, "segmenter": args.segmenter,
+        "tracker": args.tracker, "track_init": args.track_init,
         "spec": args.spec, "graph": args.graph,
         "rig": args.rig, "include_unsuccessful": args.include_unsuccessful,
         "rate_hz": args.rate, "horizon": args.horizon, "similarity_vectors": args.similarity, "cache": not args.no_cache,

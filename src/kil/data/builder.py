@@ -54,6 +54,8 @@ class BuildConfig:
     feature_model: str = "descriptor_net"  # config/features/<name>.yaml or a YAML path
     extraction: str = "im"  # im: image matching; in: instance matching inside `segmenter`'s masks
     segmenter: str = "depth_colour"  # config/segmentation/<name>.yaml or a YAML path (extraction in)
+    tracker: str = "lucas_kanade"  # config/trackers/<name>.yaml (extraction t)
+    track_init: str = "im"  # extraction t: im or in finds the keypoints tracking starts from
     spec: str | None = None  # keypoint spec (task name or path); default: the task's
     graph: str | None = None  # topics of the recording (a graph description); default: from the rig
     rig: str | None = None  # the rig whose topic names the recordings use; default: each episode's kil_episode.yaml
@@ -76,7 +78,7 @@ class BuildConfig:
         require(not (self.graph and self.rig), "graph", "give the recordings' topics by graph or by rig, not both")
         from kil.perception.keypoints import extraction_config
 
-        extraction_config(self.extraction, self.segmenter)
+        extraction_config(self.extraction, self.segmenter, self.tracker, self.track_init)
 
 
 @dataclass(frozen=True)
@@ -183,10 +185,15 @@ class KeypointSource:
 
             parts["backend"] = json.dumps(to_plain(backend_config), sort_keys=True)
             parts["detector"] = [DETECTION_VERSION, json.dumps(to_plain(self._detector_config()), sort_keys=True)]
-            if self.config.extraction == "in":  # the segmenter's settings decide the masks
+            detector = self._detector_config()
+            if detector.instances is not None:  # the segmenter's settings decide the masks
                 from kil.perception.segmentation.base import SEGMENTERS
 
-                parts["segmenter"] = json.dumps(to_plain(SEGMENTERS.load_config(self.config.segmenter)[1]), sort_keys=True)
+                parts["segmenter"] = json.dumps(to_plain(SEGMENTERS.load_config(detector.instances.segmenter)[1]), sort_keys=True)
+            if detector.tracking is not None:
+                from kil.perception.trackers.base import TRACKERS
+
+                parts["tracker"] = json.dumps(to_plain(TRACKERS.load_config(detector.tracking.tracker)[1]), sort_keys=True)
             weights = resolve_weights(backend_config.weights, source) if backend_config.weights else None
             if isinstance(weights, Path) and weights.is_file():
                 parts["weights"] = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -205,8 +212,9 @@ class KeypointSource:
     def _detector_config(self):
         from kil.perception.keypoints import DetectorConfig, extraction_config
 
-        return DetectorConfig(similarity_vectors=self.config.similarity_vectors,
-                              instances=extraction_config(self.config.extraction, self.config.segmenter))
+        c = self.config
+        instances, tracking = extraction_config(c.extraction, c.segmenter, c.tracker, c.track_init)
+        return DetectorConfig(similarity_vectors=c.similarity_vectors, instances=instances, tracking=tracking)
 
     def extract(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
         """keypoints (T, N, 3), visible (T, N), score (T, N) and optionally similarity (T, N, N)."""
@@ -337,6 +345,16 @@ def _cached(cache: Path | None, compute) -> dict[str, np.ndarray]:
     return arrays
 
 
+def extraction_attrs(config: BuildConfig) -> dict[str, str | None]:
+    """The store's record of how keypoints were extracted (what the live graph must repeat)."""
+    image = config.keypoints == "image"
+    return {
+        "segmenter": config.segmenter if image and (config.extraction == "in" or (config.extraction == "t" and config.track_init == "in")) else None,
+        "tracker": config.tracker if image and config.extraction == "t" else None,
+        "track_init": config.track_init if image and config.extraction == "t" else None,
+    }
+
+
 def resize_images(images: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """(T, h, w, 3) uint8 colour images resized (area filter) to size = (h, w); training and
     inference both go through here, so the policy sees the same pixels."""
@@ -424,7 +442,7 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
                 "keypoint_instance": source.layout.instance.tolist(), "keypoint_source": config.keypoints,
                 "feature_model": config.feature_model if config.keypoints == "image" else None,
                 "extraction": config.extraction if config.keypoints == "image" else None,
-                "segmenter": config.segmenter if config.keypoints == "image" and config.extraction == "in" else None,
+                **extraction_attrs(config),
                 "rate_hz": config.rate_hz, "horizon": config.horizon, "episodes": [],
                 "robot_type": (metadata.extra.get("robot") if metadata else None) or (metadata.rig if metadata else None) or config.rig,
             })

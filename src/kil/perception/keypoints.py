@@ -31,11 +31,12 @@ from kil.perception.lifting import lift
 from kil.perception.matching import Matcher, sample_descriptors
 from kil.perception.permanence import GripperState, ObjectPermanence, PermanenceConfig, Reach
 from kil.perception.segmentation.base import Segmenter, load_segmenter
+from kil.perception.trackers.base import PointTracker, load_tracker
 from kil.perception.spec import LoadedSpec
 from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
-EXTRACTIONS = ("im", "in")  # image matching over the whole frame; instance matching inside instance masks
+EXTRACTIONS = ("im", "in", "t")  # image matching over the frame; instance matching inside instance masks; tracking
 DETECTION_VERSION = 4  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
@@ -97,7 +98,8 @@ class DetectorConfig:
     candidates: places per keypoint the geometric verification may choose from (1: none);
     permanence: objects tracked across the frames of a stream; instances: instance
     matching (IN: the search restricted to instance masks, `kil.perception.instances`)
-    instead of image matching over the whole frame (None, IM)."""
+    instead of image matching over the whole frame (None, IM); tracking: keypoints
+    followed by a point tracker between detections (T)."""
 
     depth_radius: int = 3
     min_score: float | None = None
@@ -106,25 +108,46 @@ class DetectorConfig:
     geometry: GeometryConfig = GeometryConfig()
     permanence: PermanenceConfig = PermanenceConfig()
     instances: InstanceConfig | None = None
+    tracking: TrackingConfig | None = None
 
     def __post_init__(self) -> None:
-        require(self.instances is None or not self.similarity_vectors, "similarity_vectors",
-                "not available with instance matching (extraction: in) yet")
+        require((self.instances is None and self.tracking is None) or not self.similarity_vectors, "similarity_vectors",
+                "not available with instance matching or tracking (extraction: in, t) yet")
 
 
-def extraction_config(extraction: str, segmenter: str) -> InstanceConfig | None:
-    """DetectorConfig.instances for an `extraction` setting ("im": None; "in": instance
-    matching with the segmentation backend config `segmenter`)."""
+@dataclass(frozen=True)
+class TrackingConfig:
+    """tracker: the point tracker's config (config/trackers/); a tracked keypoint whose
+    descriptor similarity at its tracked pixel falls below the detector's min_score, or
+    that the tracker loses, is found again by matching (the detector's `instances`
+    setting: IM or IN, which also finds every keypoint on a stream's first frame) and the
+    tracker starts again from there."""
+
+    tracker: str = "lucas_kanade"
+
+    def __post_init__(self) -> None:
+        require(bool(self.tracker), "tracker", "name a point tracker config (e.g. lucas_kanade)")
+
+
+def extraction_config(extraction: str, segmenter: str = "depth_colour", tracker: str = "lucas_kanade",
+                      track_init: str = "im") -> tuple[InstanceConfig | None, TrackingConfig | None]:
+    """(DetectorConfig.instances, DetectorConfig.tracking) for an `extraction` setting: "im"
+    image matching; "in" instance matching with the segmentation backend `segmenter`; "t"
+    the point tracker `tracker`, started and re-detected by `track_init` (im or in)."""
     require(extraction in EXTRACTIONS, "extraction", f"expected one of {', '.join(EXTRACTIONS)}, got {extraction!r}")
-    return InstanceConfig(segmenter) if extraction == "in" else None
+    require(track_init in ("im", "in"), "track_init", f"tracking starts from im or in, got {track_init!r}")
+    if extraction == "t":
+        return (InstanceConfig(segmenter) if track_init == "in" else None), TrackingConfig(tracker)
+    return (InstanceConfig(segmenter) if extraction == "in" else None), None
 
 
 class KeypointDetector:
     """Finds the reference keypoints in frames, given their patch features."""
 
-    def __init__(self, references: ReferenceSet, config: DetectorConfig = DetectorConfig(), segmenter: Segmenter | None = None) -> None:
-        """`segmenter`: the instance segmenter for instance matching (default: the one
-        `config.instances` names, loaded here)."""
+    def __init__(self, references: ReferenceSet, config: DetectorConfig = DetectorConfig(), segmenter: Segmenter | None = None,
+                 tracker: PointTracker | None = None) -> None:
+        """`segmenter` / `tracker`: the instance segmenter and point tracker (default: the
+        ones `config.instances` and `config.tracking` name, loaded here)."""
         self.references = references
         self.config = config
         self.matcher = Matcher(references.descriptors)
@@ -139,10 +162,17 @@ class KeypointDetector:
             segmenter = segmenter or load_segmenter(config.instances.segmenter)
             slots = [Slot(members, int(references.category[members[0]])) for members in self._groups]
             self.instances = InstanceMatcher(segmenter, list(references.prompts), slots, config.instances)
+        self.tracker: PointTracker | None = None
+        if config.tracking is not None:
+            self.tracker = tracker or load_tracker(config.tracking.tracker)
+        self._tracking_since: int | None = None  # stamp of the frame the tracker last started on
+        self._last_stamp_ns: int | None = None
 
     def reset(self) -> None:
         """Forget where objects were (the next frame starts a new stream)."""
         self.permanence.reset()
+        self._tracking_since = None
+        self._last_stamp_ns: int | None = None
 
     @property
     def channels(self) -> int:
@@ -170,6 +200,51 @@ class KeypointDetector:
             verified[members] = picked >= 0
         rows = np.arange(N)
         return candidate_uv[rows, choice], candidate_score[rows, choice], verified
+
+    def _find(self, frame: RGBD, features: np.ndarray | torch.Tensor, size: tuple[int, int],
+              reaches: list[Reach | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(uv (N, 2), score (N,), verified (N,), valid (N,)) of one frame (features (1, C, h,
+        w)) by image or instance matching."""
+        one = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, np.float32)
+        finite = bool(np.isfinite(one).all())  # a frame with broken features is matched on zeros, not visible
+        if self.instances is None:
+            matches = self.matcher.match(one if finite else np.zeros_like(one), size, candidates=max(self.config.candidates, 1))
+            uv, score, verified = self._choose(matches.candidate_uv[0], matches.candidate_score[0], reaches)
+        else:
+            similarity = self.matcher.similarity(one if finite else np.zeros_like(one), size)[0]
+            uv, score, verified, _ = self.instances.choose(frame, similarity, reaches, self.min_score)
+        return uv, score, verified & finite, np.full(len(score), finite)
+
+    def _track(self, frame: RGBD, features: np.ndarray | torch.Tensor, size: tuple[int, int],
+               reaches: list[Reach | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Like `_find`, with the keypoints followed by the tracker: each frame the tracked
+        points are checked against their references (descriptor similarity at the tracked
+        pixel); those lost or no longer alike are found again by matching, and the tracker
+        restarts from the frame where any was found again."""
+        last, self._last_stamp_ns = self._last_stamp_ns, frame.stamp_ns
+        if last is not None and not 0 <= frame.stamp_ns - last <= self.config.permanence.max_gap_s * 1e9:
+            self._tracking_since = None  # a new stream
+        if self._tracking_since is None:
+            uv, score, verified, valid = self._find(frame, features, size, reaches)
+            self.tracker.start(frame.rgb, uv)
+            self._tracking_since = frame.stamp_ns
+            return uv, score, verified, valid
+        points = self.tracker.step(frame.rgb)
+        one = features[0].cpu() if isinstance(features, torch.Tensor) else features[0]
+        descriptors = sample_descriptors(one, points.uv, size).astype(np.float64)
+        descriptors /= np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
+        score = np.einsum("nc,nc->n", descriptors, self.matcher.references).astype(np.float32)
+        kept = points.tracked & (score >= self.min_score) & np.isfinite(score)
+        if kept.all():
+            return points.uv, score, kept, np.ones(len(score), bool)
+        uv_found, score_found, verified_found, valid = self._find(frame, features, size, reaches)
+        again = ~kept & verified_found
+        uv = np.where(kept[:, None], points.uv, uv_found)
+        score = np.where(kept, score, score_found)
+        if again.any():  # found again: track from here
+            self.tracker.start(frame.rgb, uv)
+            self._tracking_since = frame.stamp_ns
+        return uv, score, kept | again, valid
 
     def _within_reach(self, xyz: np.ndarray, visible: np.ndarray, reaches: list[Reach | None]) -> np.ndarray:
         """(N,) bool: False for every keypoint of an object whose lifted points lie farther
@@ -202,7 +277,7 @@ class KeypointDetector:
             raise ValueError(f"frames: one image size per batch, got {sorted(sizes)}")
         size = sizes.pop()
         matches = None
-        if self.instances is None:
+        if self.instances is None and self.tracker is None:  # image matching: every frame of the batch at once
             matches = self.matcher.match(features, size, similarity_vectors=self.config.similarity_vectors,
                                          candidates=max(self.config.candidates, 1))
         out = []
@@ -211,12 +286,10 @@ class KeypointDetector:
             if matches is not None:
                 uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b], reaches)
                 valid = matches.valid[b]
+            elif self.tracker is not None:
+                uv, score, verified, valid = self._track(frame, features[b:b + 1], size, reaches)
             else:
-                one = np.asarray(features[b:b + 1].cpu() if isinstance(features, torch.Tensor) else features[b:b + 1], np.float32)
-                finite = bool(np.isfinite(one).all())  # a frame with broken features is matched on zeros, not visible
-                similarity = self.matcher.similarity(one if finite else np.zeros_like(one), size)[0]
-                uv, score, verified, _ = self.instances.choose(frame, similarity, reaches, self.min_score)
-                valid = np.full(len(score), finite)
+                uv, score, verified, valid = self._find(frame, features[b:b + 1], size, reaches)
             xyz, has_depth = lift(uv, frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
             visible = has_depth & valid & (score >= self.min_score) & verified
             verified &= self._within_reach(xyz, visible, reaches)

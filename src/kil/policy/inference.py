@@ -45,6 +45,8 @@ class TrainedOn:
     spec: str | None = None  # the keypoint spec the dataset was built with
     extraction: str | None = None  # im or in (None: a dataset from before the choice, im)
     segmenter: str | None = None  # instance matching's segmentation backend config
+    tracker: str | None = None  # extraction t: the point tracker config
+    track_init: str | None = None  # extraction t: im or in
     base_frame: str = "base_link"
 
 

@@ -110,8 +110,7 @@ def trained_perception(policy_path: str | Path) -> tuple[str, str, dict[str, str
     policy's keypoints were extracted with."""
     trained_on = _meta(policy_path)["trained_on"]
     extraction = {"extraction": trained_on.get("extraction") or "im"}
-    if trained_on.get("segmenter"):
-        extraction["segmenter"] = trained_on["segmenter"]
+    extraction.update({key: trained_on[key] for key in ("segmenter", "tracker", "track_init") if trained_on.get(key)})
     return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"], extraction
 
 

@@ -38,6 +38,8 @@ class KeypointsConfig:
     similarity_vectors: bool = False
     extraction: str = "im"  # im: image matching over the frame; in: instance matching inside the segmenter's masks
     segmenter: str = "depth_colour"  # instance matching's segmentation backend config (config/segmentation/)
+    tracker: str = "lucas_kanade"  # extraction t: the point tracker (config/trackers/)
+    track_init: str = "im"  # extraction t: how keypoints are found to start (and restart) tracking: im or in
     candidates: int = 5  # places per keypoint its object's geometric verification chooses from (1: no verification)
     permanence: bool = True  # a hidden object stays where it was seen last instead of jumping to a look-alike
     object_speed: float = 0.1  # m/s: how fast an unseen object's possible place grows while where it was lies uncovered
@@ -50,7 +52,7 @@ class KeypointsConfig:
         require(self.min_score is None or -1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
         require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
         require(self.object_speed > 0, "object_speed", f"must be > 0 m/s, got {self.object_speed}")
-        extraction_config(self.extraction, self.segmenter)
+        extraction_config(self.extraction, self.segmenter, self.tracker, self.track_init)
 
 
 class KeypointsNode(Stage):
@@ -65,9 +67,10 @@ class KeypointsNode(Stage):
         references = reference_set(spec, extractor)
         del extractor  # only the features node keeps a model in memory
         permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed)
+        instances, tracking = extraction_config(config.extraction, config.segmenter, config.tracker, config.track_init)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
                                                                           config.candidates, permanence=permanence,
-                                                                          instances=extraction_config(config.extraction, config.segmenter)))
+                                                                          instances=instances, tracking=tracking))
         self._reported: set[str] = set()
         self._states: deque[RobotState] = deque(maxlen=STATE_HISTORY)  # the newest, in arrival order
 

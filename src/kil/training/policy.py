@@ -79,7 +79,8 @@ class Trainer:
             raise ConfigError(f"policy.image_size: {tuple(p.image_size)} but the store's images are {tuple(self.bank.images.shape[-3:-1])}")
         self.trained_on = TrainedOn(task=attrs["task"], keypoint_names=tuple(names), rate_hz=float(attrs["rate_hz"]),
                                     keypoint_source=attrs.get("keypoint_source", "image"), feature_model=attrs.get("feature_model"),
-                                    spec=attrs.get("spec"), extraction=attrs.get("extraction"), segmenter=attrs.get("segmenter"))
+                                    spec=attrs.get("spec"), extraction=attrs.get("extraction"), segmenter=attrs.get("segmenter"),
+                                    tracker=attrs.get("tracker"), track_init=attrs.get("track_init"))
         self.rank, self.world = _distributed()
         t = run.training
         # Every rank draws its own batches; rank r's stream is seeded (seed, r).
