@@ -42,7 +42,7 @@ def graph_actions(context) -> list:
     if graph == "live":
         if not arg("policy"):
             raise ConfigError("policy:=RUN is required (the run directory of a trained policy, kil train --out)")
-        overrides = merge_overrides(live_params(rig, arg("task"), arg("policy"), arg("extraction"), arg("segmenter")), overrides)
+        overrides = merge_overrides(live_params(rig, arg("task"), arg("policy"), arg("extraction")), overrides)
     return graph_launch_actions(graph, overrides, rig=rig.name, use_sim_time=use_sim_time(rig, arg("use_sim_time")), profile=arg("profile"))
 
 
@@ -54,10 +54,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("graph", default_value="live", description="graph description: a name under config/graphs/ or a YAML path"),
             DeclareLaunchArgument("task", default_value="pick_place", description="task: its reference keypoints (config/tasks/<task>/)"),
             DeclareLaunchArgument("policy", default_value="", description="run directory of the trained policy (kil train --out)"),
-            DeclareLaunchArgument("extraction", default_value="im", choices=EXTRACTIONS,
-                                  description="keypoint extraction: im (image matching), in (instance matching) or t (tracking); as the policy was trained"),
-            DeclareLaunchArgument("segmenter", default_value="depth_colour",
-                                  description="instance matching's segmentation backend (config/segmentation/<name>.yaml or a path)"),
+            DeclareLaunchArgument("extraction", default_value="", choices=["", *EXTRACTIONS],
+                                  description="keypoint extraction: im (image matching), in (instance matching) or t (tracking); "
+                                              "default: as the policy's dataset was built (with its segmenter and tracker), which a value must match"),
             DeclareLaunchArgument("set", default_value="", description="node parameter overrides: 'node.param=value ...'"),
             DeclareLaunchArgument("rviz", default_value="true", choices=["true", "false"], description="start RViz with config/rviz/kil.rviz"),
             OpaqueFunction(function=rig_actions),

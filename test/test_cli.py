@@ -172,19 +172,24 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
     args = ("bench", "variations", "--out", str(tmp_path), "--demos", "1", "--episodes", "1", "--variations", "in,scene",
             "--steps", "4", "--time-limit", "1", "--demo-miss-rate", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {kind: subprocess.Popen([sys.executable, "-m", "kil", *args, "--policies", kind], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env=env) for kind in ("keypoint", "rgb")}
+    procs = {kind: subprocess.Popen([sys.executable, "-m", "kil", *args, "--policies", policies], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env)
+             for kind, policies in (("keypoint", "keypoint"), ("rgb", "rgb,keypoint_t"))}
     outs = {}
     for kind, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=900)
         assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
         outs[kind] = " ".join(stdout.split())
     both = outs["keypoint"] + outs["rgb"]
-    assert both.count("$ kil sim demos") == 1 and both.count("$ kil build-dataset") == 1  # made once, waited for
+    assert both.count("$ kil sim demos") == 1 and both.count("$ kil build-dataset") == 2  # made once, waited for; and dataset_t
     assert "--miss-rate 1.0" in both and "samples of 1 marked not to imitate" in both  # the aimed-off pick is no label
     assert "kil train --config cpu-small" in outs["keypoint"] and "rgb-cpu-small" not in outs["keypoint"]
-    assert "kil train --config rgb-cpu-small" in outs["rgb"] and "--config cpu-small" not in outs["rgb"]
+    assert "kil train --config rgb-cpu-small" in outs["rgb"]
     from kil.data.store import Store
+
+    # Table II: a keypoint policy (cpu-small) on keypoints found by tracking, from its own dataset
+    assert "--extraction t" in outs["rgb"] and f"--config cpu-small --dataset {tmp_path / 'dataset_t'}" in outs["rgb"]
+    assert Store.open(tmp_path / "dataset_t").attrs["tracker"] == "lucas_kanade"
 
     store = Store.open(tmp_path / "dataset").require_complete()
     assert store.read_episode(store.episode_names[0]).rgb.shape[1:] == (72, 96, 3)  # the rgb-cpu-small input size
@@ -197,7 +202,8 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
     again_out = " ".join(again.stdout.split())
     assert "rgb policy: 1 closed-loop episodes to run (1 done before)" in again_out and "keypoint policy:" not in again_out
     assert len(log.read_text().splitlines()) == 2 and all(json.loads(line)["seed"] for line in log.read_text().splitlines())
-    table = again.stdout[again.stdout.index("keypoint policy success"):]
-    assert "rgb policy success" in table and "│ in " in table and "│ scene " in table
-    assert table.count("/1 = ") == 4 and "so far" not in table and "(colour images)" in table
+    table = again.stdout[again.stdout.index("keypoint success"):]
+    assert "rgb success" in table and "keypoint T success" in table and "│ in " in table and "│ scene " in table
+    assert "keypoint IN" not in table  # neither trained nor logged: no column
+    assert table.count("/1 = ") == 6 and "so far" not in table and "(colour images)" in table
     assert "100% of first picks aimed off, then recovered" in again_out

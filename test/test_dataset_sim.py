@@ -219,6 +219,12 @@ def test_instance_matching_builds_a_dataset_and_the_policy_runs_with_it(recorded
     train(load_run_config(config), tmp_path / "in", tmp_path / "run")
     keypoints = policy_graph(tmp_path / "run", "pick_place", "panda", "in", 5).nodes["keypoints"].config
     assert keypoints.extraction == "in" and keypoints.segmenter == "depth_colour"
+    from kil.rigs import live_params, load_rig
+
+    live = live_params(load_rig("sim"), "pick_place", str(tmp_path / "run"))["keypoints"]  # what bringup.launch.py sets
+    assert live["extraction"] == "in" and live["segmenter"] == "depth_colour"
+    with pytest.raises(ConfigError, match="extraction:=im but the policy .* was trained on keypoints extracted by in"):
+        live_params(load_rig("sim"), "pick_place", str(tmp_path / "run"), "im")
 
 
 def test_proposed_keypoints_lie_on_the_object_pointed_at(recorded, tmp_path):

@@ -138,3 +138,13 @@ def test_extraction_settings_are_checked():
         extraction_config("t", track_init="t")
     with pytest.raises(ValueError, match="similarity_vectors: not available with instance matching or tracking"):
         DetectorConfig(similarity_vectors=True, instances=InstanceConfig())
+
+
+def test_two_objects_never_take_the_same_object_twice():
+    """Point prompts on one block give two near-identical masks: one object takes it, the
+    other is not visible."""
+    refs, block, _ = references(slots=2)
+    feats = features(block, [(np.array([4, 4]), 1.0)])
+    twice = Masks([((4, 4), 0), ((4, 4), 0)])
+    out = KeypointDetector(refs, DetectorConfig(instances=InstanceConfig()), twice).detect([frame()], feats)[0]
+    assert out.visible[:4].all() != out.visible[4:].all() and out.visible.sum() == 4

@@ -226,3 +226,8 @@ def test_sam3_text_prompts_find_instances_per_category(tmp_path):
     assert np.allclose(found.score[queries:], expected, atol=1e-5)
     kept = segmenter.segment(frame, [Prompt(text="block")])
     assert len(kept) <= queries and np.all(np.diff(kept.score) <= 0)
+
+
+def test_a_frame_with_nothing_on_the_table_has_no_instances():
+    found = load_segmenter("depth_colour").segment(_frame(np.random.default_rng(4)), [])  # one flat surface
+    assert len(found) == 0 and found.masks.shape == (0, H, W)

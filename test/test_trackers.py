@@ -149,3 +149,19 @@ def test_tracked_keypoints_are_checked_and_found_again_by_matching():
     detector = KeypointDetector(refs, DetectorConfig(tracking=TrackingConfig()), tracker=drifting)
     out = [detector.detect([frame(0.1 * t)], features(block, [(np.array(p), 1.0)]))[0] for t, p in enumerate(places[:2])]
     assert np.abs(out[1].uv - centres(places[1])).max() <= 2 and out[1].visible.all() and len(drifting.starts) == 2
+
+
+def test_an_object_not_found_when_tracking_starts_is_not_tracked_into_view():
+    """block[1] has no instance on the first frame: its best match (on block[0]) is not
+    trusted, so tracking never makes it visible there."""
+    from test_instances import Masks, features, frame, references
+
+    from kil.perception.instances import InstanceConfig
+    from kil.perception.keypoints import DetectorConfig, KeypointDetector, TrackingConfig
+
+    refs, block, _ = references(slots=2)
+    tracker = ScriptedTracker([[0, 0]] * 3)
+    detector = KeypointDetector(refs, DetectorConfig(instances=InstanceConfig(), tracking=TrackingConfig()), Masks([((4, 4), 0)]), tracker)
+    out = [detector.detect([frame(0.1 * t)], features(block, [(np.array([4, 4]), 1.0)]))[0] for t in range(3)]
+    for o in out:
+        assert o.visible.sum() == 4 and (o.visible[:4].all() or o.visible[4:].all())

@@ -91,12 +91,22 @@ def graph_topics(rig: RigConfig) -> dict[str, dict]:
     }
 
 
-def live_params(rig: RigConfig, task: str, policy: str, extraction: str = "im", segmenter: str = "depth_colour") -> dict[str, dict]:
-    """Node parameters of the live graph for a rig, task and trained policy; `extraction`:
-    im (image matching) or in (instance matching inside `segmenter`'s masks)."""
+def live_params(rig: RigConfig, task: str, policy: str, extraction: str = "") -> dict[str, dict]:
+    """Node parameters of the live graph for a rig, task and trained policy. The keypoints
+    are extracted as the policy's dataset was (im, in or t with its segmenter and tracker,
+    from the policy's checkpoint; im for a policy not there yet); `extraction` given must
+    agree with it."""
+    settings = {"extraction": "im"}
+    if Path(policy).exists():
+        from kil.policy.inference import trained_perception
+
+        settings = trained_perception(policy)[2]
+    if extraction and extraction != settings["extraction"]:
+        raise ConfigError(f"extraction:={extraction} but the policy {policy} was trained on keypoints extracted by "
+                          f"{settings['extraction']} (leave extraction unset to follow it)")
     return {
         "features": {"model": rig.feature_model},
-        "keypoints": {"spec": task, "model": rig.feature_model, "extraction": extraction, "segmenter": segmenter},
+        "keypoints": {"spec": task, "model": rig.feature_model, **settings},
         "policy": {"policy": policy},
         "interpolator": {"max_speed": rig.safety.max_speed, "max_angular_speed": rig.safety.max_angular_speed},
         "safety": {"rig": rig.name},

@@ -1,7 +1,8 @@
 """Paper 001's central result on the simulated rig: a keypoint policy and the RGB diffusion
 policy baseline, trained on the same in-distribution demonstrations for the same number of
 steps, evaluated closed loop on in / obj / scene, side by side with Clopper-Pearson 95%
-intervals.
+intervals. With `policies` keypoint_in and keypoint_t, also keypoint policies whose
+keypoints come from instance matching and tracking (paper 001's Table II).
 
 The stages run as the `kil` commands a user would run (scripted demonstrations, one
 dataset holding keypoints and colour frames, two trainings, closed-loop episodes through
@@ -25,7 +26,10 @@ from rich.table import Table
 
 from kil.config import require
 
-POLICIES = ("keypoint", "rgb")
+POLICIES = ("keypoint", "rgb", "keypoint_in", "keypoint_t")
+# how each policy's keypoints are extracted (paper 001's Table II: image matching, instance matching, tracking)
+EXTRACTION = {"keypoint": "im", "rgb": "im", "keypoint_in": "in", "keypoint_t": "t"}
+LABELS = {"keypoint": "keypoint", "rgb": "rgb", "keypoint_in": "keypoint IN", "keypoint_t": "keypoint T"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,9 @@ class VariationsConfig:
     time_limit_s: float | None = None  # of each closed-loop episode (None: the task's)
     # The policies this process trains and evaluates; the table also shows the others' logged
     # episodes, so two processes (one per policy, one thread each) can share a 2-core machine.
-    policies: tuple[str, ...] = POLICIES
+    # keypoint_in / keypoint_t: keypoint policies on datasets extracted by instance matching
+    # (depth_colour) and tracking (Lucas-Kanade from image matching), for Table II.
+    policies: tuple[str, ...] = ("keypoint", "rgb")
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.policies) - set(POLICIES))
@@ -99,25 +105,30 @@ def run(config: VariationsConfig, out: str | Path) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    demos, dataset = out / "demos", out / "dataset"
+    demos = out / "demos"
+    datasets = {kind: out / ("dataset" if EXTRACTION[kind] == "im" else f"dataset_{EXTRACTION[kind]}") for kind in POLICIES}
     with _exclusive(out / ".shared_stages.lock"):  # a second process (--policies) waits for these, then reuses them
-        _prepare(console, config, demos, dataset)
-    runs = {"keypoint": out / "policy_keypoint", "rgb": out / "policy_rgb"}
-    presets = {"keypoint": config.keypoint_preset, "rgb": config.rgb_preset}
+        _prepare(console, config, demos, datasets["keypoint"])
+        for kind in config.policies:
+            if EXTRACTION[kind] != "im":
+                _build(console, config, demos, datasets[kind], "--extraction", EXTRACTION[kind])
+    runs = {kind: out / f"policy_{kind}" for kind in POLICIES}
     for kind in config.policies:
-        steps = config.steps or load_run_config(presets[kind]).training.steps
+        preset = config.rgb_preset if kind == "rgb" else config.keypoint_preset
+        steps = config.steps or load_run_config(preset).training.steps
         done = _trained_steps(runs[kind])
         if done is None:
             if runs[kind].exists():
                 raise SystemExit(f"{runs[kind]}: a run without a checkpoint; remove it and run again")
-            _kil(console, "train", "--config", presets[kind], "--dataset", str(dataset), "--out", str(runs[kind]), "--steps", str(steps))
+            _kil(console, "train", "--config", preset, "--dataset", str(datasets[kind]), "--out", str(runs[kind]), "--steps", str(steps))
         elif done < steps:
             _kil(console, "train", "--resume", str(runs[kind]), "--steps", str(steps))
     logs = {kind: out / f"episodes_{kind}.jsonl" for kind in POLICIES}
     results = {kind: _evaluate(console, runs[kind], kind, config, logs[kind]) if kind in config.policies else _logged(logs[kind], config)
                for kind in POLICIES}
-    facts = {kind: training_facts(runs[kind]) for kind in POLICIES if _trained_steps(runs[kind]) is not None}
-    console.print(comparison(results, config, facts))
+    shown = [kind for kind in POLICIES if kind in ("keypoint", "rgb") or kind in config.policies or logs[kind].is_file()]
+    facts = {kind: training_facts(runs[kind]) for kind in shown if _trained_steps(runs[kind]) is not None}
+    console.print(comparison({kind: results[kind] for kind in shown}, config, facts))
     return 0
 
 
@@ -131,10 +142,15 @@ def _prepare(console: Console, config: VariationsConfig, demos: Path, dataset: P
         _kil(console, "sim", "demos", "--task", config.task, "--robot", config.robot, "--variation", "in",
              "--episodes", str(config.demos), "--seed", str(config.demo_seed), "--miss-rate", str(config.demo_miss_rate), "--out", str(demos))
     rgb_size = load_run_config(config.rgb_preset).policy.image_size
+    _build(console, config, demos, dataset, "--images", f"{rgb_size[0]}x{rgb_size[1]}")
+
+
+def _build(console: Console, config: VariationsConfig, demos: Path, dataset: Path, *options: str) -> None:
+    """Build `dataset` from the demonstrations unless it is complete already."""
     if not _built(dataset):
         if dataset.exists():
             raise SystemExit(f"{dataset}: an interrupted build; remove it and run again")
-        _kil(console, "build-dataset", str(demos), "--task", config.task, "--out", str(dataset), "--images", f"{rgb_size[0]}x{rgb_size[1]}")
+        _kil(console, "build-dataset", str(demos), "--task", config.task, "--out", str(dataset), *options)
 
 
 @contextlib.contextmanager
@@ -194,21 +210,22 @@ def _evaluate(console: Console, policy: Path, kind: str, config: VariationsConfi
 
 
 def comparison(results: dict[str, dict[str, list[dict]]], config: VariationsConfig, facts: dict[str, str]) -> Table:
-    """The side-by-side table: per variation, each policy's successes with their interval."""
+    """The side-by-side table: per variation, each policy's (`results`' keys, in order)
+    successes with their interval."""
     from kil.bench.stats import clopper_pearson
 
     recovery = f" ({config.demo_miss_rate:.0%} of first picks aimed off, then recovered)" if config.demo_miss_rate else ""
     table = Table(title=f"{config.task} on the {config.robot}: trained on {config.demos} `in` demonstrations{recovery}, "
-                        f"{config.episodes} closed-loop episodes per variation (seed {config.eval_seed})",
-                  caption="; ".join(f"{kind}: {fact}" for kind, fact in facts.items()))
-    table.add_column("variation")
-    for kind in POLICIES:
-        table.add_column(f"{kind} policy success")
-        table.add_column("95% CI (Clopper-Pearson)")
+                        f"{config.episodes} closed-loop episodes per variation (seed {config.eval_seed}); Clopper-Pearson intervals",
+                  caption="; ".join(f"{LABELS[kind]}: {fact}" for kind, fact in facts.items()))
+    table.add_column("variation", no_wrap=True)
+    for kind in results:
+        table.add_column(f"{LABELS[kind]} success", no_wrap=True)
+        table.add_column("95% CI", no_wrap=True)
     for variation in config.variations:
         row = [variation]
-        for kind in POLICIES:
-            runs = results.get(kind, {}).get(variation, [])
+        for kind in results:
+            runs = results[kind].get(variation, [])
             wins, n = sum(r["success"] for r in runs), len(runs)
             lo, hi = clopper_pearson(wins, n) if n else (0.0, 1.0)
             row += [f"{wins}/{n} = {wins / max(n, 1):.0%}" + ("" if n == config.episodes else " (so far)"), f"[{lo:.0%}, {hi:.0%}]"]

@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     var.add_argument("--steps", type=int, default=0, help="training steps of both policies (default: the presets')")
     var.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds per closed-loop episode (default: the task's)")
     var.add_argument("--policies", default="keypoint,rgb",
-                     help="policies this process trains and evaluates (e.g. one process per policy with OMP_NUM_THREADS=1)")
+                     help="policies this process trains and evaluates (e.g. one process per policy with OMP_NUM_THREADS=1): "
+                          "keypoint, rgb, and for paper 001's Table II keypoint_in (instance matching), keypoint_t (tracking)")
     var.set_defaults(run_suite=_variations)
 
     pol = suites.add_parser("policy", help="closed-loop success of a trained policy in the sim")
@@ -125,6 +126,11 @@ def _keypoints(args: argparse.Namespace) -> int:
     from kil.bench import keypoints
 
     if args.episodes:
+        from kil.perception.keypoints import EXTRACTIONS
+
+        unknown = sorted(set(_split(args.extractions)) - set(EXTRACTIONS))
+        if unknown:
+            raise ConfigError(f"--extractions: unknown {', '.join(unknown)} (choose from {', '.join(EXTRACTIONS)})")
         return keypoints.run_episodes(_split(args.backends)[0], Path(args.episodes), _split(args.extractions))
     if args.frames < 1:
         raise ConfigError(f"--frames: must be >= 1, got {args.frames}")

@@ -214,7 +214,13 @@ def _propose(args: argparse.Namespace) -> int:
     from kil.perception.spec import SPEC_FILE, Category, KeypointSpec, Reference, save_spec
 
     objects = _object_arguments(args.object)
-    config = ProposalConfig(count=args.count, candidates=max(args.candidates, args.count))
+    names = [name for name, _ in objects]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--object: one object per category name, got {names} (several instances: propose one, annotate the rest)")
+    try:
+        config = ProposalConfig(count=args.count, candidates=max(args.candidates, args.count))
+    except ValueError as err:
+        raise ConfigError(f"--{str(err).split(':')[0]}: {str(err).split(': ', 1)[1]}") from None
     if args.method == "fps" and not args.demos:
         raise ConfigError("--demos: the fps method keeps candidates found consistently across demonstrations; name their directory")
     out = Path(args.out)
@@ -240,10 +246,13 @@ def _propose(args: argparse.Namespace) -> int:
         mask = object_mask(instances.of(p), at)
         if mask is None:
             raise ConfigError(f"--object {name}={at[0]:g},{at[1]:g}: no instance of {args.segmenter} covers that pixel of frame {index}")
+        try:
+            found = kmeans_keypoints(features, mask, config) if args.method == "kmeans" else consistent_candidates(frame, features, mask, demos, config)
+        except ValueError as err:
+            raise ConfigError(f"--object {name}: {err}") from None
         if args.method == "kmeans":
-            uv = kmeans_keypoints(features, mask, config)
+            uv = np.unique(found, axis=0)  # clusters that collapsed onto one pixel count once
         else:
-            found = consistent_candidates(frame, features, mask, demos, config)
             console.print(f"{name}: {int(found.kept.sum())} of {len(found.uv)} farthest points found in >= {config.consistency:.0%} "
                           f"of {len(demos)} demonstrations (shares: {' '.join(f'{s:.2f}' for s in found.share)})")
             if not found.kept.any():

@@ -79,6 +79,8 @@ class BuildConfig:
         from kil.perception.keypoints import extraction_config
 
         extraction_config(self.extraction, self.segmenter, self.tracker, self.track_init)
+        require(self.extraction == "im" or not self.similarity_vectors, "similarity_vectors",
+                f"not available with extraction {self.extraction} yet (image matching only)")
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,9 @@ class KeypointSource:
             from kil.perception.keypoints import DETECTION_VERSION
 
             parts["backend"] = json.dumps(to_plain(backend_config), sort_keys=True)
-            parts["detector"] = [DETECTION_VERSION, json.dumps(to_plain(self._detector_config()), sort_keys=True)]
             detector = self._detector_config()
+            settings = {k: v for k, v in to_plain(detector).items() if not (k in ("instances", "tracking") and v is None)}
+            parts["detector"] = [DETECTION_VERSION, json.dumps(settings, sort_keys=True)]  # image matching's key as before IN and T
             if detector.instances is not None:  # the segmenter's settings decide the masks
                 from kil.perception.segmentation.base import SEGMENTERS
 
@@ -193,7 +196,11 @@ class KeypointSource:
             if detector.tracking is not None:
                 from kil.perception.trackers.base import TRACKERS
 
-                parts["tracker"] = json.dumps(to_plain(TRACKERS.load_config(detector.tracking.tracker)[1]), sort_keys=True)
+                _, tracker_config, tracker_source = TRACKERS.load_config(detector.tracking.tracker)
+                parts["tracker"] = json.dumps(to_plain(tracker_config), sort_keys=True)
+                tracker_weights = resolve_weights(tracker_config.weights, tracker_source) if tracker_config.weights else None
+                if isinstance(tracker_weights, Path) and tracker_weights.is_file():
+                    parts["tracker_weights"] = hashlib.sha256(tracker_weights.read_bytes()).hexdigest()
             weights = resolve_weights(backend_config.weights, source) if backend_config.weights else None
             if isinstance(weights, Path) and weights.is_file():
                 parts["weights"] = hashlib.sha256(weights.read_bytes()).hexdigest()

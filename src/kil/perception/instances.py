@@ -74,7 +74,7 @@ class InstanceMatcher:
         keypoint at every pixel; `reaches`: per slot, where its object can be (None: anywhere)."""
         N, H, W = similarity.shape
         flat = similarity.reshape(N, -1)
-        instances = self.segmenter.segment(frame, self._prompts(flat, W))
+        instances = distinct(self.segmenter.segment(frame, self._prompts(flat, W)))
         best = flat.argmax(1)  # a slot without an instance reports its best pixel anywhere, not visible
         uv = np.stack([best % W, best // W], 1).astype(np.float64)
         score = flat[np.arange(N), best].astype(np.float32)
@@ -101,6 +101,24 @@ class InstanceMatcher:
             score[members] = values
             taken[members] = True
         return uv, score, taken, instances
+
+
+DUPLICATE_IOU = 0.8  # instances overlapping this much are one object (two point prompts on the same block)
+
+
+def distinct(instances: Instances, iou: float = DUPLICATE_IOU) -> Instances:
+    """`instances` without those overlapping a better one by more than `iou` (intersection
+    over union), so that two objects of a category never take the same object twice."""
+    if len(instances) < 2:
+        return instances
+    flat = instances.masks.reshape(len(instances), -1)
+    area = flat.sum(1)
+    keep: list[int] = []
+    for k in range(len(instances)):  # best first
+        overlap = [(flat[k] & flat[j]).sum() / max(area[k] + area[j] - (flat[k] & flat[j]).sum(), 1) for j in keep]
+        if all(o <= iou for o in overlap):
+            keep.append(k)
+    return Instances(instances.masks[keep], instances.score[keep], instances.prompt[keep])
 
 
 def _within(reach: Reach | None, where: np.ndarray, width: int) -> bool:

@@ -1,6 +1,5 @@
-"""Keypoint extraction by image matching: reference descriptors from the annotated reference
-images, matched in each frame's features, verified against each other, lifted to the base
-frame with depth.
+"""Keypoint extraction: reference descriptors from the annotated reference images, matched in
+each frame's features, verified against each other, lifted to the base frame with depth.
 
 A keypoint is visible only when (1) its best match scores at least `min_score` (by default
 the threshold calibrated for the feature model, `kil keypoints calibrate`), (2) it sits
@@ -10,6 +9,11 @@ candidate that agrees, or none), (3) its object can have got there since it was 
 (`kil.perception.permanence`: a hidden block does not jump to a look-alike beside it), and
 (4) depth has a surface there. Otherwise it is reported `visible=false` at its best match,
 never placed elsewhere.
+
+That is image matching (IM). Instance matching (IN, `kil.perception.instances`) replaces
+(2) by the object's instance mask: its keypoints are searched only inside it. Tracking (T)
+follows keypoints found by IM or IN with a point tracker, and replaces (2) by the check
+that a tracked point, found when tracking started, still looks like its reference.
 
 Shared by the keypoints node (one frame at a time) and the dataset builder (an episode's
 frames in order, in batches). The detector remembers the objects of the stream it is fed:
@@ -217,34 +221,40 @@ class KeypointDetector:
 
     def _track(self, frame: RGBD, features: np.ndarray | torch.Tensor, size: tuple[int, int],
                reaches: list[Reach | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Like `_find`, with the keypoints followed by the tracker: each frame the tracked
-        points are checked against their references (descriptor similarity at the tracked
-        pixel); those lost or no longer alike are found again by matching, and the tracker
-        restarts from the frame where any was found again."""
+        """Like `_find`, with the keypoints followed by the tracker. Only keypoints found
+        (verified, scoring min_score) when the tracker started are trusted; each frame a
+        trusted point must still look like its reference (descriptor similarity at the
+        tracked pixel). Points lost, untrusted or no longer alike are found again by
+        matching, and the tracker starts again from the frame where any was found again
+        (a lagging tracker, like CoTracker online, only once it keeps none: restarting it
+        would throw its window away)."""
         last, self._last_stamp_ns = self._last_stamp_ns, frame.stamp_ns
         if last is not None and not 0 <= frame.stamp_ns - last <= self.config.permanence.max_gap_s * 1e9:
             self._tracking_since = None  # a new stream
         if self._tracking_since is None:
             uv, score, verified, valid = self._find(frame, features, size, reaches)
-            self.tracker.start(frame.rgb, uv)
-            self._tracking_since = frame.stamp_ns
+            self._start_tracking(frame, uv, verified & valid & (score >= self.min_score))
             return uv, score, verified, valid
         points = self.tracker.step(frame.rgb)
         one = features[0].cpu() if isinstance(features, torch.Tensor) else features[0]
         descriptors = sample_descriptors(one, points.uv, size).astype(np.float64)
         descriptors /= np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
         score = np.einsum("nc,nc->n", descriptors, self.matcher.references).astype(np.float32)
-        kept = points.tracked & (score >= self.min_score) & np.isfinite(score)
+        kept = points.tracked & self._trusted & np.isfinite(score) & (score >= self.min_score)
         if kept.all():
             return points.uv, score, kept, np.ones(len(score), bool)
         uv_found, score_found, verified_found, valid = self._find(frame, features, size, reaches)
-        again = ~kept & verified_found
+        again = ~kept & verified_found & valid & (score_found >= self.min_score)
         uv = np.where(kept[:, None], points.uv, uv_found)
         score = np.where(kept, score, score_found)
-        if again.any():  # found again: track from here
-            self.tracker.start(frame.rgb, uv)
-            self._tracking_since = frame.stamp_ns
+        if again.any() and (self.tracker.lag_frames == 0 or not kept.any()):
+            self._start_tracking(frame, uv, kept | again)
         return uv, score, kept | again, valid
+
+    def _start_tracking(self, frame: RGBD, uv: np.ndarray, trusted: np.ndarray) -> None:
+        self.tracker.start(frame.rgb, uv)
+        self._trusted = trusted.copy()
+        self._tracking_since = frame.stamp_ns
 
     def _within_reach(self, xyz: np.ndarray, visible: np.ndarray, reaches: list[Reach | None]) -> np.ndarray:
         """(N,) bool: False for every keypoint of an object whose lifted points lie farther

@@ -43,7 +43,7 @@ class TrainedOn:
     keypoint_source: str = "image"
     feature_model: str | None = None
     spec: str | None = None  # the keypoint spec the dataset was built with
-    extraction: str | None = None  # im or in (None: a dataset from before the choice, im)
+    extraction: str | None = None  # im, in or t (None: a dataset from before the choice, im)
     segmenter: str | None = None  # instance matching's segmentation backend config
     tracker: str | None = None  # extraction t: the point tracker config
     track_init: str | None = None  # extraction t: im or in
@@ -77,6 +77,15 @@ def checkpoint_dir(path: str | Path) -> Path:
     if latest.is_file():
         return path / latest.read_text().strip()
     raise ConfigError(f"--policy: {path} is neither a checkpoint ({WEIGHTS_FILE}) nor a run directory with one ({LATEST_FILE})")
+
+
+def trained_perception(policy_path: str | Path) -> tuple[str, str, dict[str, str]]:
+    """(feature backend, keypoint spec, the keypoints node's extraction settings) the
+    policy's keypoints were extracted with, from its checkpoint's policy.yaml."""
+    trained_on = load_yaml(checkpoint_dir(policy_path) / POLICY_FILE)["trained_on"]
+    extraction = {"extraction": trained_on.get("extraction") or "im"}
+    extraction.update({key: trained_on[key] for key in ("segmenter", "tracker", "track_init") if trained_on.get(key)})
+    return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"], extraction
 
 
 class Policy:

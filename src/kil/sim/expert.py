@@ -207,6 +207,12 @@ class ScriptedExpert:
         self.segments = plan
         self.stage += 1
 
+    def misses_until(self, t: float) -> list[tuple[float, float]]:
+        """The deliberate misses' [start, end) spans (s of expert time), one still under way
+        closed at `t` (the episode stopped during it)."""
+        open_span = [(self._miss_from, max(t, self._miss_from) + 1e-9)] if self._miss_from is not None else []
+        return [*self.deliberate_misses, *open_span]
+
     def lifted(self, T_obj: np.ndarray) -> bool:
         """Whether the last pick raised the object (pose (4, 4), base frame) off the table."""
         return self.picked_from_z is None or float(T_obj[2, 3]) - self.picked_from_z >= self.config.lift_check_m

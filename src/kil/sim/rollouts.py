@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kil.graph import GraphSpec, load_graph
 from kil.paths import graph_path
+from kil.policy.inference import trained_perception  # noqa: F401 - the sim's callers take it from here too
 from kil.sim.demos import EpisodeResult, run_episode
 
 POLICY_GRAPHS = {"keypoint": "sim_policy", "rgb": "sim_policy_rgb"}  # by the policy's kind
@@ -103,15 +104,6 @@ def _meta(policy_path: str | Path) -> dict:
 
 def trained_task(policy_path: str | Path) -> str:
     return _meta(policy_path)["trained_on"]["task"]
-
-
-def trained_perception(policy_path: str | Path) -> tuple[str, str, dict[str, str]]:
-    """(feature backend, keypoint spec, the keypoints node's extraction settings) the
-    policy's keypoints were extracted with."""
-    trained_on = _meta(policy_path)["trained_on"]
-    extraction = {"extraction": trained_on.get("extraction") or "im"}
-    extraction.update({key: trained_on[key] for key in ("segmenter", "tracker", "track_init") if trained_on.get(key)})
-    return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"], extraction
 
 
 def training_facts(policy_path: str | Path) -> str:

@@ -53,6 +53,8 @@ class KeypointsConfig:
         require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
         require(self.object_speed > 0, "object_speed", f"must be > 0 m/s, got {self.object_speed}")
         extraction_config(self.extraction, self.segmenter, self.tracker, self.track_init)
+        require(self.extraction == "im" or not self.similarity_vectors, "similarity_vectors",
+                f"not available with extraction {self.extraction} yet (image matching only)")
 
 
 class KeypointsNode(Stage):
@@ -65,7 +67,7 @@ class KeypointsNode(Stage):
         spec = load_spec(config.spec)
         extractor = load_extractor(config.model, {"device": config.device})
         references = reference_set(spec, extractor)
-        del extractor  # only the features node keeps a model in memory
+        del extractor  # the features node keeps the feature model (this node: a segmenter or tracker, if any)
         permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed)
         instances, tracking = extraction_config(config.extraction, config.segmenter, config.tracker, config.track_init)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,

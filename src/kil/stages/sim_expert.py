@@ -51,6 +51,7 @@ class SimExpert(Stage):
         self.state: RobotState | None = None
         self.planner: ScriptedExpert | None = None
         self.t0_ns: int | None = None
+        self.last_tick_ns: int | None = None
         self.done = False
 
     @property
@@ -59,7 +60,8 @@ class SimExpert(Stage):
         action labels in them are the demonstrator's injected error, not the task."""
         if self.planner is None or self.t0_ns is None:
             return []
-        return [(self.t0_ns + int(round(a * 1e9)), self.t0_ns + int(round(b * 1e9))) for a, b in self.planner.deliberate_misses]
+        spans = self.planner.misses_until(((self.last_tick_ns or self.t0_ns) - self.t0_ns) / 1e9)
+        return [(self.t0_ns + int(round(a * 1e9)), self.t0_ns + int(round(b * 1e9))) for a, b in spans]
 
     @subscribe(state=RobotState)
     def on_state(self, state: RobotState) -> None:
@@ -92,6 +94,7 @@ class SimExpert(Stage):
         except TransformError:
             return  # the rig has not published its first frame yet
         t = (now - self.t0_ns) / 1e9
+        self.last_tick_ns = now
         ee_now = pose_to_matrix(self.state.position, self.state.orientation)
         self.planner.update(t, ee_now, objects)
         if self.planner.finished(t):

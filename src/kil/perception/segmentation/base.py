@@ -118,8 +118,10 @@ class Segmenter(WeightedBackend):
         """The instances in `frame` answering `prompts`: at least min_area_px pixels, scoring
         at least min_score, the best max_instances per prompt, best first."""
         found = self._segment(frame, prompts)
+        if len(found) == 0:
+            return Instances.empty(frame.rgb.shape[:2])
         c = self.config
-        keep = (found.score >= c.min_score) & (found.masks.reshape(len(found), -1).sum(1) >= c.min_area_px)
+        keep = (found.score >= c.min_score) & (found.masks.sum(axis=(1, 2)) >= c.min_area_px)
         order = [i for i in np.argsort(-found.score, kind="stable") if keep[i]]
         kept, per_prompt = [], {}
         for i in order:

@@ -102,13 +102,14 @@ class DepthColourSegmenter(Segmenter):
             distance, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
             grown = labels[iy, ix]
             labels = np.where(foreground & (labels == 0) & (distance <= 2), grown, labels)
-        table = np.isfinite(height) & (height <= c.low_height_m)
+        table = np.isfinite(height) & (np.abs(height) <= c.low_height_m)
         masks, scores, limit = [], [], c.max_area * foreground.size
         for label, region in enumerate(ndimage.find_objects(labels), start=1):
             if region is None:
                 continue
             rows, cols = (slice(max(r.start - 1, 0), r.stop + 1) for r in region)  # one pixel of margin for the ring
-            filled = ndimage.binary_fill_holes(labels[rows, cols] == label)
+            around = labels[rows, cols]
+            filled = ndimage.binary_fill_holes(around == label) & ((around == 0) | (around == label))  # not an object inside it
             if filled.sum() > limit:
                 continue
             ring = ndimage.binary_dilation(filled) & ~filled
