@@ -232,6 +232,25 @@ def test_checkpoint_reload_and_resume_are_exact(tiny_store, tmp_path):
         train(_run_config(20), tiny_store, tmp_path / "straight")
 
 
+def test_the_policy_is_saved_with_averaged_weights(tiny_store, tmp_path):
+    """The checkpoint's policy holds the moving average; the weights training goes on from are
+    in the training state and are those of a run without an average, step for step."""
+    from dataclasses import replace
+
+    from kil.policy.inference import Policy
+    from kil.training.policy import STATE_FILE, train
+
+    run = _run_config(30)
+    train(replace(run, training=replace(run.training, ema=False)), tiny_store, tmp_path / "plain")
+    train(run, tiny_store, tmp_path / "averaged")
+    plain, averaged = Policy.load(tmp_path / "plain").model.state_dict(), Policy.load(tmp_path / "averaged").model.state_dict()
+    trained = torch.load(tmp_path / "averaged" / "checkpoints" / "0000030" / STATE_FILE, weights_only=True)["model"]
+    for name, weights in plain.items():
+        assert torch.equal(trained[name], weights), name
+    moved = [name for name, weights in plain.items() if weights.is_floating_point() and not torch.equal(averaged[name], weights)]
+    assert len(moved) > len(plain) // 2
+
+
 def test_fast_inference_matches_the_reference_loop(tiny_store, tmp_path):
     from kil.bench.policy import reference_predict
     from kil.policy.inference import Policy

@@ -114,6 +114,12 @@ class TrainingConfig:
     checkpoint_every: int = 5000
     log_every: int = 50
     num_workers: int = 0
+    # The policy is saved with an exponential moving average of its weights (Diffusion Policy's
+    # EMA): decay 1 - (1 + step)^-ema_power, at most ema_max_decay. The averaged weights act
+    # more smoothly than the last step's; false saves the trained weights as they are.
+    ema: bool = True
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -122,6 +128,8 @@ class TrainingConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        require(self.ema_power > 0, "ema_power", f"must be > 0, got {self.ema_power}")
+        require(0 <= self.ema_max_decay < 1, "ema_max_decay", f"must be in [0, 1), got {self.ema_max_decay}")
 
 
 @dataclass(frozen=True)

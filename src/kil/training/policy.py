@@ -1,8 +1,10 @@
 """Policy training: AdamW, cosine schedule with warmup, seeded batches drawn from the
-in-memory sample bank, augmentation, checkpoints that resume exactly.
+in-memory sample bank, augmentation, an exponential moving average of the weights (diffusers'
+`EMAModel`, as Diffusion Policy), checkpoints that resume exactly.
 
 A run directory holds `config.yaml` (the run configuration as trained), `checkpoints/<step>/`
-(a loadable policy plus `training_state.pt`: optimiser, schedule and random state),
+(a loadable policy with the averaged weights plus `training_state.pt`: the trained weights,
+the average, optimiser, schedule and random state),
 `latest` (the newest checkpoint's name), `loss.csv`, `loss.png` and tensorboard logs in `tb/`.
 Under torchrun (WORLD_SIZE > 1) every process trains a DistributedDataParallel replica on its
 own batches; rank 0 writes.
@@ -27,7 +29,7 @@ from kil.errors import ConfigError
 from kil.paths import check_creatable
 from kil.policy.augment import augment
 from kil.policy.batch import Codec, SampleBank
-from kil.policy.configuration import RunConfig
+from kil.policy.configuration import RunConfig, TrainingConfig
 from kil.policy.inference import LATEST_FILE, Policy, TrainedOn, checkpoint_dir
 from kil.training.plots import loss_curve
 
@@ -64,6 +66,13 @@ def _distributed() -> tuple[int, int]:
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _average(model: torch.nn.Module, t: TrainingConfig):
+    """An exponential moving average of `model`'s weights (Diffusion Policy's schedule)."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(model.parameters(), decay=t.ema_max_decay, use_ema_warmup=True, power=t.ema_power)
 
 
 class Trainer:
@@ -111,6 +120,7 @@ class Trainer:
             groups.append({"params": list(self.model.gate.parameters()), "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, betas=(0.95, 0.999))
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_with_warmup(s, t.warmup_steps, t.steps))
+        self.ema = _average(self.model, t) if t.ema else None
         self.step = 0
         self.losses: list[float] = []
         self.seconds_before = 0.0  # training time of the run before a resume
@@ -128,9 +138,19 @@ class Trainer:
             return None
         name = f"{self.step:07d}"
         seconds = round(self.seconds_before + time.perf_counter() - self.started, 1)
-        directory = self.policy.save(self.out / "checkpoints" / name, {"step": self.step, "train_seconds": seconds})
-        torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "step": self.step,
-                    "generators": generators, "losses": torch.tensor(self.losses)}, directory / STATE_FILE)
+        state = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(), "step": self.step,
+                 "generators": generators, "losses": torch.tensor(self.losses)}
+        if self.ema is not None:  # the policy gets the average; training goes on from the trained weights
+            state["model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            state["ema"] = self.ema.state_dict()
+            self.ema.store(self.model.parameters())
+            self.ema.copy_to(self.model.parameters())
+        try:
+            directory = self.policy.save(self.out / "checkpoints" / name, {"step": self.step, "train_seconds": seconds})
+        finally:
+            if self.ema is not None:
+                self.ema.restore(self.model.parameters())
+        torch.save(state, directory / STATE_FILE)
         (self.out / LATEST_FILE).write_text(f"checkpoints/{name}\n")
         self._write_curve()
         return directory
@@ -140,6 +160,14 @@ class Trainer:
         self.model.load_state_dict(loaded.model.state_dict())
         self.policy.codec = loaded.codec  # the normaliser it was trained with, not a refit
         state = torch.load(checkpoint / STATE_FILE, weights_only=True, map_location="cpu")
+        if "model" in state:  # the policy holds the average; the trained weights are here
+            self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            if "ema" in state:
+                self.ema.load_state_dict(state["ema"])
+                self.ema.to(self.device)
+            else:  # a run trained without an average starts one from its weights
+                self.ema = _average(self.model, self.run.training)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if len(state["generators"]) != self.world:
@@ -162,6 +190,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
         self.step += 1
         return float(loss.detach())
 
