@@ -174,6 +174,35 @@ def test_expert_succeeds_on_a_seeded_batch(task, robot):
     assert all(r.stop_reason == "teleop: expert finished its plan" for r in results)
 
 
+def test_ground_truth_of_several_objects_is_named_as_the_spec_names_them():
+    """Two blocks: the sim's true keypoints travel as one Keypoints message (names unique,
+    as the spec's layout writes them), and the oracle maps each spec keypoint to its block."""
+    from pathlib import Path
+
+    from kil.data.builder import oracle_index
+    from kil.msgs import Keypoints
+    from kil.perception.spec import load_spec
+    from kil.sim.episode import make_world
+
+    world = make_world("pick_place_two", "panda", "in", 3)
+    try:
+        rgb, depth = world.render()
+        truth = world.projected_keypoints(depth)
+        _, xyz, _ = world.keypoints()
+    finally:
+        world.close()
+    n = len(truth.names)
+    Keypoints(stamp_ns=0, frame_id="base", names=truth.names, uv=truth.uv.astype(np.float32), xyz=truth.xyz.astype(np.float32),
+              score=np.ones(n, np.float32), visible=truth.visible, instance=truth.instance)
+    layout = load_spec("pick_place_two").layout()
+    index = oracle_index(layout.names, list(truth.names), truth.instance, Path("episode"))
+    assert [truth.names[j] for j in index] == list(layout.names)
+    expected = {"block[0]": 0, "block[1]": 1, "tray": 2}
+    assert [int(truth.instance[j]) for j in index] == [expected[name.split("/")[0]] for name in layout.names]
+    first, second = xyz[index[0]], xyz[index[4]]  # block[0]/top_center, block[1]/top_center
+    assert np.linalg.norm(first - second) > 0.05
+
+
 def test_a_sabotaged_episode_is_scored_a_failure():
     from dataclasses import replace
     from pathlib import Path

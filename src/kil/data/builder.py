@@ -38,7 +38,7 @@ from kil.errors import BagError, ConfigError
 from kil.graph import GraphSpec, load_graph
 from kil.paths import check_creatable, graph_path
 from kil.perception.permanence import GripperState
-from kil.perception.spec import spec_path
+from kil.perception.spec import parse_keypoint_name, spec_path
 
 log = logging.getLogger("kil.dataset")
 
@@ -264,20 +264,18 @@ def oracle_index(layout_names: tuple[str, ...], truth_names: list[str], truth_in
     truth (in instance order) is reference i."""
     if len(truth_names) != len(truth_instance):
         raise BagError(f"{episode}: kil_episode.yaml lists {len(truth_names)} ground-truth keypoint names for {len(truth_instance)} keypoints")
+    truth = [(*parse_keypoint_name(name)[::2], int(inst)) for name, inst in zip(truth_names, truth_instance)]  # (category, point, instance)
     instances_of: dict[str, list[int]] = {}
-    for name, inst in zip(truth_names, truth_instance):
-        category = name.split("/")[0]
-        if int(inst) not in instances_of.setdefault(category, []):
-            instances_of[category].append(int(inst))
+    for category, _, inst in truth:
+        if inst not in instances_of.setdefault(category, []):
+            instances_of[category].append(inst)
     index = []
     for name in layout_names:
-        head, point = name.split("/", 1)
-        category, _, rest = head.partition("[")
-        r = int(rest.rstrip("]")) if rest else 0
+        category, r, point = parse_keypoint_name(name)
         candidates = instances_of.get(category, [])
-        if r >= len(candidates):
+        if (r or 0) >= len(candidates):
             raise BagError(f"{episode}: spec keypoint {name} has no ground truth (instances of {category!r}: {len(candidates)})")
-        hits = [j for j, (n, i) in enumerate(zip(truth_names, truth_instance)) if n == f"{category}/{point}" and int(i) == candidates[r]]
+        hits = [j for j, found in enumerate(truth) if found == (category, point, candidates[r or 0])]
         if not hits:
             raise BagError(f"{episode}: spec keypoint {name} has no ground truth ({category}/{point} is not among {truth_names})")
         index.append(hits[0])

@@ -82,6 +82,18 @@ class KeypointLayout:
     instance: np.ndarray
 
 
+def keypoint_name(category: str, point: str, instance: int | None = None) -> str:
+    """``category/point``, or ``category[i]/point`` for instance i of a category with several."""
+    return f"{category}/{point}" if instance is None else f"{category}[{instance}]/{point}"
+
+
+def parse_keypoint_name(name: str) -> tuple[str, int | None, str]:
+    """(category, instance or None, point) of a name written by `keypoint_name`."""
+    head, _, point = name.partition("/")
+    category, bracket, rest = head.partition("[")
+    return category, (int(rest.rstrip("]")) if bracket else None), point
+
+
 class LoadedSpec:
     """A validated spec with its directory (images are resolved against it)."""
 
@@ -113,9 +125,8 @@ class LoadedSpec:
         for category in self.spec.categories:
             several = len(category.references) > 1
             for r, ref in enumerate(category.references):
-                prefix = f"{category.name}[{r}]" if several else category.name
                 for point in ref.keypoints:
-                    names.append(f"{prefix}/{point}")
+                    names.append(keypoint_name(category.name, point, r if several else None))
                     instance.append(r)
         return KeypointLayout(tuple(names), np.array(instance, np.int32))
 

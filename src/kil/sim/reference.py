@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from kil.errors import ConfigError
-from kil.perception.spec import Category, KeypointSpec, Reference, save_spec
+from kil.perception.spec import Category, KeypointSpec, Reference, parse_keypoint_name, save_spec
 
 
 def oracle_spec(task: str, out_dir: str | Path, robot: str = "panda", seed: int = 0, tries: int = 50) -> tuple[Path, int]:
@@ -24,7 +24,7 @@ def oracle_spec(task: str, out_dir: str | Path, robot: str = "panda", seed: int 
         try:
             rgb, depth = world.render()
             truth = world.projected_keypoints(depth)
-            prompts = {name: world.catalogue.category(name).prompt for name in {n.split("/")[0] for n in truth.names}}
+            prompts = {name: world.catalogue.category(name).prompt for name in {parse_keypoint_name(n)[0] for n in truth.names}}
         finally:
             world.close()
         fixture = truth.instance == truth.instance.max()
@@ -38,7 +38,7 @@ def oracle_spec(task: str, out_dir: str | Path, robot: str = "panda", seed: int 
     for name, uv, instance, visible in zip(truth.names, truth.uv, truth.instance, truth.visible):
         if not visible:
             continue
-        category, point = name.split("/")
+        category, _, point = parse_keypoint_name(name)
         grouped.setdefault(category, {}).setdefault(int(instance), {})[point] = (round(float(uv[0]), 1), round(float(uv[1]), 1))
     categories = [
         Category(category, prompts[category], [Reference(image_name, points) for _, points in sorted(by_instance.items())])

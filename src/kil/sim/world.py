@@ -15,6 +15,7 @@ import numpy as np
 
 from kil.config import require
 from kil.geometry import invert, look_at_pose, matrix_to_quat, project
+from kil.perception.spec import keypoint_name
 from kil.sim.correspondence import View
 from kil.sim.env import CAMERA_NAME, TABLE_TOP_WORLD, body_pose, make_env
 from kil.sim.objects import Catalogue, shape_of
@@ -247,23 +248,25 @@ class SimWorld:
         return [float(shape_of(p.instance).half_extents(p.instance)[2]) for p in self.scene.objects]
 
     def keypoints(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """True named points of every task object and the fixture: names ("<category>/<point>"),
+        """True named points of every task object and the fixture: names as a spec's layout
+        writes them ("<category>/<point>", "<category>[i]/<point>" for object i of several),
         (N, 3) positions in the base frame, (N,) instance index (the fixture is last)."""
         names, points, instance = [], [], []
+        several = len(self.scene.objects) > 1
         category = self.task.config.category
         wanted = self.catalogue.category(category).keypoints
         for i, placement in enumerate(self.scene.objects):
             T = self.object_pose(i)
             kps = shape_of(placement.instance).keypoints(placement.instance)
             for name in wanted:
-                names.append(f"{category}/{name}")
+                names.append(keypoint_name(category, name, i if several else None))
                 points.append(T[:3, :3] @ kps[name] + T[:3, 3])
                 instance.append(i)
         fixture_category = self.catalogue.category_of(self.task.fixture.id)
         T_fix = np.eye(4)
         T_fix[:3, 3] = self.task.fixture_position
         for name, p in shape_of(self.task.fixture).keypoints(self.task.fixture).items():
-            names.append(f"{fixture_category}/{name}")
+            names.append(keypoint_name(fixture_category, name))
             points.append(p + T_fix[:3, 3])
             instance.append(len(self.scene.objects))
         return names, np.array(points, dtype=float).reshape(-1, 3), np.array(instance, dtype=np.int32)
