@@ -207,3 +207,5 @@ def test_variations_bench_runs_both_policies_and_continues_where_it_stopped(tmp_
     assert "keypoint IN" not in table  # neither trained nor logged: no column
     assert table.count("/1 = ") == 6 and "so far" not in table and "(colour images)" in table
     assert "100% of first picks aimed off, then recovered" in again_out
+    other = subprocess.run([sys.executable, "-m", "kil", *args[:-2], "--policies", "rgb"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "recorded with demo_miss_rate 1.0" in other.stderr and "asks for 0.0" in other.stderr

@@ -148,3 +148,20 @@ def test_two_objects_never_take_the_same_object_twice():
     twice = Masks([((4, 4), 0), ((4, 4), 0)])
     out = KeypointDetector(refs, DetectorConfig(instances=InstanceConfig()), twice).detect([frame()], feats)[0]
     assert out.visible[:4].all() != out.visible[4:].all() and out.visible.sum() == 4
+
+
+def test_the_detector_loads_its_segmenter_and_tracker_on_the_device_it_is_given():
+    """The keypoints node's and the builder's `device` reaches the models the detector loads
+    (not their YAML's "auto"); a config value outside the backends' choices is a one-line error."""
+    import torch
+
+    from kil.errors import ConfigError
+    from kil.perception.keypoints import TrackingConfig
+
+    refs, _, _ = references()
+    config = DetectorConfig(instances=InstanceConfig(), tracking=TrackingConfig())
+    detector = KeypointDetector(refs, config, device="cuda")  # nothing is put on it until a frame comes
+    assert detector.instances.segmenter.device.type == "cuda" and detector.tracker.device.type == "cuda"
+    assert KeypointDetector(refs, config).instances.segmenter.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device"):
+        KeypointDetector(refs, config, device="tpu")

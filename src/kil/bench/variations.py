@@ -104,6 +104,7 @@ def run(config: VariationsConfig, out: str | Path) -> int:
     console = Console(width=160)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _same_demonstrations(config, out)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
     demos = out / "demos"
     datasets = {kind: out / ("dataset" if EXTRACTION[kind] == "im" else f"dataset_{EXTRACTION[kind]}") for kind in POLICIES}
@@ -130,6 +131,24 @@ def run(config: VariationsConfig, out: str | Path) -> int:
     facts = {kind: training_facts(runs[kind]) for kind in shown if _trained_steps(runs[kind]) is not None}
     console.print(comparison({kind: results[kind] for kind in shown}, config, facts))
     return 0
+
+
+DEMONSTRATION_KEYS = ("task", "robot", "demo_seed", "demo_miss_rate")  # what the recorded demonstrations depend on
+
+
+def _same_demonstrations(config: VariationsConfig, out: Path) -> None:
+    """Refuse to reuse demonstrations (and everything made from them) recorded with other settings."""
+    written = out / "config.json"
+    if not (out / "demos").exists() or not written.is_file():
+        return
+    try:
+        before = json.loads(written.read_text())
+    except ValueError:
+        return  # cut short while written: nothing to compare against
+    for key in DEMONSTRATION_KEYS:
+        if key in before and before[key] != getattr(config, key):
+            raise SystemExit(f"{out}: its demonstrations were recorded with {key} {before[key]} ({written}), this run asks for "
+                             f"{getattr(config, key)}; use another --out")
 
 
 def _prepare(console: Console, config: VariationsConfig, demos: Path, dataset: Path) -> None:

@@ -213,7 +213,7 @@ class KeypointSource:
 
             self._extractor = load_extractor(self.config.feature_model, {"device": self.config.device})
             references = reference_set(self.spec, self._extractor)
-            self._detector = KeypointDetector(references, self._detector_config())
+            self._detector = KeypointDetector(references, self._detector_config(), device=self.config.device)
         return self._extractor, self._detector
 
     def _detector_config(self):

@@ -149,9 +149,11 @@ class KeypointDetector:
     """Finds the reference keypoints in frames, given their patch features."""
 
     def __init__(self, references: ReferenceSet, config: DetectorConfig = DetectorConfig(), segmenter: Segmenter | None = None,
-                 tracker: PointTracker | None = None) -> None:
+                 tracker: PointTracker | None = None, device: str | None = None) -> None:
         """`segmenter` / `tracker`: the instance segmenter and point tracker (default: the
-        ones `config.instances` and `config.tracking` name, loaded here)."""
+        ones `config.instances` and `config.tracking` name, loaded here on `device`, or on
+        their configs' device when None)."""
+        models = {} if device is None else {"device": device}
         self.references = references
         self.config = config
         self.matcher = Matcher(references.descriptors)
@@ -163,12 +165,12 @@ class KeypointDetector:
         if config.instances is not None:
             if references.category is None:
                 raise ValueError("references: instance matching needs each keypoint's category (reference_set gives it)")
-            segmenter = segmenter or load_segmenter(config.instances.segmenter)
+            segmenter = segmenter or load_segmenter(config.instances.segmenter, models)
             slots = [Slot(members, int(references.category[members[0]])) for members in self._groups]
             self.instances = InstanceMatcher(segmenter, list(references.prompts), slots, config.instances)
         self.tracker: PointTracker | None = None
         if config.tracking is not None:
-            self.tracker = tracker or load_tracker(config.tracking.tracker)
+            self.tracker = tracker or load_tracker(config.tracking.tracker, models)
         self._tracking_since: int | None = None  # stamp of the frame the tracker last started on
         self._last_stamp_ns: int | None = None
 

@@ -72,7 +72,8 @@ class KeypointsNode(Stage):
         instances, tracking = extraction_config(config.extraction, config.segmenter, config.tracker, config.track_init)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
                                                                           config.candidates, permanence=permanence,
-                                                                          instances=instances, tracking=tracking))
+                                                                          instances=instances, tracking=tracking),
+                                         device=config.device)
         self._reported: set[str] = set()
         self._states: deque[RobotState] = deque(maxlen=STATE_HISTORY)  # the newest, in arrival order
 
