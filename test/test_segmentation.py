@@ -226,6 +226,13 @@ def test_sam3_text_prompts_find_instances_per_category(tmp_path):
     assert np.allclose(found.score[queries:], expected, atol=1e-5)
     kept = segmenter.segment(frame, [Prompt(text="block")])
     assert len(kept) <= queries and np.all(np.diff(kept.score) <= 0)
+    from dataclasses import replace
+
+    threshold = float(np.median(expected))
+    segmenter.config = replace(segmenter.config, min_score=threshold)  # only these queries' masks are made
+    answering = segmenter._segment(frame, [Prompt(text="tray")])
+    assert np.allclose(np.sort(answering.score), np.sort(expected[expected >= threshold]), atol=1e-5)
+    assert answering.masks.shape == (int((expected >= threshold).sum()), H, W)
 
 
 def test_a_frame_with_nothing_on_the_table_has_no_instances():

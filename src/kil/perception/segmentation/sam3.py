@@ -1,7 +1,8 @@
 """SAM 3 (`transformers` Sam3Model) with text prompts: every instance of a category (paper
 001's instance detector for IN). The image is encoded once and each prompt's text is run
 against it; an instance scores its query's probability times the prompt's presence
-probability, as Sam3Processor's post-processing does."""
+probability, as Sam3Processor's post-processing does; only queries scoring min_score get
+their masks brought to the frame's size."""
 
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ class Sam3Segmenter(TransformersSegmenter):
             score = out.pred_logits[0].float().sigmoid()
             if out.presence_logits is not None:
                 score = score * out.presence_logits[0].float().sigmoid()
-            masks.append(self.masks(out.pred_masks[0].float().sigmoid(), size, threshold=0.5))
-            scores.append(score.cpu().numpy())
-            owners.append(np.full(len(score), p, np.int64))
+            keep = score >= self.config.min_score  # of ~200 queries a few answer: upsample only those
+            masks.append(self.masks(out.pred_masks[0][keep].float().sigmoid(), size, threshold=0.5))
+            scores.append(score[keep].cpu().numpy())
+            owners.append(np.full(int(keep.sum()), p, np.int64))
         return Instances(np.concatenate(masks), np.concatenate(scores).astype(np.float32), np.concatenate(owners))
 
 
