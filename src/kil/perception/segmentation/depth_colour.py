@@ -71,8 +71,8 @@ class DepthColourSegmenter(Segmenter):
             if len(valid) == 0:
                 return points, np.full((H, W), np.nan)
             bins = np.floor(valid / HEIGHT_BIN_M).astype(np.int64)
-            values, counts = np.unique(bins, return_counts=True)
-            table = (values[counts.argmax()] + 0.5) * HEIGHT_BIN_M
+            lowest = bins.min()
+            table = (lowest + np.bincount(bins - lowest).argmax() + 0.5) * HEIGHT_BIN_M  # the most common height
         return points, z - table
 
     def _segment(self, frame: RGBD, prompts: list[Prompt]) -> Instances:
@@ -84,18 +84,18 @@ class DepthColourSegmenter(Segmenter):
         rgb = frame.rgb.astype(np.float32)
         chroma = 255.0 * rgb / np.maximum(rgb.sum(-1, keepdims=True), 1.0)  # shading changes brightness, not chroma
         apart = np.zeros(foreground.shape, bool)  # a pixel with a neighbour (right or below) on another object
-        for axis in (0, 1):
-            gap = np.linalg.norm(np.diff(points, axis=axis), axis=-1)
-            colour = np.linalg.norm(np.diff(chroma, axis=axis), axis=-1)
+        for axis in (0, 1):  # squared distances against squared gaps: no square roots over the image
+            step, shade = np.diff(points, axis=axis), np.diff(chroma, axis=axis)
+            gap, colour = np.einsum("...k,...k->...", step, step), np.einsum("...k,...k->...", shade, shade)
             with np.errstate(invalid="ignore"):
-                edge = (gap > c.edge_gap_m) | (colour > c.colour_gap)
+                edge = (gap > c.edge_gap_m ** 2) | (colour > c.colour_gap ** 2)
             if axis == 0:
                 apart[:-1] |= edge
             else:
                 apart[:, :-1] |= edge
         labels, count = ndimage.label(foreground & ~apart)
         seeded = np.zeros(count + 1, bool)
-        seeded[np.unique(labels[seed])] = True  # regions that rise min_height_m somewhere
+        seeded[labels[seed]] = True  # regions that rise min_height_m somewhere
         seeded[0] = False
         labels = np.where(seeded[labels], labels, 0)
         if count:  # pixels on an edge join the nearest region within 2 px
@@ -110,7 +110,8 @@ class DepthColourSegmenter(Segmenter):
             rows, cols = (slice(max(r.start - 1, 0), r.stop + 1) for r in region)  # one pixel of margin for the ring
             around = labels[rows, cols]
             filled = ndimage.binary_fill_holes(around == label) & ((around == 0) | (around == label))  # not an object inside it
-            if filled.sum() > limit:
+            area = int(np.count_nonzero(filled))
+            if area > limit or area < c.min_area_px:  # (the base drops small ones too: not worth a full-frame mask)
                 continue
             ring = ndimage.binary_dilation(filled) & ~filled
             mask = np.zeros(foreground.shape, bool)
