@@ -3,13 +3,14 @@ its options from papers 000/002/003, the RGB baseline, and training. One YAML fi
 a `policy` and a `training` section; unknown keys are one-line errors naming the key.
 
 Presets: `paper` (table VIII sizes, for a GPU), `cpu-small` (a usable sim policy on a 2-core
-CPU in under 30 minutes), `rgb` (the RGB baseline at the paper's sizes) and `rgb-cpu-small`
+CPU in under 30 minutes), `cpu-small-multi` (cpu-small with CLS + max pooling, for several
+instances of a category), `rgb` (the RGB baseline at the paper's sizes) and `rgb-cpu-small`
 (the RGB baseline at cpu-small's training budget).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,6 +142,12 @@ class RunConfig:
         return to_plain(self)
 
 
+# A usable sim policy trained on a 2-core CPU in under 30 minutes.
+CPU_SMALL = RunConfig(
+    policy=PolicyConfig(encoder=EncoderConfig(d_model=64, layers=2, heads=4, mlp=128), unet_channels=(32, 64, 128), diffusion_step_embed=64),
+    training=TrainingConfig(steps=5000, batch_size=128, lr=1e-3, weight_decay=1e-4, warmup_steps=200, checkpoint_every=1000),
+)
+
 PRESETS: dict[str, RunConfig] = {
     "paper": RunConfig(),
     # The RGB diffusion-policy baseline at the paper's sizes (table VIII: ResNet-18, action
@@ -149,11 +156,10 @@ PRESETS: dict[str, RunConfig] = {
         policy=PolicyConfig(kind="rgb", unet_channels=(256, 512, 1024)),
         training=TrainingConfig(steps=100_000, batch_size=64, weight_decay=1e-6),
     ),
-    "cpu-small": RunConfig(
-        policy=PolicyConfig(encoder=EncoderConfig(d_model=64, layers=2, heads=4, mlp=128), unet_channels=(32, 64, 128),
-                            diffusion_step_embed=64),
-        training=TrainingConfig(steps=5000, batch_size=128, lr=1e-3, weight_decay=1e-4, warmup_steps=200, checkpoint_every=1000),
-    ),
+    "cpu-small": CPU_SMALL,
+    # cpu-small for several instances of a category (pick_place_two with instance matching):
+    # the encoder pools its tokens as paper 001 does then, CLS token and max over tokens.
+    "cpu-small-multi": replace(CPU_SMALL, policy=replace(CPU_SMALL.policy, encoder=replace(CPU_SMALL.policy.encoder, pooling="cls_max"))),
     # The RGB baseline sized to train on a 2-core CPU as long as cpu-small does (the same
     # action head, steps and learning rate; a ResNet-18 of a quarter the width on 72x96
     # images), so the two are compared at the same training budget.
