@@ -460,10 +460,10 @@ def test_distributed_training_under_torchrun(tiny_store, tmp_path):
 
 def test_a_keypoint_centred_frame_remembers_its_anchor_over_the_episode():
     """Training samples carry the anchor's last sighting in the episode (not only in the
-    observation history); the node's AnchorMemory does the same over its stream."""
+    observation history); the node's KeypointMemory does the same over its stream."""
     from kil.msgs import Keypoints
     from kil.policy.batch import last_seen
-    from kil.policy.inference import AnchorMemory
+    from kil.policy.inference import KeypointMemory
 
     xyz = np.arange(18, dtype=float).reshape(6, 3)
     visible = np.array([False, True, False, False, True, False])
@@ -485,14 +485,48 @@ def test_a_keypoint_centred_frame_remembers_its_anchor_over_the_episode():
                          np.array([[0.4, 0.1, 0.0], [0.6, -0.2, 0.0]]) + stamp_s, np.ones(2, np.float32),
                          np.array([seen, True]), np.array([0, 1], np.int32))
 
-    memory = AnchorMemory(0)
+    memory = KeypointMemory(0)
     assert memory.position is None
     memory.update(keypoints(1.0, True))
     memory.update(keypoints(1.1, False))
     np.testing.assert_allclose(memory.position, [1.4, 1.1, 1.0])
     memory.update(keypoints(0.5, False))  # a new episode: forgotten
     assert memory.position is None
-    AnchorMemory(None).update(keypoints(2.0, True))  # base frame: nothing to remember
+    base_frame = KeypointMemory(None)
+    base_frame.update(keypoints(2.0, True))
+    assert base_frame.position is None  # base frame: no anchor
+
+
+def test_hidden_keypoints_held_at_their_last_sighting_alike_in_training_and_in_the_node():
+    """hidden_keypoints last_seen: a training sample observes a hidden keypoint where it was
+    last seen in the episode (masked before its first sighting); the node's memory gives
+    the policy exactly the same inputs frame by frame."""
+    from kil.msgs import Keypoints
+    from kil.policy.inference import KeypointMemory
+
+    episode = synthetic_episode("episode_0000", 0)
+    episode.visible[5:20, 0] = False  # the gripper hides block/a for 15 steps
+    episode.keypoints[5:20, 0] = np.nan
+    episode.visible[:3, 2] = False  # tray/c unseen at first
+    episode.keypoints[:3, 2] = np.nan
+    held = SampleBank([episode], 2, 8, hold_hidden=True).batch(torch.arange(len(episode)))
+    masked = SampleBank([episode], 2, 8).batch(torch.arange(len(episode)))
+    newest_held, newest_masked = held["keypoints"][:, -1], masked["keypoints"][:, -1]
+    assert held["visible"][5:20, -1, 0].all() and not masked["visible"][5:20, -1, 0].any()
+    torch.testing.assert_close(newest_held[5:20, 0], torch.as_tensor(episode.keypoints[4, 0]).expand(15, 3).float())
+    assert not held["visible"][:3, -1, 2].any() and (newest_held[:3, 2] == 0).all()  # never seen yet: masked
+    seen_again = slice(20, None)  # block/a in view again: its newest observation is what the detector saw
+    assert torch.equal(held["visible"][seen_again, -1, :2], masked["visible"][seen_again, -1, :2])
+    assert torch.equal(newest_held[seen_again, :2], newest_masked[seen_again, :2])
+
+    memory = KeypointMemory(None)
+    for t in range(len(episode)):
+        frame = Keypoints(t * 100_000_000, "base", ("block/a", "block/b", "tray/c"), np.zeros((3, 2)), episode.keypoints[t],
+                          np.ones(3, np.float32), episode.visible[t], np.array([0, 0, 1], np.int32))
+        memory.update(frame)
+        seen = memory.held(frame)
+        np.testing.assert_array_equal(seen.visible, held["visible"][t, -1].numpy())
+        np.testing.assert_allclose(np.where(seen.visible[:, None], seen.xyz, 0.0), newest_held[t].numpy(), atol=1e-6)
 
 
 def test_keypoint_centred_action_frame_and_similarity_inputs(tmp_path):
@@ -526,7 +560,7 @@ def test_keypoint_centred_action_frame_and_similarity_inputs(tmp_path):
         policy.predict_raw(one)
     with pytest.raises(ConfigError, match="action_frame_keypoint: 'lid/x' is not a keypoint"):
         train(replace(run, policy=replace(TINY_POLICY, action_frame="keypoint", action_frame_keypoint="lid/x")), store, tmp_path / "bad")
-    # The caller's memory of the last sighting (the node's AnchorMemory) defines the frame
+    # The caller's memory of the last sighting (the node's KeypointMemory) defines the frame
     # while the history has none, as the training samples' episode-long memory does.
     remembered = {**one, "anchor_position": raw["keypoints"][5, 0, 0][None], "anchor_known": torch.ones(1, dtype=torch.bool)}
     assert not remembered["visible"][0, :, 0].any()

@@ -54,13 +54,15 @@ def matrix_to_rot6d_torch(R: torch.Tensor) -> torch.Tensor:
 
 
 def last_seen(xyz: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One keypoint over an episode, xyz (T, 3) and visible (T,), carried forward: ((T, 3)
-    its position at its latest sighting up to each step, zero before the first; (T,) seen
-    by then)."""
-    seen_at = np.where(visible, np.arange(len(visible)), -1)
-    latest = np.maximum.accumulate(seen_at) if len(seen_at) else seen_at
+    """Keypoints over an episode, xyz (T, ..., 3) and visible (T, ...), carried forward:
+    ((T, ..., 3) each one's position at its latest sighting up to each step, zero before its
+    first; (T, ...) seen by then)."""
+    steps = np.arange(len(visible)).reshape(-1, *([1] * (visible.ndim - 1)))
+    seen_at = np.where(visible, steps, -1)
+    latest = np.maximum.accumulate(seen_at, axis=0) if len(seen_at) else seen_at
     known = latest >= 0
-    return np.where(known[:, None], xyz[np.maximum(latest, 0)], 0.0).astype(np.float32), known
+    held = np.take_along_axis(xyz, np.maximum(latest, 0)[..., None], axis=0)
+    return np.where(known[..., None], held, 0.0).astype(np.float32), known
 
 
 class SampleBank:
@@ -68,7 +70,9 @@ class SampleBank:
     (clamped at the episode start) and the action chunk recorded at t."""
 
     def __init__(self, episodes: list[EpisodeData], n_obs_steps: int, horizon: int, similarity: bool = False, images: bool = False,
-                 anchor: int | None = None) -> None:
+                 anchor: int | None = None, hold_hidden: bool = False) -> None:
+        """hold_hidden: a hidden keypoint is observed at its last sighting in the episode
+        (policy.hidden_keypoints last_seen), not masked."""
         if not episodes:
             raise ValueError("no episodes")
         if episodes[0].action.shape[1] < horizon:
@@ -81,8 +85,13 @@ class SampleBank:
             offset += len(e)
         self.obs_index = torch.as_tensor(np.concatenate(obs_index))  # (S, To) rows of the flat arrays
         cat = lambda key: torch.as_tensor(np.concatenate([getattr(e, key) for e in episodes]))  # noqa: E731
-        visible = cat("visible")
-        keypoints = cat("keypoints").float()
+        if hold_hidden:
+            held = [last_seen(e.keypoints, e.visible) for e in episodes]
+            keypoints, visible = (torch.as_tensor(np.concatenate(part)) for part in zip(*held))
+            keypoints = keypoints.float()
+        else:
+            visible = cat("visible")
+            keypoints = cat("keypoints").float()
         self.keypoints = torch.where(visible[..., None], keypoints, torch.zeros(()))
         self.visible = visible
         if similarity and any(e.similarity is None for e in episodes):

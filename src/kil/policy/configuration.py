@@ -81,6 +81,10 @@ class PolicyConfig:
     inference_steps: int = 14  # DDIM
     proprio_rotation: Literal["euler", "rot6d"] = "rot6d"  # euler as in paper 001; 6-D avoids the ±pi wrap of a downward gripper
     similarity: bool = False  # keypoint tokens carry similarity vectors (paper 000)
+    # masked: a keypoint the detector reports hidden is a masked token; last_seen: it enters at
+    # its last sighting in the episode (so the block's place stays known while the gripper
+    # closes over it), masked only before its first.
+    hidden_keypoints: Literal["masked", "last_seen"] = "masked"
     action_frame: Literal["base", "keypoint"] = "base"  # keypoint: positions relative to a keypoint (paper 002)
     action_frame_keypoint: str = ""  # the keypoint (spec name) of the keypoint-centred frame
     ensemble: int = 1  # >1: sample this many chunks with keypoint-token dropout, take the median (paper 000)

@@ -12,7 +12,7 @@ generator, so equal inputs and seed give equal chunks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,6 @@ class Policy:
 
     def with_options(self, **changes: Any) -> Policy:
         """The same trained network with other inference options (e.g. ensemble=8)."""
-        from dataclasses import replace
-
         run = replace(self.run, policy=replace(self.config, **changes))
         return Policy(run, self.trained_on, self.model, self.codec)
 
@@ -152,7 +150,7 @@ class Policy:
     def raw_history(self, history: list[Observation], anchor: np.ndarray | None = None) -> Batch:
         """The newest n_obs_steps observations as a raw batch of one (the oldest repeated
         when the history is shorter, as at the start of a training episode). anchor: (3,)
-        base frame, the action frame's keypoint where the caller last saw it (`AnchorMemory`;
+        base frame, the action frame's keypoint where the caller last saw it (`KeypointMemory`;
         None: where the history last shows it)."""
         if not history:
             raise ValueError("predict: empty observation history")
@@ -190,10 +188,10 @@ class Policy:
             raw["anchor_known"] = torch.ones(1, dtype=torch.bool)
         return raw
 
-    def anchor_memory(self) -> AnchorMemory:
-        """A memory of where the action frame's keypoint was last seen, for one stream of
-        observations (what training used: the last sighting in the episode)."""
-        return AnchorMemory(self.codec.anchor)
+    def keypoint_memory(self) -> KeypointMemory:
+        """A memory of where the keypoints were last seen, for one stream of observations
+        (what training used: the last sighting in the episode)."""
+        return KeypointMemory(self.codec.anchor)
 
     def _ensemble_inputs(self, raw: Batch, generator: torch.Generator) -> Batch:
         """The one observation repeated `ensemble` times, each copy with keypoint tokens
@@ -243,21 +241,37 @@ class Policy:
         )
 
 
-class AnchorMemory:
-    """The keypoint-centred action frame's origin over a stream: the anchor keypoint where it
-    was last seen, so the frame stays defined while the gripper hides the object (paper 002).
-    A stamp going backwards starts over (a new episode)."""
+class KeypointMemory:
+    """Where each keypoint was last seen over a stream of observations, as training's samples
+    have it (`last_seen` over the episode): the keypoint-centred action frame's origin stays
+    defined while the gripper hides the object (paper 002), and a policy trained with
+    hidden_keypoints last_seen observes hidden keypoints there. A stamp going backwards
+    starts over (a new episode)."""
 
     def __init__(self, anchor: int | None) -> None:
         self.anchor = anchor
-        self.position: np.ndarray | None = None  # (3,) base frame
+        self.xyz: np.ndarray | None = None  # (N, 3) base frame
+        self.known: np.ndarray | None = None  # (N,) seen in this stream
         self._stamp_ns = -1
 
-    def update(self, keypoints) -> None:
-        if self.anchor is None:
-            return
-        if keypoints.stamp_ns < self._stamp_ns:
-            self.position = None
+    @property
+    def position(self) -> np.ndarray | None:
+        """(3,) where the action frame's keypoint was last seen (None: base frame, or not yet)."""
+        if self.anchor is None or self.known is None or not self.known[self.anchor]:
+            return None
+        return self.xyz[self.anchor].copy()
+
+    def update(self, keypoints: Keypoints) -> None:
+        n = len(keypoints.names)
+        if keypoints.stamp_ns < self._stamp_ns or self.known is None or len(self.known) != n:
+            self.xyz, self.known = np.zeros((n, 3)), np.zeros(n, bool)
         self._stamp_ns = keypoints.stamp_ns
-        if keypoints.visible[self.anchor] and np.isfinite(keypoints.xyz[self.anchor]).all():
-            self.position = np.array(keypoints.xyz[self.anchor], np.float64)
+        seen = keypoints.visible & np.isfinite(keypoints.xyz).all(axis=1)
+        self.xyz[seen] = keypoints.xyz[seen]
+        self.known |= seen
+
+    def held(self, keypoints: Keypoints) -> Keypoints:
+        """`keypoints` (after `update` with them) with each hidden one at its last sighting,
+        visible once it has been seen in the stream."""
+        return replace(keypoints, xyz=np.where(self.known[:, None], self.xyz, np.nan).astype(keypoints.xyz.dtype),
+                       visible=self.known.copy())

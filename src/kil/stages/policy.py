@@ -11,7 +11,7 @@ ahead of it until the next chunk replaces the tail.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kil.config import require
 from kil.errors import ConfigError
@@ -52,7 +52,8 @@ class PolicyBase(Stage):
         self.execute_steps = config.execute_steps or self.policy.config.n_action_steps
         self.states: deque[RobotState] = deque(maxlen=64)
         self.history: deque = deque(maxlen=self.policy.config.n_obs_steps)
-        self.anchor = self.policy.anchor_memory()  # a keypoint-centred action frame's origin, over the stream
+        self.memory = self.policy.keypoint_memory()  # last sightings over the stream: the action frame's origin, held keypoints
+        self.hold_hidden = self.policy.config.hidden_keypoints == "last_seen"
         self.since_prediction = 0
         self.predictions = 0
         self._reported: set[str] = set()  # reasons logged once
@@ -69,15 +70,17 @@ class PolicyBase(Stage):
 
     def observe(self, observation) -> None:
         """Append an observation; predict and publish when the executed part is played out."""
-        self.history.append(observation)
         if observation.keypoints is not None:
-            self.anchor.update(observation.keypoints)
+            self.memory.update(observation.keypoints)
+            if self.hold_hidden:
+                observation = replace(observation, keypoints=self.memory.held(observation.keypoints))
+        self.history.append(observation)
         if self.predictions and self.since_prediction + 1 < self.execute_steps:
             self.since_prediction += 1
             return
         try:
             chunk = self.policy.predict(list(self.history), seed=self.config.seed + self.predictions, steps=self.policy.config.horizon,
-                                        anchor=self.anchor.position)
+                                        anchor=self.memory.position)
         except ValueError as err:  # e.g. the action frame's keypoint unseen: no chunk, the robot holds
             if str(err) not in self._reported:
                 self._reported.add(str(err))

@@ -83,7 +83,8 @@ class Trainer:
         names = list(attrs["keypoint_names"])
         p = run.policy
         anchor = _anchor_index(run, names)
-        self.bank = SampleBank(store.episodes(), p.n_obs_steps, p.horizon, p.similarity, images=p.kind == "rgb", anchor=anchor)
+        self.bank = SampleBank(store.episodes(), p.n_obs_steps, p.horizon, p.similarity, images=p.kind == "rgb", anchor=anchor,
+                               hold_hidden=p.hidden_keypoints == "last_seen")
         if self.bank.images is not None and tuple(self.bank.images.shape[-3:-1]) != tuple(p.image_size):
             raise ConfigError(f"policy.image_size: {tuple(p.image_size)} but the store's images are {tuple(self.bank.images.shape[-3:-1])}")
         self.trained_on = TrainedOn(task=attrs["task"], keypoint_names=tuple(names), rate_hz=float(attrs["rate_hz"]),
