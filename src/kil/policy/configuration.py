@@ -148,7 +148,7 @@ class RunConfig:
 
 # A usable sim policy trained on a 2-core CPU in under 30 minutes. No moving average: over
 # 5000 steps whose learning rate decays to zero it did not help (closed loop on pick_place,
-# the same demonstrations and seeds: 52 of 88 episodes with it, 59 without).
+# the same demonstrations and seeds: 54 of 90 episodes with it, 61 without).
 CPU_SMALL = RunConfig(
     policy=PolicyConfig(encoder=EncoderConfig(d_model=64, layers=2, heads=4, mlp=128), unet_channels=(32, 64, 128), diffusion_step_embed=64),
     training=TrainingConfig(steps=5000, batch_size=128, lr=1e-3, weight_decay=1e-4, warmup_steps=200, checkpoint_every=1000, ema=False),
