@@ -133,24 +133,6 @@ def test_an_object_the_gripper_holds_is_not_looked_for_elsewhere(scene):
     assert jumped and jumped[0] <= 8, jumped
 
 
-def test_an_object_under_the_hovering_gripper_is_not_looked_for_elsewhere(scene):
-    """Seen at A; the open gripper hovers 15 cm above A for 3 s (A not covered by depth: the
-    hand hides the object from an oblique camera without standing in front of it), a
-    look-alike lies at B: the object is not taken to be at B. Once the hand moves off, the
-    reach grows again and B is taken about 0.5 s later."""
-    descriptors, references, rng = scene
-    at_a = place_xyz(PLACE_A)
-    hovering, aside = GripperState(at_a + [0, 0, -0.15], 0.08), GripperState(at_a + [0.2, 0, -0.15], 0.08)
-    steps = [(0.0, False, [PLACE_A])] + [(0.1 * i, False, [PLACE_B]) for i in range(1, 41)]
-    grippers = [hovering] * 31 + [aside] * 10
-    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
-    keypoints = [detector.detect([frame(t, covered)], features(descriptors, places, rng), [g])[0]
-                 for (t, covered, places), g in zip(steps, grippers)]
-    assert not any(k.visible.any() for k in keypoints[1:31])
-    found = [i for i, k in enumerate(keypoints) if i > 0 and k.visible.all()]
-    assert found and 34 <= found[0] <= 38, found
-
-
 def test_the_gripper_closing_away_from_an_object_does_not_hold_it():
     """The reach of an object the gripper never came near grows while the gripper is closed."""
     permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1))

@@ -18,10 +18,7 @@ gripper stays closed (narrower than the widest opening seen in the stream by
 the matcher rarely finds it, a look-alike elsewhere on the table is not taken for it. When
 the gripper opens the object has been put down somewhere the arm went and the reach grows
 again. (A grasp that closes on nothing keeps the object at its old place until the gripper
-opens again.) While the gripper is over an unseen object's place (within `grasp_radius_m`
-of it horizontally, base z up) the reach does not grow either: the hand above hides the
-object from an oblique camera without standing in front of most of its points, and an
-object under the hand has not been carried off.
+opens again.)
 
 Each object (a reference group) is tracked by the base-frame points of the keypoints seen
 at its last sighting. Frames must come in order; a stamp going backwards or a gap of more
@@ -48,7 +45,7 @@ class PermanenceConfig:
     arm's carrying speed); cover_margin_m: depth readings this much nearer than the last
     seen points mean something covers them; max_gap_s: a longer gap between frames starts
     over; grasp_radius_m: the gripper's point this near the mean of an unseen object's last
-    seen points can have taken it (and this near horizontally is over it); closed_margin_m: an opening this much narrower than the
+    seen points can have taken it; closed_margin_m: an opening this much narrower than the
     widest seen in the stream is a closed gripper."""
 
     enabled: bool = True
@@ -131,16 +128,14 @@ class ObjectPermanence:
                 out.append(None)
                 continue
             known = np.isfinite(track.xyz[:, 0])
-            over = False
             if gripper is not None:
-                offset = np.asarray(gripper.position) - track.xyz[known].mean(0)
-                track.grasped = track.grasped or bool(np.linalg.norm(offset) <= self.config.grasp_radius_m)
-                over = bool(np.linalg.norm(offset[:2]) <= self.config.grasp_radius_m)
+                near = np.linalg.norm(np.asarray(gripper.position) - track.xyz[known].mean(0)) <= self.config.grasp_radius_m
+                track.grasped = track.grasped or bool(near)
             uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
             if depth is None:
                 depth = depth_in_metres(frame.depth)
             held = closed and track.grasped
-            if not held and not over and not self._covered(depth, uv, z):
+            if not held and not self._covered(depth, uv, z):
                 track.unseen_s += dt
             radius_m = self.config.slack_m + self.config.speed_mps * track.unseen_s
             anchor = np.full((len(track.xyz), 2), np.nan)
