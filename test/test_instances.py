@@ -113,6 +113,28 @@ def test_slots_of_a_category_take_distinct_instances_and_missing_ones_are_not_vi
     assert not out.visible[:8].any()
 
 
+def test_look_alikes_are_numbered_nearest_the_camera_first_and_then_kept_by_permanence():
+    """Two blocks of one category: at a stream's start the first slot takes the block nearer
+    the camera (horizontally; here the camera looks down at the image centre), not the one
+    that matches best; a frame later, with the blocks moved 13 mm so that the order by
+    place would flip, each slot stays on its block. A new stream numbers them afresh."""
+    refs, block, _ = references(slots=2)
+    config = DetectorConfig(instances=InstanceConfig())
+    a, b = np.array([4, 9]), np.array([17, 11])  # object centres 6.7 and 6.5 cells from the image centre
+    step = np.array([1, 0])  # then 5.7 and 7.5 cells
+
+    def seen(detector, t, a, b):
+        detector.instances.segmenter = Masks([(tuple(a), 0), (tuple(b), 0)])
+        out = detector.detect([frame(t)], features(block, [(a, 1.0), (b, 0.95)]))[0]  # a matches better
+        assert out.visible.all()
+        return [min((0, 1), key=lambda k: np.abs(out.uv[4 * s:4 * s + 4] - centres((a, b)[k])).max()) for s in (0, 1)]
+
+    detector = KeypointDetector(refs, config, Masks([]))
+    assert seen(detector, 0.0, a, b) == [1, 0]  # b is nearer: block[0]
+    assert seen(detector, 0.1, a + step, b + step) == [1, 0]  # a is nearer now; the slots keep their blocks
+    assert seen(KeypointDetector(refs, config, Masks([])), 0.0, a + step, b + step) == [0, 1]
+
+
 def test_an_instance_out_of_the_objects_reach_is_not_taken():
     """Object permanence holds under instance matching too: once seen at A, the block is not
     taken from an instance 48 px away a moment later (its place is uncovered, reach ~3 cm)."""

@@ -3,6 +3,7 @@ the scripted expert, recorded demonstrations, ground truth and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -273,6 +274,27 @@ def test_variations_change_the_scene():
     assert np.ptp(in_xy[:, 0]) > 0.15 and np.ptp(in_xy[:, 1]) > 0.15  # spread across the workspace
     # same seed, same scene
     assert sample_scene("pick_place", config, catalogue, "scene", 7) == scenes["scene"]
+
+
+def test_several_objects_are_numbered_nearest_the_camera_first():
+    """pick_place_two's blocks are numbered (and picked by the expert) nearest the scene
+    camera first, the order instance matching gives look-alikes when a stream starts."""
+    from kil.sim.objects import load_catalogue
+    from kil.sim.scene import sample_scene
+    from kil.sim.tasks import task_config
+    from kil.sim.world import CameraConfig
+
+    catalogue, config = load_catalogue(), task_config("pick_place_two")
+    assert config.first_nearest_xy == CameraConfig().eye[:2]
+    swapped = 0
+    for seed in range(20):
+        scene = sample_scene("pick_place_two", config, catalogue, "in", seed)
+        near, far = (math.dist(p.xy, config.first_nearest_xy) for p in scene.objects)
+        assert near <= far
+        unordered = sample_scene("pick_place_two", dataclasses.replace(config, first_nearest_xy=None), catalogue, "in", seed)
+        assert sorted(unordered.objects, key=lambda p: p.xy) == sorted(scene.objects, key=lambda p: p.xy)  # the same draw
+        swapped += unordered.objects != scene.objects
+    assert 0 < swapped < 20
 
 
 def test_every_variation_renders_a_different_image():

@@ -193,6 +193,9 @@ class KeypointSource:
                 from kil.perception.segmentation.base import SEGMENTERS
 
                 parts["segmenter"] = json.dumps(to_plain(SEGMENTERS.load_config(detector.instances.segmenter)[1]), sort_keys=True)
+                from kil.perception.instances import INSTANCE_MATCHING_VERSION
+
+                parts["instance_matching"] = INSTANCE_MATCHING_VERSION
             if detector.tracking is not None:
                 from kil.perception.trackers.base import TRACKERS
 

@@ -7,7 +7,11 @@ may take. Every object slot (one reference image: `block`, or `block[0]` and `bl
 scores every instance by the mean similarity of its keypoints at their best pixels inside
 the mask. The slots of a category take the best-scoring instances, one each and greedily,
 among those within reach of where the slot's object was last seen (object permanence) and
-scoring at least `min_instance_score`. A slot left without an instance is not visible,
+scoring at least `min_instance_score`. Look-alikes have no order of their own, so slots of
+one category that know nothing of their object yet (a stream's start) are numbered by
+place: the instance nearest the camera (horizontally, in the base frame) goes to the first
+slot, as demonstrators handle the object closest to the camera first (paper 001); from then
+on permanence keeps each slot on its object. A slot left without an instance is not visible,
 which the policy sees as padding. A keypoint takes its best pixel inside its slot's mask;
 the similarity threshold and depth still decide whether it is visible.
 """
@@ -20,8 +24,12 @@ import numpy as np
 
 from kil.config import require
 from kil.msgs import RGBD
+from kil.perception.lifting import lift
 from kil.perception.permanence import Reach
 from kil.perception.segmentation.base import Instances, Prompt, Segmenter
+
+
+INSTANCE_MATCHING_VERSION = 2  # bump when the same inputs give other slots (dataset caches depend on it)
 
 
 @dataclass(frozen=True)
@@ -90,17 +98,44 @@ class InstanceMatcher:
                 where = pixels[k][at]
                 if values.mean() >= threshold and _within(reach, where, W):
                     offers.append((float(values.mean()), s, int(k), where, values))
-        used_slots, used_instances = set(), set()
+        chosen: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slot -> (pixel indices (M,), scores (M,))
+        used_instances = set()
         for _, s, k, where, values in sorted(offers, key=lambda o: -o[0]):
-            if s in used_slots or k in used_instances:
+            if s in chosen or k in used_instances:
                 continue
-            used_slots.add(s)
+            chosen[s] = (where, values)
             used_instances.add(k)
+        chosen = self._numbered_by_place(chosen, reaches, frame, W)
+        for s, (where, values) in chosen.items():
             members = self.slots[s].members
             uv[members] = np.stack([where % W, where // W], 1)
             score[members] = values
             taken[members] = True
         return uv, score, taken, instances
+
+    def _numbered_by_place(self, chosen: dict[int, tuple[np.ndarray, np.ndarray]], reaches: list[Reach | None],
+                           frame: RGBD, width: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """`chosen` with the instances of each category's slots that know nothing of their
+        object yet (no reach) handed out again, nearest the camera to the first such slot."""
+        fresh: dict[int, list[int]] = {}
+        for s in sorted(chosen):
+            if _unknown(reaches[s]):
+                fresh.setdefault(self.slots[s].category, []).append(s)
+        camera_xy = frame.T_base_camera[:2, 3]
+        out = dict(chosen)
+        for slots in fresh.values():
+            if len(slots) < 2:
+                continue
+            distance = []
+            for s in slots:
+                where = chosen[s][0]
+                xyz, visible = lift(np.stack([where % width, where // width], 1).astype(np.float64), frame.depth, frame.K, frame.T_base_camera)
+                # an instance without depth sorts last, by its pixels' mean row (lower in the image is nearer)
+                distance.append((0, float(np.linalg.norm(xyz[visible, :2].mean(0) - camera_xy))) if visible.any()
+                                else (1, -float((where // width).mean())))
+            for s, nearest in zip(slots, sorted(slots, key=lambda s: distance[slots.index(s)])):
+                out[s] = chosen[nearest]
+        return out
 
 
 DUPLICATE_IOU = 0.8  # instances overlapping this much are one object (two point prompts on the same block)
@@ -119,6 +154,11 @@ def distinct(instances: Instances, iou: float = DUPLICATE_IOU) -> Instances:
         if all(o <= iou for o in overlap):
             keep.append(k)
     return Instances(instances.masks[keep], instances.score[keep], instances.prompt[keep])
+
+
+def _unknown(reach: Reach | None) -> bool:
+    """Whether a slot knows nothing of where its object was."""
+    return reach is None or not np.isfinite(reach.anchor[:, 0]).any()
 
 
 def _within(reach: Reach | None, where: np.ndarray, width: int) -> bool:

@@ -42,7 +42,7 @@ class SceneSpec:
     task: str
     variation: str
     seed: int
-    objects: tuple[Placement, ...]  # the task's objects, in task order
+    objects: tuple[Placement, ...]  # the task's objects, in task order (nearest `first_nearest_xy` first)
     distractors: tuple[Placement, ...] = ()
     table_rgba: tuple[float, float, float, float] = DEFAULT_TABLE_RGBA
     table_texture: bool = True
@@ -97,6 +97,8 @@ def sample_scene(task_name: str, task: TaskConfig, catalogue: Catalogue, variati
         else:
             yaw = canonical + math.radians(rng.uniform(-IN_YAW_RANGE_DEG, IN_YAW_RANGE_DEG))
         objects.append(Placement(inst, (float(xy[0]), float(xy[1])), float(yaw)))
+    if task.first_nearest_xy is not None:  # after every draw, so the rest of the scene stays as drawn
+        objects.sort(key=lambda p: math.dist(p.xy, task.first_nearest_xy))
     if variation != "scene":
         return SceneSpec(task_name, variation, seed, tuple(objects))
     distractor_pool = catalogue.category("distractor").demo

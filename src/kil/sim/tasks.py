@@ -48,11 +48,17 @@ class TaskConfig:
     upright_tolerance_deg: float = 15.0
     yaw_tolerance_deg: float = 30.0
     position_tolerance: float = 0.035
+    # Objects are numbered (and handled by the expert) nearest this base-frame point first:
+    # the scene camera's place, as paper 001's demonstrators handle the object closest to
+    # the camera first, and as instance matching numbers look-alikes when a stream starts.
+    first_nearest_xy: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         require(self.kind in TASK_KINDS, "kind", f"unknown task kind {self.kind!r} (known: {', '.join(TASK_KINDS)})")
         require(1 <= self.objects <= 4, "objects", f"must be 1..4, got {self.objects}")
         require(self.time_limit_s > 0, "time_limit_s", "must be > 0")
+        require(self.first_nearest_xy is None or len(self.first_nearest_xy) == 2, "first_nearest_xy",
+                f"a base-frame point [x, y] in metres, got {self.first_nearest_xy}")
 
 
 @dataclass(frozen=True)
