@@ -3,6 +3,7 @@ and is found again where it went once the frames say it can have left."""
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -131,6 +132,43 @@ def test_an_object_the_gripper_holds_is_not_looked_for_elsewhere(scene):
     blind = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
     jumped = [i for i, k in enumerate(blind) if i > 0 and k.visible.all()]
     assert jumped and jumped[0] <= 8, jumped
+
+
+def raised_frame(t_s: float, places: list[np.ndarray]) -> RGBD:
+    """`frame` with a 5 cm tall object's top face at each of `places` (0.95 m from the camera)."""
+    f = frame(t_s)
+    depth = f.depth.copy()
+    for place in places:
+        r, c = place * STRIDE
+        depth[r - 4: r + 12, c - 4: c + 12] = 0.95
+    return dataclasses.replace(f, depth=depth)
+
+
+@pytest.mark.parametrize("grasp", ["taken", "missed"])
+def test_an_object_carried_by_the_gripper_is_looked_for_where_the_gripper_takes_it(scene, grasp):
+    """Seen at A (5 cm tall), the gripper closes on it, lifts and moves 8 cm to B. Taken:
+    A is then empty (the camera sees the table behind its points), so the object moves with
+    the gripper and is found in its fingers at B at once. Missed: the object is still at A
+    (unseen there), and the look-alike at B is not taken for it while the gripper is closed."""
+    descriptors, references, rng = scene
+    at_a, at_b = place_xyz(PLACE_A), place_xyz(PLACE_B)
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    first = detector.detect([raised_frame(0.0, [PLACE_A])], features(descriptors, [PLACE_A], rng),
+                            [GripperState(at_a + [0, 0, -0.2], 0.08)])[0]
+    assert first.visible.all()
+    closing = detector.detect([raised_frame(0.1, [PLACE_A])], features(descriptors, [], rng), [GripperState(at_a, 0.04)])[0]
+    assert not closing.visible.any()  # the fingers hide it
+    occupied = [PLACE_B] if grasp == "taken" else [PLACE_A, PLACE_B]
+    moved = [detector.detect([raised_frame(0.1 * i, occupied)], features(descriptors, [PLACE_B], rng), [GripperState(at_b, 0.04)])[0]
+             for i in range(2, 6)]
+    if grasp == "taken":
+        assert all(k.visible.all() for k in moved)
+        for k in moved:
+            np.testing.assert_allclose(k.uv, cell_centre(PLACE_B), atol=1.5)
+        released = detector.detect([raised_frame(0.6, [PLACE_B])], features(descriptors, [PLACE_B], rng), [GripperState(at_b, 0.08)])[0]
+        assert released.visible.all()
+    else:
+        assert not any(k.visible.any() for k in moved)
 
 
 def test_the_gripper_closing_away_from_an_object_does_not_hold_it():

@@ -17,8 +17,11 @@ gripper stays closed (narrower than the widest opening seen in the stream by
 `closed_margin_m`): its reach does not grow, so while the block rides in the fingers, where
 the matcher rarely finds it, a look-alike elsewhere on the table is not taken for it. When
 the gripper opens the object has been put down somewhere the arm went and the reach grows
-again. (A grasp that closes on nothing keeps the object at its old place until the gripper
-opens again.)
+again. Once the held object's old place is uncovered and empty (depth readings behind where
+its points were: the table under a lifted block) it is taken to be carried: its place moves
+with the gripper, so it is found in the fingers and where the gripper puts it down (the
+reach starts there, at the slack, when the gripper opens). A grasp that closes on nothing
+leaves the object's place occupied, so it stays there.
 
 Each object (a reference group) is tracked by the base-frame points of the keypoints seen
 at its last sighting. Frames must come in order; a stamp going backwards or a gap of more
@@ -91,6 +94,8 @@ class _Track:
     xyz: np.ndarray  # (M, 3) base frame, NaN where the keypoint was not seen at the last sighting
     unseen_s: float  # time unseen with the last place uncovered
     grasped: bool = False  # the gripper came within grasp_radius_m of it since it was last seen
+    held_from: np.ndarray | None = None  # (3,) gripper position when the gripper closed on it
+    carried: bool = False  # held, and its old place was seen empty: it moves with the gripper
 
 
 class ObjectPermanence:
@@ -106,6 +111,8 @@ class ObjectPermanence:
         self._tracks: list[_Track | None] = [None] * len(self.groups)
         self._last_stamp_ns: int | None = None
         self._widest = 0.0  # the gripper's widest opening in this stream (metres)
+        self._gripper: GripperState | None = None  # at the frame being detected, and whether it is closed
+        self._closed = False
 
     def reaches(self, frame: RGBD, gripper: GripperState | None = None) -> list[Reach | None]:
         """Advance to `frame` and say where each object may be in it (None: anywhere);
@@ -121,6 +128,7 @@ class ObjectPermanence:
         if gripper is not None:
             self._widest = max(self._widest, float(gripper.opening))
             closed = gripper.opening < self._widest - self.config.closed_margin_m
+        self._gripper, self._closed = gripper, closed
         depth = None
         out: list[Reach | None] = []
         for track in self._tracks:
@@ -129,33 +137,62 @@ class ObjectPermanence:
                 continue
             known = np.isfinite(track.xyz[:, 0])
             if gripper is not None:
-                near = np.linalg.norm(np.asarray(gripper.position) - track.xyz[known].mean(0)) <= self.config.grasp_radius_m
-                track.grasped = track.grasped or bool(near)
+                track.grasped = track.grasped or self._near_gripper(track.xyz[known])
             uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
             if depth is None:
                 depth = depth_in_metres(frame.depth)
             held = closed and track.grasped
+            if held:
+                if track.held_from is None:
+                    track.held_from = np.asarray(gripper.position, np.float64)
+                track.carried = track.carried or self._emptied(depth, uv, z)
+            elif track.carried:  # put down where the gripper let go of it
+                track.xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
+                track.unseen_s, track.grasped, track.held_from, track.carried = 0.0, False, None, False
+                uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
+            else:
+                track.held_from = None
             if not held and not self._covered(depth, uv, z):
                 track.unseen_s += dt
+            if track.carried:
+                xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
+                uv, z = project(frame.K, frame.T_base_camera, xyz[known])
+            else:
+                xyz = track.xyz
             radius_m = self.config.slack_m + self.config.speed_mps * track.unseen_s
             anchor = np.full((len(track.xyz), 2), np.nan)
             anchor[known] = uv
             in_front = z > 1e-3
             radius_px = float(frame.K[0, 0] * radius_m / np.median(z[in_front])) if in_front.any() else np.inf
-            out.append(Reach(anchor, radius_px, track.xyz, radius_m))
+            out.append(Reach(anchor, radius_px, xyz, radius_m))
         return out
+
+    def _near_gripper(self, xyz: np.ndarray) -> bool:
+        """Whether the gripper (at the current frame) is within grasp_radius_m of the mean of
+        points xyz (M, 3), base frame."""
+        return bool(np.linalg.norm(np.asarray(self._gripper.position) - xyz.mean(0)) <= self.config.grasp_radius_m)
 
     def _covered(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> bool:
         """Whether most of the last seen points have depth readings well in front of them
         (something stands between them and the camera). Out of view or without readings:
         not covered (nothing says the object is still there)."""
+        return self._most(depth, uv, z, -1)
+
+    def _emptied(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> bool:
+        """Whether most of the last seen points have depth readings well behind them (the
+        camera sees through where the object was)."""
+        return self._most(depth, uv, z, +1)
+
+    def _most(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray, side: int) -> bool:
+        """Whether most points (uv (M, 2) px at depth z (M,) m) have readings more than
+        cover_margin_m in front of them (side -1) or behind them (+1)."""
         H, W = depth.shape
         inside = (z > 1e-3) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
         if not inside.any():
             return False
         measured = read_depth(depth, uv[inside], radius=2)
-        in_front = measured < z[inside] - self.config.cover_margin_m  # NaN compares False
-        return bool(in_front.sum() * 2 > len(in_front))
+        beyond = side * (measured - z[inside]) > self.config.cover_margin_m  # NaN compares False
+        return bool(beyond.sum() * 2 > len(beyond))
 
     def update(self, xyz: np.ndarray, visible: np.ndarray) -> None:
         """Record a frame's result: xyz (N, 3) base frame and visible (N,) of every keypoint.
@@ -165,4 +202,12 @@ class ObjectPermanence:
         for g, members in enumerate(self.groups):
             seen = visible[members]
             if seen.any():
-                self._tracks[g] = _Track(np.where(seen[:, None], xyz[members], np.nan).astype(np.float64), 0.0)
+                track = _Track(np.where(seen[:, None], xyz[members], np.nan).astype(np.float64), 0.0)
+                before = self._tracks[g]
+                if self._closed and before is not None and before.carried:  # seen in the fingers: still carried
+                    track.grasped, track.carried = True, True
+                else:
+                    track.grasped = self._gripper is not None and self._near_gripper(track.xyz[seen])
+                if track.grasped and self._closed:
+                    track.held_from = np.asarray(self._gripper.position, np.float64)
+                self._tracks[g] = track
