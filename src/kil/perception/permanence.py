@@ -30,7 +30,7 @@ than `max_gap_s` starts over (a new episode, a restarted camera).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -96,6 +96,7 @@ class _Track:
     grasped: bool = False  # the gripper came within grasp_radius_m of it since it was last seen
     held_from: np.ndarray | None = None  # (3,) gripper position when the gripper closed on it
     carried: bool = False  # held, and its old place was seen empty: it moves with the gripper
+    moved: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) m the gripper moved while holding it
 
 
 class ObjectPermanence:
@@ -141,11 +142,15 @@ class ObjectPermanence:
             uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
             if depth is None:
                 depth = depth_in_metres(frame.depth)
-            held = closed and track.grasped
-            if held:
+            # without the gripper's state at this frame, an object stays held (and carried) as it was
+            held = closed and track.grasped if gripper is not None else track.held_from is not None
+            if gripper is None:
+                pass
+            elif held:
                 if track.held_from is None:
                     track.held_from = np.asarray(gripper.position, np.float64)
                 track.carried = track.carried or self._emptied(depth, uv, z)
+                track.moved = np.asarray(gripper.position, np.float64) - track.held_from
             elif track.carried:  # put down where the gripper let go of it
                 track.xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
                 track.unseen_s, track.grasped, track.held_from, track.carried = 0.0, False, None, False
@@ -155,7 +160,7 @@ class ObjectPermanence:
             if not held and not self._covered(depth, uv, z):
                 track.unseen_s += dt
             if track.carried:
-                xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
+                xyz = track.xyz + track.moved
                 uv, z = project(frame.K, frame.T_base_camera, xyz[known])
             else:
                 xyz = track.xyz
