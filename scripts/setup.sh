@@ -48,9 +48,16 @@ if [ -f "$venv/.kil-setup" ] && [ "$(cat "$venv/.kil-setup")" = "$stamp" ]; then
 fi
 echo "[setup] installing torch==2.13.0 and kil[$extras] into $venv"
 quiet_pip() {  # this machine's global pip.conf names local indexes pip warns about per package
-    "$venv/bin/pip" install --progress-bar off -q "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-    return "${PIPESTATUS[0]}"
+    # pip's own status decides (a filter in a pipe would hide a failed install, e.g. a full disk).
+    local output status=0
+    output="$("$venv/bin/pip" install --progress-bar off -q "$@" 2>&1)" || status=$?
+    printf '%s\n' "$output" | grep -v "is ignored: it is neither a file nor a directory" || true
+    if [ "$status" -ne 0 ]; then
+        echo "[setup] pip install $* failed (exit $status); .venv is incomplete" >&2
+        return "$status"
+    fi
 }
+rm -f "$venv/.kil-setup"  # written back only once every install below has succeeded
 quiet_pip "torch==2.13.0"
 quiet_pip -e ".[$extras]"
 echo "$stamp" > "$venv/.kil-setup"
