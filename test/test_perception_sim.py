@@ -220,6 +220,43 @@ def test_recoloured_training_scenes_change_only_the_colours_of_objects_and_clutt
     assert [r.recolour for r in requests] == [False, True] * 4
 
 
+def test_manipulated_training_scenes_show_objects_in_the_fingers_or_put_down_with_exact_correspondences():
+    """A scene seen along a scripted demonstration: some of its views have the task object
+    lifted or put down (away from where it lay), each view from another camera pose; pixels
+    on the object correspond across views where it moved in between (the loss relates them
+    through its pose at each view); about half of a batch of requests is manipulated."""
+    from kil.sim.correspondence import correspondences
+    from kil.sim.episode import make_world
+    from kil.training.descriptor_views import MOVED_M, SceneRequest, render_scene, scene_requests
+
+    request = SceneRequest("pick_place", "panda", "in", 4242, 4, (120, 160), False, True)
+    world = make_world(request.task, request.robot, request.variation, request.seed)
+    try:
+        rest = world.object_pose(0)[:3, 3]
+    finally:
+        world.close()
+    views = render_scene(request).views
+    assert len(views) == 4
+    block = next(body for body, (category, _) in views[0].objects.items() if category == "block")
+    where = [v.body_poses[block][:3, 3] for v in views]
+    moved = [np.linalg.norm(p - rest) > MOVED_M for p in where]
+    assert sum(moved) >= 2
+    assert len({tuple(np.round(v.T_base_camera[:3, 3], 3)) for v in views}) == 4
+    seen = [(v.bodies == block).sum() for v in views]
+    a = max((v for v, m in zip(views, moved) if m), key=lambda v: (v.bodies == block).sum())
+    b = max((v for v in views if v is not a), key=lambda v: (v.bodies == block).sum())
+    assert np.linalg.norm(a.body_poses[block][:3, 3] - b.body_poses[block][:3, 3]) > MOVED_M, seen
+    on_block = np.argwhere(a.bodies == block)[:, ::-1]
+    assert len(on_block) > 20
+    uv, valid = correspondences(a, b, on_block)
+    assert valid.sum() > 0.3 * len(on_block)
+    px = np.round(uv[valid]).astype(int)
+    assert (b.bodies[px[:, 1], px[:, 0]] == block).mean() > 0.95
+    requests = scene_requests(("pick_place",), ("panda",), ("in",), 40, 2, (120, 160), 0, recolour_share=0.5, manipulated_share=0.5)
+    flags = np.array([(r.manipulated, r.recolour) for r in requests])
+    assert 10 <= flags[:, 0].sum() <= 30 and flags[flags[:, 0], 1].any() and not flags[flags[:, 0], 1].all()
+
+
 def test_episode_streams_align_a_recorded_demo_at_10_hz(tmp_path):
     from kil.data.episode_streams import read_streams
     from kil.errors import BagError

@@ -175,6 +175,22 @@ def test_expert_succeeds_on_a_seeded_batch(task, robot):
     assert all(r.stop_reason == "teleop: expert finished its plan" for r in results)
 
 
+def test_truth_frames_show_the_object_in_the_fingers_or_put_down_by_the_expert():
+    """Calibration and bench frames where the expert handles the object: "holding" has the
+    block lifted with some of its points seen (the fingers hide others); "placed" has it in
+    the tray (its points beside the tray's centre, which it covers)."""
+    from kil.sim.truth import LIFTED_M, render_truth_frame
+
+    away, holding, placed = (render_truth_frame("pick_place", "in", 777, "panda", arm) for arm in ("away", "holding", "placed"))
+    block = [i for i, name in enumerate(away.names) if name.startswith("block/")]
+    centre = away.names.index("tray/center")
+    assert away.visible[block].all()
+    assert (holding.xyz[block, 2] - away.xyz[block, 2] > LIFTED_M).all()
+    assert 0 < holding.visible[block].sum()
+    assert (np.linalg.norm(placed.xyz[block, :2] - away.xyz[centre, :2], axis=1) < 0.05).all()
+    assert placed.visible[block].all() and not placed.visible[centre]
+
+
 def test_ground_truth_of_several_objects_is_named_as_the_spec_names_them():
     """Two blocks: the sim's true keypoints travel as one Keypoints message (names unique,
     as the spec's layout writes them), and the oracle maps each spec keypoint to its block."""

@@ -33,7 +33,7 @@ from kil.sim.truth import TruthFrame, render_truth_frame
 EVAL_SEED_BASE = 700_000  # disjoint from training views (500_000+) and the expert benchmark
 CALIBRATION_SEED_BASE = 800_000  # frames `kil keypoints calibrate` fits thresholds on
 REFERENCE_SEED = 699_999
-ARM_CYCLE = ("away", "occluding", "random")
+ARM_CYCLE = ("away", "occluding", "random", "holding", "placed")
 
 
 def truth_frames(tasks: list[str], variations: list[str], frames: int, seed_base: int, robot: str = "panda",

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kp.add_argument("--backends", default="descriptor_net,sift", help="comma-separated feature configs (config/features/)")
     kp.add_argument("--tasks", default="pick_place,place_upright", help="single-object tasks")
     kp.add_argument("--variations", default="in,obj,scene")
-    kp.add_argument("--frames", type=int, default=12, help="frames per task and variation")
+    kp.add_argument("--frames", type=int, default=10, help="frames per task and variation (the arm cycling as kil keypoints calibrate's)")
     kp.add_argument("--robot", default="panda")
     kp.add_argument("--episodes", metavar="DIR", help="instead: recorded sim episodes (kil record), every frame in order, "
                                                       "with object permanence and without (first backend only)")

@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering scenes")
     parser.add_argument("--recolour-share", type=float, default=None, help="share of scenes with objects in random colours (default 0.5)")
+    parser.add_argument("--manipulated-share", type=float, default=None,
+                        help="share of scenes seen along a scripted demonstration: objects in the fingers and put down (default 0.5)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,7 +37,8 @@ def main(args: argparse.Namespace) -> int:
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out: expected a .safetensors file, got {out}")
     overrides = {k: v for k, v in (("scenes", args.scenes), ("steps", args.steps), ("init", args.init), ("lr", args.lr),
-                                              ("recolour_share", args.recolour_share)) if v is not None}
+                                              ("recolour_share", args.recolour_share),
+                                              ("manipulated_share", args.manipulated_share)) if v is not None}
     try:
         config = dataclasses.replace(DescriptorTrainConfig(), seed=args.seed, workers=args.workers, **overrides)
     except ValueError as err:
@@ -45,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console) as progress:
         requests = scene_requests(config.tasks, config.robots, config.variations, config.scenes, config.views_per_scene, config.image_size, config.seed,
-                                  config.recolour_share)
+                                  config.recolour_share, config.manipulated_share)
         bar = progress.add_task("rendering training views", total=len(requests), info="")
         scenes = render_scenes(requests, config.workers, lambda: progress.advance(bar))
         bar = progress.add_task("training descriptor net", total=config.steps, info="")

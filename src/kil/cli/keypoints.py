@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--model", default="descriptor_net", help="feature backend config (config/features/)")
     calibrate.add_argument("--tasks", default="pick_place,place_upright", help="simulated tasks to render frames of")
     calibrate.add_argument("--variations", default="in,obj,scene")
-    calibrate.add_argument("--frames", type=int, default=9, help="frames per task and variation (the arm cycling away / in front of an object / anywhere)")
+    calibrate.add_argument("--frames", type=int, default=10,
+                           help="frames per task and variation (the arm cycling away / in front of an object / anywhere / carrying it / after putting it down)")
     calibrate.add_argument("--precision", type=float, default=0.9, help="share of keypoints reported not visible that must truly be hidden")
     calibrate.add_argument("--robot", default="panda")
     calibrate.add_argument("--write", action="store_true", help="store the threshold as min_score in the model's config")

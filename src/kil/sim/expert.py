@@ -17,6 +17,7 @@ training leaves those action labels out and keeps the recovery.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,3 +228,17 @@ class ScriptedExpert:
                 return seg.sample(t), seg.gripper
         last = self.segments[-1]
         return last.end, last.gripper
+
+
+def play_expert(world, limit_s: float = 60.0, config: ExpertConfig = ExpertConfig()) -> Iterator[int]:
+    """Drive a SimWorld through the expert's demonstration of its task, tick by tick, without
+    the node graph (views and frames of objects being handled, for training and calibrating
+    perception). Yields the tick count after each step until the plan is played out or
+    `limit_s` of sim time has passed."""
+    objects = range(len(world.scene.objects))
+    expert = ScriptedExpert(world.task, world.scene, world.gripper_opening(), config)
+    while not expert.finished(world.time_s) and world.time_s < limit_s:
+        expert.update(world.time_s, world.ee_pose(), [world.object_pose(i) for i in objects])
+        T, opening = expert.sample(world.time_s)
+        world.step(T[:3, 3], T[:3, :3], opening)
+        yield world.ticks

@@ -5,8 +5,10 @@ camera sees it (projects into the image, not hidden by the arm, the gripper or c
 `arm` places the gripper before the frame is taken: "away" (the start pose, nothing
 hidden), "occluding" (the hand on the camera's line of sight to a task object, 12-25 cm from it
 and up to 2.5 cm off the line: the gripper hides some or all of its points, and stands right
-next to the others, which is where a keypoint jumps to) or "random" (anywhere above the
-table).
+next to the others, which is where a keypoint jumps to), "random" (anywhere above the
+table), "holding" (the scripted expert has picked an object up and carries it: its points
+are in the fingers, some hidden by them) or "placed" (the expert has put every object
+down where the task wants it and raised the gripper above the last one).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from kil.msgs import RGBD
 
-ArmPlacement = Literal["away", "occluding", "random"]
+ArmPlacement = Literal["away", "occluding", "random", "holding", "placed"]
+LIFTED_M = 0.03  # an object this much above where it lay is in the fingers
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class TruthFrame:
 def _place_arm(world, arm: ArmPlacement, rng: np.random.Generator, ticks: int = 150) -> None:
     if arm == "away":
         return
+    if arm in ("holding", "placed"):
+        _demonstrate_until(world, arm, rng)
+        return
     rotation = world.ee_pose()[:3, :3]
     if arm == "occluding":
         index = int(rng.integers(len(world.scene.objects)))
@@ -76,3 +82,20 @@ def render_truth_frame(task: str, variation: str, seed: int, robot: str = "panda
                           truth.names, truth.uv, truth.xyz, truth.visible, truth.instance)
     finally:
         world.close()
+
+
+def _demonstrate_until(world, arm: ArmPlacement, rng: np.random.Generator) -> None:
+    """Play the expert's demonstration: to its end ("placed"), or until it has carried the
+    first object it lifted for a random 0-1 s ("holding")."""
+    from kil.sim.expert import play_expert
+
+    objects = range(len(world.scene.objects))
+    rest_z = np.array([world.object_pose(i)[2, 3] for i in objects])
+    carry_ticks = int(rng.integers(0, world.config.control_hz))
+    for _ in play_expert(world):
+        if arm == "holding" and max(world.object_pose(i)[2, 3] - rest_z[i] for i in objects) > LIFTED_M:
+            if carry_ticks == 0:
+                return
+            carry_ticks -= 1
+    if arm == "holding":
+        raise RuntimeError(f"the expert lifted no object in {world.scene.task} (seed {world.scene.seed})")

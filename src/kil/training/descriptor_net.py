@@ -52,6 +52,9 @@ class DescriptorTrainConfig:
     # of scenes with every object and distractor in a random colour: a block must be found by
     # its shape, not because the reference's block was red and the ball beside it is orange
     recolour_share: float = 0.5
+    # of scenes seen along a scripted demonstration (objects in the fingers, lifted, put in the
+    # fixture) instead of resting where they were placed, with the arm moved at random
+    manipulated_share: float = 0.5
     margin: float = 1.0  # minimum distance of unit descriptors that do not correspond (cosine <= 0.5)
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -67,6 +70,7 @@ class DescriptorTrainConfig:
         require(self.hard_pool >= 1, "hard_pool", f"must be >= 1, got {self.hard_pool}")
         require(0 <= self.distractor_share <= 1, "distractor_share", f"a share in [0, 1], got {self.distractor_share}")
         require(0 <= self.recolour_share <= 1, "recolour_share", f"a share in [0, 1], got {self.recolour_share}")
+        require(0 <= self.manipulated_share <= 1, "manipulated_share", f"a share in [0, 1], got {self.manipulated_share}")
         require(0 < self.margin <= 2, "margin", f"unit descriptors are at most 2 apart, got {self.margin}")
 
 
