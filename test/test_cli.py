@@ -133,6 +133,21 @@ def test_keypoint_bench_and_calibration_on_simulated_frames(tmp_path):
     assert f"min_score {threshold:.3f}" in " ".join(out.split())
 
 
+def test_calibration_that_reaches_no_precision_leaves_the_model_config_as_it_was(tmp_path, monkeypatch, capsys):
+    """Where no threshold reaches the asked precision, `--write` is a one-line error and the
+    config keeps its min_score (writing -1 would switch the score rule off)."""
+    import kil.perception.calibration as calibration
+
+    config = tmp_path / "sift_copy.yaml"
+    config.write_text("backend: sift\ninput_size: [240, 320]\nmin_score: 0.5  # as calibrated before\n")
+    monkeypatch.setattr(calibration, "calibrate_min_score",
+                        lambda *args: calibration.Calibration(-1.0, 0.6, 0.0, 10, 50, reached=False))
+    code = main(["keypoints", "calibrate", "--model", str(config), "--tasks", "pick_place", "--variations", "in", "--frames", "1", "--write"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "no min_score reaches 90% precision" in err and str(config) in err
+    assert config.read_text() == "backend: sift\ninput_size: [240, 320]\nmin_score: 0.5  # as calibrated before\n"
+
+
 def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
     """`kil bench keypoints --episodes DIR` runs a recorded sim episode's frames in order
     against the ground truth recorded beside them, with object permanence and without, by

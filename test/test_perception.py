@@ -693,6 +693,10 @@ def test_visibility_threshold_calibration_reaches_the_asked_precision():
     # flags raised by verification count: here they are all wrong, so no threshold is needed to reach 0.9
     strict = calibrate_min_score(score, is_hidden, np.r_[np.zeros(400, bool), np.ones(100, bool)], 0.9)
     assert strict.recall == 1.0 and strict.threshold <= result.threshold
+    assert result.reached and strict.reached
+    # hidden keypoints scoring like seen ones: no threshold reaches 0.9, and none is chosen
+    mixed = calibrate_min_score(np.r_[seen, rng.uniform(0.7, 1.0, 100)], is_hidden, other, 0.9)
+    assert not mixed.reached and mixed.threshold == -1.0 and mixed.recall == 0.0
     with pytest.raises(ValueError, match="no hidden keypoint"):
         calibrate_min_score(seen, np.zeros(400, bool), np.zeros(400, bool))
 

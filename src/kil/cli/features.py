@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes rendering scenes")
     parser.add_argument("--recolour-share", type=float, default=None, help="share of scenes with objects in random colours (default 0.5)")
     parser.add_argument("--manipulated-share", type=float, default=None,
-                        help="share of scenes seen along a scripted demonstration: objects in the fingers and put down (default 0.5)")
+                        help="share of scenes seen along a scripted demonstration: objects in the fingers and put down (default 0)")
 
 
 def main(args: argparse.Namespace) -> int:

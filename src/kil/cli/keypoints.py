@@ -103,6 +103,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"{args.model}: min_score {result.threshold:.4f}: of {result.hidden} hidden keypoints (of {result.keypoints}) "
           f"{100 * result.recall:.0f}% reported not visible, at {100 * result.precision:.0f}% precision "
           f"(scores of seen keypoints: median {np.median(visible_scores):.3f}, 10th percentile {np.percentile(visible_scores, 10):.3f})")
+    if args.write and not result.reached:
+        # -1 would switch the score rule off: a model this unsure is no reason to report everything visible
+        raise ConfigError(f"--precision: no min_score reaches {100 * args.precision:.0f}% precision on these frames; "
+                          f"{config_file} is left as it was (ask for less, or train the model on such frames)")
     if args.write:
         note = (f"calibrated by kil keypoints calibrate ({', '.join(tasks)}; {', '.join(variations)}; {len(frames)} frames): "
                 f"recall {100 * result.recall:.0f}% at precision {100 * result.precision:.0f}%")

@@ -8,7 +8,7 @@ not to a task, and is stored in the model's config (`min_score`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,16 @@ import numpy as np
 @dataclass(frozen=True)
 class Calibration:
     """threshold: min_score; precision and recall of `visible=false` for hidden keypoints on
-    the calibration frames with it; hidden / keypoints: how many there were."""
+    the calibration frames with it; hidden / keypoints: how many there were; reached: the
+    asked precision was, catching some hidden keypoints (False: no threshold does, and -1
+    flags nothing by score)."""
 
     threshold: float
     precision: float
     recall: float
     hidden: int
     keypoints: int
+    reached: bool = True
 
 
 def calibrate_min_score(score: np.ndarray, hidden: np.ndarray, flagged_otherwise: np.ndarray,
@@ -46,7 +49,7 @@ def calibrate_min_score(score: np.ndarray, hidden: np.ndarray, flagged_otherwise
         precision, recall = _figures(other | (score < threshold), hidden)
         if precision >= target_precision and recall > best.recall:
             best = Calibration(float(threshold), precision, recall, best.hidden, best.keypoints)
-    return best
+    return best if best.recall > 0 else replace(best, reached=False)
 
 
 def _figures(flagged: np.ndarray, hidden: np.ndarray) -> tuple[float, float]:
