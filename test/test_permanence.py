@@ -173,6 +173,25 @@ def test_an_object_carried_by_the_gripper_is_looked_for_where_the_gripper_takes_
         assert not any(k.visible.any() for k in moved)
 
 
+@pytest.mark.parametrize("finger_depth", [0.9, 0.7])
+def test_a_keypoint_read_off_the_fingers_is_hidden_alone(scene, finger_depth):
+    """Seen at A on the table (1 m); a frame later a finger stands 10 or 30 cm in front of
+    its first keypoint: that point lifts onto the finger and is hidden, while the other three,
+    where they were, stay visible (the object's mean displacement neither hides them all nor
+    lets the finger's point through)."""
+    descriptors, references, rng = scene
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    first = detector.detect([frame(0.0)], features(descriptors, [PLACE_A], rng))[0]
+    assert first.visible.all()
+    fingered = frame(0.1)
+    u, v = cell_centre(PLACE_A)[0].astype(int)
+    depth = fingered.depth.copy()
+    depth[v - 3: v + 4, u - 3: u + 4] = finger_depth
+    keypoints = detector.detect([dataclasses.replace(fingered, depth=depth)], features(descriptors, [PLACE_A], rng))[0]
+    assert keypoints.visible.tolist() == [False, True, True, True]
+    np.testing.assert_allclose(keypoints.xyz[1:], first.xyz[1:], atol=0.005)  # a pixel of match noise
+
+
 def test_the_gripper_closing_away_from_an_object_does_not_hold_it():
     """The reach of an object the gripper never came near grows while the gripper is closed."""
     permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1))

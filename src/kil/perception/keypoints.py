@@ -41,7 +41,7 @@ from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
 EXTRACTIONS = ("im", "in", "t")  # image matching over the frame; instance matching inside instance masks; tracking
-DETECTION_VERSION = 5  # bump when the same inputs give other keypoints (dataset caches depend on it)
+DETECTION_VERSION = 6  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
 @dataclass(frozen=True)
@@ -259,17 +259,23 @@ class KeypointDetector:
         self._tracking_since = frame.stamp_ns
 
     def _within_reach(self, xyz: np.ndarray, visible: np.ndarray, reaches: list[Reach | None]) -> np.ndarray:
-        """(N,) bool: False for every keypoint of an object whose lifted points lie farther
-        from where they were last seen than it can have moved (at the right pixel, but on
-        the arm in front of it)."""
+        """(N,) bool: False for a keypoint whose lifted point lies farther from where it was
+        last seen than its object can have moved (at the right pixel, but its depth reading
+        on the fingers in front of it), judged per keypoint: one point read off the gripper
+        neither hides its object's other points nor passes because they lie right. A
+        keypoint not seen last time goes with its object's median displacement."""
         out = np.ones(len(xyz), bool)
         for members, reach in zip(self._groups, reaches):
             if reach is None:
                 continue
-            both = visible[members] & np.isfinite(reach.last_xyz[:, 0])  # seen then and now
-            if both.any():
-                moved = np.linalg.norm(xyz[members][both] - reach.last_xyz[both], axis=1).mean()
-                out[members] = moved <= reach.radius_m
+            members = np.asarray(members)
+            then = np.isfinite(reach.last_xyz[:, 0])
+            both = visible[members] & then  # seen then and now
+            if not both.any():
+                continue
+            moved = np.linalg.norm(xyz[members] - reach.last_xyz, axis=1)  # NaN where not seen then
+            out[members[both]] = moved[both] <= reach.radius_m
+            out[members[~then]] = float(np.median(moved[both])) <= reach.radius_m
         return out
 
     def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor,
