@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,14 +118,16 @@ def test_keypoint_bench_and_calibration_on_simulated_frames(tmp_path):
     """`kil bench keypoints` prints per variation and keypoint the error tails and the
     visibility figures; `kil keypoints calibrate --write` stores a threshold in the model's
     config, which the bench then uses."""
-    config = tmp_path / "sift_copy.yaml"
-    config.write_text("# a copy of the SIFT backend\nbackend: sift\ninput_size: [240, 320]\n")
+    config = tmp_path / "net_copy.yaml"
+    weights = Path(__file__).resolve().parents[1] / "config" / "models" / "descriptor_net_sim.safetensors"
+    config.write_text(f"# a copy of the descriptor net\nbackend: descriptor_net\nweights: {weights}\ninput_size: [240, 320]\n")
     calibrate = kil("keypoints", "calibrate", "--model", str(config), "--tasks", "pick_place", "--variations", "in",
                     "--frames", "3", "--precision", "0.5", "--write")
     assert calibrate.returncode == 0, calibrate.stderr
     assert "hidden keypoints" in calibrate.stdout and "wrote min_score" in calibrate.stdout
     written = config.read_text()
-    assert written.startswith("# a copy of the SIFT backend") and "min_score: " in written
+    assert written.startswith("# a copy of the descriptor net") and "min_score: " in written
+    assert float(written.split("min_score: ")[1].split()[0]) > -1  # a threshold that flags, not "nothing by score"
     bench = kil("bench", "keypoints", "--backends", str(config), "--tasks", "pick_place", "--variations", "in,scene", "--frames", "3")
     assert bench.returncode == 0, bench.stderr
     out = bench.stdout
