@@ -19,11 +19,15 @@ PLACE_A, PLACE_B = np.array([6, 6]), np.array([6, 12])  # (row, col) of its firs
 FRAME_CENTRE = CELLS * STRIDE / 2
 
 
-def frame(t_s: float, covered: bool = False) -> RGBD:
-    """A table 1 m from the camera (base frame = optical frame); `covered`: an arm 0.3 m
+def frame(t_s: float, covered: bool = False, raised: list[np.ndarray] = ()) -> RGBD:
+    """A table 1 m from the camera (base frame = optical frame); `raised`: places where a
+    5 cm tall object stands (its top face 0.95 m from the camera); `covered`: an arm 0.3 m
     in front of place A."""
     size = CELLS * STRIDE
     depth = np.ones((size, size), np.float32)
+    for place in raised:
+        r, c = place * STRIDE
+        depth[r - 4: r + 12, c - 4: c + 12] = 0.95
     if covered:
         r, c = PLACE_A * STRIDE
         depth[r - 8: r + 20, c - 8: c + 20] = 0.7
@@ -55,9 +59,11 @@ def scene():
     return descriptors, references, rng
 
 
-def run(detector: KeypointDetector, steps: list[tuple[float, bool, list[np.ndarray]]], descriptors, rng):
-    """Keypoints of each (time s, place A covered, places holding the object) in order."""
-    return [detector.detect([frame(t, covered)], features(descriptors, places, rng))[0] for t, covered, places in steps]
+def run(detector: KeypointDetector, steps: list[tuple[float, bool, list[np.ndarray]]], descriptors, rng, flat: bool = False):
+    """Keypoints of each (time s, place A covered, places holding the object or a look-alike)
+    in order; the objects are 5 cm tall, or `flat` (depth cannot tell them from the table)."""
+    return [detector.detect([frame(t, covered, [] if flat else places)], features(descriptors, places, rng))[0]
+            for t, covered, places in steps]
 
 
 def test_a_covered_object_is_hidden_rather_than_moved_to_a_look_alike(scene):
@@ -77,16 +83,34 @@ def test_a_covered_object_is_hidden_rather_than_moved_to_a_look_alike(scene):
     np.testing.assert_allclose(stateless[1].uv, cell_centre(PLACE_B), atol=1.5)
 
 
-def test_an_object_gone_from_its_uncovered_place_is_found_where_it_went(scene):
-    """A is uncovered and empty, the object is at B (8 cm away): it is taken there once its
-    reach (3 cm + 0.1 m/s while unseen) covers B, after about 0.5 s, not before."""
+@pytest.mark.parametrize("flat", [False, True])
+def test_an_object_gone_from_its_uncovered_place_is_found_where_it_went(scene, flat):
+    """A is uncovered and empty (the camera sees the table through where the 5 cm tall
+    object stood), the object is at B (8 cm away): it is taken there once its reach (3 cm +
+    0.1 m/s while unseen) covers B, after about 0.5 s, not before. A flat object's place
+    reads the same empty or not: its reach grows at 0.02 m/s, B is taken after about 2.5 s."""
     descriptors, references, rng = scene
-    steps = [(0.0, False, [PLACE_A])] + [(0.1 * i, False, [PLACE_B]) for i in range(1, 11)]
-    keypoints = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
-    found = [i for i, k in enumerate(keypoints) if i > 0 and k.visible.all()]
-    assert found and 4 <= found[0] <= 7, [k.visible.all() for k in keypoints]
-    assert not any(keypoints[i].visible.any() for i in range(1, found[0]))
-    np.testing.assert_allclose(keypoints[found[0]].uv, cell_centre(PLACE_B), atol=1.5)
+    steps = [(0.0, False, [PLACE_A])] + [(0.1 * i, False, [PLACE_B]) for i in range(1, 31)]
+    keypoints = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng, flat)
+    found = [i for i, k in enumerate(keypoints) if i > 0 and k.visible.any()]
+    expected = (22, 27) if flat else (4, 7)
+    assert found and expected[0] <= found[0] <= expected[1], [k.visible.sum() for k in keypoints]
+    assert keypoints[found[0] + 2].visible.all()
+    for k in keypoints[found[0]:]:
+        np.testing.assert_allclose(k.uv[k.visible], cell_centre(PLACE_B)[k.visible], atol=1.5)
+
+
+def test_an_object_its_place_still_reads_is_not_given_up_for_a_look_alike(scene):
+    """Seen at A; then no longer recognised there (half hidden, turned) while depth still
+    reads its top face at A, and a look-alike stands at B (8 cm away): its reach grows at
+    0.02 m/s, so B is not taken for 2 s (at the 0.1 m/s of an emptied place: 0.5 s)."""
+    descriptors, references, rng = scene
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    first = detector.detect([frame(0.0, raised=[PLACE_A])], features(descriptors, [PLACE_A], rng))[0]
+    assert first.visible.all()
+    later = [detector.detect([frame(0.1 * i, raised=[PLACE_A, PLACE_B])], features(descriptors, [PLACE_B], rng))[0]
+             for i in range(1, 21)]
+    assert not any(k.visible.any() for k in later)
 
 
 def test_an_object_moving_between_frames_is_followed(scene):
@@ -105,10 +129,13 @@ def place_xyz(place: np.ndarray) -> np.ndarray:
 
 
 def test_an_object_the_gripper_holds_is_not_looked_for_elsewhere(scene):
-    """Seen at A; the gripper comes down on it open, closes, lifts it away (A uncovered and
-    empty) while a look-alike lies at B, 8 cm away: held, the object is not taken to be at B
-    for the 3 s the gripper stays closed; without the gripper's state the keypoints jump to
-    B after about 0.5 s. Once the gripper opens (put down) B is found again as before."""
+    """Seen at A (a flat object: depth cannot tell whether it is still there); the gripper
+    comes down on it open, closes, lifts it away while a look-alike lies at B, 8 cm away:
+    held, the object is not taken to be at B for the 3 s the gripper stays closed; without
+    the gripper's state the keypoints jump to B once the reach (0.02 m/s where depth cannot
+    tell) covers it, after about 2.5 s. Once the gripper opens (put down) the reach grows
+    again from where it was when the gripper closed. (Scores of 0.7: over 25 frames of a
+    slowly growing reach, the weak noise features at 0.5 make an agreeing trio somewhere.)"""
     descriptors, references, rng = scene
     at_a, lifted = place_xyz(PLACE_A), place_xyz(PLACE_A) + [0.15, 0.0, -0.3]
     grippers = [GripperState(at_a + [0, 0, -0.2], 0.08), GripperState(at_a, 0.08)]  # seen, then covered by the fingers
@@ -116,32 +143,46 @@ def test_an_object_the_gripper_holds_is_not_looked_for_elsewhere(scene):
     for i in range(2, 32):  # closed on it and carried away
         grippers.append(GripperState(lifted, 0.04))
         steps.append((0.1 * i, False, [PLACE_B]))
-    for i in range(32, 42):  # opened: put down
+    for i in range(32, 64):  # opened: put down
         grippers.append(GripperState(lifted, 0.08))
         steps.append((0.1 * i, False, [PLACE_B]))
 
-    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.7))
     held = [detector.detect([frame(t, covered)], features(descriptors, places, rng), [g])[0]
             for (t, covered, places), g in zip(steps, grippers)]
     assert held[0].visible.all()
     assert not any(k.visible.any() for k in held[1:32])
-    found = [i for i, k in enumerate(held) if k.visible.all()][1:]
-    assert found and 34 <= found[0] <= 39, found  # the reach grows again from the release
-    np.testing.assert_allclose(held[found[0]].uv, cell_centre(PLACE_B), atol=1.5)
+    found = [i for i, k in enumerate(held) if k.visible.any()][1:]
+    assert found and 53 <= found[0] <= 59, found  # the reach grows again from the release
+    for k in held[found[0]:]:
+        np.testing.assert_allclose(k.uv[k.visible], cell_centre(PLACE_B)[k.visible], atol=1.5)
 
-    blind = run(KeypointDetector(references, DetectorConfig(min_score=0.5)), steps, descriptors, rng)
+    blind = run(KeypointDetector(references, DetectorConfig(min_score=0.7)), steps, descriptors, rng, flat=True)
     jumped = [i for i, k in enumerate(blind) if i > 0 and k.visible.all()]
-    assert jumped and jumped[0] <= 8, jumped
+    assert jumped and jumped[0] <= 28, jumped
 
 
-def raised_frame(t_s: float, places: list[np.ndarray]) -> RGBD:
-    """`frame` with a 5 cm tall object's top face at each of `places` (0.95 m from the camera)."""
-    f = frame(t_s)
-    depth = f.depth.copy()
-    for place in places:
-        r, c = place * STRIDE
-        depth[r - 4: r + 12, c - 4: c + 12] = 0.95
-    return dataclasses.replace(f, depth=depth)
+def test_an_object_that_slips_out_of_the_fingers_is_not_carried_on():
+    """Seen at A (5 cm tall); the gripper closes on it (4 cm) and lifts it (A empty: carried),
+    then the fingers close fully (0 cm: it slipped out, back onto A, where it is no longer
+    recognised) and the closed gripper moves on to B, where a look-alike stands: the object
+    is not taken to ride in the empty fingers, so the look-alike is not taken for it."""
+    rng = np.random.default_rng(3)
+    descriptors = np.linalg.qr(rng.standard_normal((32, 4)))[0].T.astype(np.float32)
+    references = ReferenceSet(("block/a", "block/b", "block/c", "block/d"), np.zeros(4, np.int32), descriptors, "test",
+                              cell_centre(PLACE_A), np.zeros(4, int), 0.5)
+    at_a, at_b = place_xyz(PLACE_A), place_xyz(PLACE_B)
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+
+    def detect(t, raised, places, gripper):
+        return detector.detect([frame(t, raised=raised)], features(descriptors, places, rng), [gripper])[0]
+
+    assert detect(0.0, [PLACE_A], [PLACE_A], GripperState(at_a + [0, 0, -0.2], 0.08)).visible.all()
+    assert not detect(0.1, [PLACE_A], [], GripperState(at_a, 0.04)).visible.any()  # closed on it
+    assert not detect(0.2, [], [], GripperState(at_a + [0, 0, -0.05], 0.04)).visible.any()  # lifted: A empty
+    assert not detect(0.3, [PLACE_A], [], GripperState(at_a + [0, 0, -0.05], 0.0)).visible.any()  # slipped back
+    moved = [detect(0.1 * i, [PLACE_A, PLACE_B], [PLACE_B], GripperState(at_b, 0.0)) for i in range(4, 14)]
+    assert not any(k.visible.any() for k in moved)
 
 
 @pytest.mark.parametrize("grasp", ["taken", "missed"])
@@ -153,21 +194,21 @@ def test_an_object_carried_by_the_gripper_is_looked_for_where_the_gripper_takes_
     descriptors, references, rng = scene
     at_a, at_b = place_xyz(PLACE_A), place_xyz(PLACE_B)
     detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
-    first = detector.detect([raised_frame(0.0, [PLACE_A])], features(descriptors, [PLACE_A], rng),
+    first = detector.detect([frame(0.0, raised=[PLACE_A])], features(descriptors, [PLACE_A], rng),
                             [GripperState(at_a + [0, 0, -0.2], 0.08)])[0]
     assert first.visible.all()
-    closing = detector.detect([raised_frame(0.1, [PLACE_A])], features(descriptors, [], rng), [GripperState(at_a, 0.04)])[0]
+    closing = detector.detect([frame(0.1, raised=[PLACE_A])], features(descriptors, [], rng), [GripperState(at_a, 0.04)])[0]
     assert not closing.visible.any()  # the fingers hide it
     occupied = [PLACE_B] if grasp == "taken" else [PLACE_A, PLACE_B]
-    moved = [detector.detect([raised_frame(0.1 * i, occupied)], features(descriptors, [PLACE_B], rng), [GripperState(at_b, 0.04)])[0]
+    moved = [detector.detect([frame(0.1 * i, raised=occupied)], features(descriptors, [PLACE_B], rng), [GripperState(at_b, 0.04)])[0]
              for i in range(2, 6)]
     # a frame without the gripper's state (a robot state missing at that stamp): held and carried as before
-    moved += detector.detect([raised_frame(0.55, occupied)], features(descriptors, [PLACE_B], rng), [None])
+    moved += detector.detect([frame(0.55, raised=occupied)], features(descriptors, [PLACE_B], rng), [None])
     if grasp == "taken":
         assert all(k.visible.all() for k in moved)
         for k in moved:
             np.testing.assert_allclose(k.uv, cell_centre(PLACE_B), atol=1.5)
-        released = detector.detect([raised_frame(0.6, [PLACE_B])], features(descriptors, [PLACE_B], rng), [GripperState(at_b, 0.08)])[0]
+        released = detector.detect([frame(0.6, raised=[PLACE_B])], features(descriptors, [PLACE_B], rng), [GripperState(at_b, 0.08)])[0]
         assert released.visible.all()
     else:
         assert not any(k.visible.any() for k in moved)
@@ -197,7 +238,7 @@ def test_the_gripper_closing_away_from_an_object_does_not_hold_it():
     permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1))
     at_a = place_xyz(PLACE_A)
     permanence.reaches(frame(0.0), GripperState(at_a + [0.2, 0, -0.2], 0.08))
-    permanence.update(np.array([at_a] * 4), np.ones(4, bool))
+    permanence.update(np.array([at_a - [0, 0, 0.05]] * 4), np.ones(4, bool))  # a 5 cm tall object, gone from A
     r = permanence.reaches(frame(1.0), GripperState(at_a + [0.2, 0, -0.2], 0.01))[0]
     assert r.radius_m == pytest.approx(0.13)
 
@@ -217,21 +258,24 @@ def test_a_new_stream_forgets_where_objects_were(scene, restart):
 
 
 def test_reach_grows_only_while_the_last_place_is_uncovered():
-    permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1))
+    """0.1 m/s while depth sees through where the object's top was, none while the arm
+    covers it, 0.02 m/s while depth still reads its top there."""
+    permanence = ObjectPermanence([np.arange(4)], PermanenceConfig(slack_m=0.03, speed_mps=0.1, occupied_speed_mps=0.02))
     assert permanence.reaches(frame(0.0)) == [None]
     corner = (PLACE_A[::-1] * STRIDE + 2 - FRAME_CENTRE) / FX  # metres at 1 m: where the arm covers
-    on_table = np.array([[*corner, 1.0]] * 4) + [[0, 0, 0], [0.01, 0, 0], [0, 0.01, 0], [0.01, 0.01, 0]]
-    permanence.update(on_table, np.ones(4, bool))
+    top = np.array([[*corner * 0.95, 0.95]] * 4) + [[0, 0, 0], [0.01, 0, 0], [0, 0.01, 0], [0.01, 0.01, 0]]  # a 5 cm tall object
+    permanence.update(top, np.ones(4, bool))
     r = permanence.reaches(frame(0.5, covered=False))[0]
     assert r.radius_m == pytest.approx(0.08)
-    assert r.radius_px == pytest.approx(FX * 0.08, rel=1e-6)
-    np.testing.assert_allclose(r.anchor[0], PLACE_A[::-1] * STRIDE + 2)
-    permanence.update(on_table, np.ones(4, bool))  # seen again: back to the slack
+    assert r.radius_px == pytest.approx(FX * 0.08 / 0.95, rel=1e-6)
+    np.testing.assert_allclose(r.anchor[0], PLACE_A[::-1] * STRIDE + 2, atol=1e-6)
+    permanence.update(top, np.ones(4, bool))  # seen again: back to the slack
     for t in (0.6, 1.0, 2.0):  # the arm stands in front of where it was
         assert permanence.reaches(frame(t, covered=True))[0].radius_m == pytest.approx(0.03)
     assert permanence.reaches(frame(2.2))[0].radius_m == pytest.approx(0.05)
-    permanence.update(on_table, np.array([True, False, False, False]))  # only some keypoints seen
-    r = permanence.reaches(frame(2.3))[0]
+    assert permanence.reaches(frame(3.2, raised=[PLACE_A]))[0].radius_m == pytest.approx(0.07)  # its top read again
+    permanence.update(top, np.array([True, False, False, False]))  # only some keypoints seen
+    r = permanence.reaches(frame(3.3))[0]
     assert np.isfinite(r.anchor[0]).all() and np.isnan(r.anchor[1:]).all()
 
 

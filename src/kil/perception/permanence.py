@@ -5,19 +5,26 @@ A per-frame matcher cannot tell "hidden" from "moved": when the arm covers the b
 look-alike next to it (an orange ball beside a red cube) becomes the best match and the
 block's keypoints jump there. With this, a place for an object is only taken within reach
 of where the object was last seen: `slack_m` (the keypoints seen then and now differ, depth
-noise) plus `speed_mps` times the time it has been unseen with its last place in view and
-uncovered. While something stands in front of that place (the arm, by depth: readings
-nearer than where the object was) the object is presumed still there and the reach does not
-grow; once the place is uncovered and empty, the object may have been carried anywhere the
-arm went and the reach grows until any place qualifies again.
+noise) plus what the reach has grown since. Depth at the last place says how fast it grows:
+- something stands in front of it (the arm: readings nearer than where the object was):
+  the object is presumed still there, and the reach does not grow;
+- the camera sees through it (readings behind where its points were: the table under a
+  block that has gone), or it is out of view: the object may have been carried anywhere
+  the arm went, and the reach grows at `speed_mps` until any place qualifies again;
+- the readings are still those of its surface: most likely it is still there, no longer
+  recognised (half hidden by the fingers beside it, turned by a grasp that slipped), and
+  the reach grows at `occupied_speed_mps` only. At the full speed a cube the gripper had
+  knocked askew was given up within a second for a look-alike 10 cm away. An object too
+  flat for depth to tell it from the table is found again after a move at this speed too.
 
 The gripper is the one mover the frames can account for. Given its state per frame, an
 unseen object the gripper came within `grasp_radius_m` of is taken to be held while the
 gripper stays closed (narrower than the widest opening seen in the stream by
-`closed_margin_m`): its reach does not grow, so while the block rides in the fingers, where
-the matcher rarely finds it, a look-alike elsewhere on the table is not taken for it. When
-the gripper opens the object has been put down somewhere the arm went and the reach grows
-again. Once the held object's old place is uncovered and empty (depth readings behind where
+`closed_margin_m`) on something (wider than `empty_opening_m`; fingers that close fully hold
+nothing: the grasp missed, or the object slipped out): its reach does not grow, so while
+the block rides in the fingers, where the matcher rarely finds it, a look-alike elsewhere
+on the table is not taken for it. When the gripper opens, or closes on nothing, the object
+has been put down (or dropped) somewhere the arm went and the reach grows again. Once the held object's old place is uncovered and empty (depth readings behind where
 its points were: the table under a lifted block) it is taken to be carried: its place moves
 with the gripper, so it is found in the fingers and where the gripper puts it down (the
 reach starts there, at the slack, when the gripper opens). A grasp that closes on nothing
@@ -44,24 +51,31 @@ from kil.perception.lifting import depth_in_metres, read_depth
 class PermanenceConfig:
     """enabled: track objects across frames (off: every frame on its own); slack_m: metres
     an object's seen keypoints may move between two frames regardless of time; speed_mps:
-    how fast an unseen object's reach grows while its last place is uncovered (about the
-    arm's carrying speed); cover_margin_m: depth readings this much nearer than the last
-    seen points mean something covers them; max_gap_s: a longer gap between frames starts
+    how fast an unseen object's reach grows while its last place is seen through or out of
+    view (about the arm's carrying speed); cover_margin_m: depth readings this much nearer
+    (farther) than the last seen points mean something covers them (they are gone); max_gap_s: a longer gap between frames starts
     over; grasp_radius_m: the gripper's point this near the mean of an unseen object's last
     seen points can have taken it; closed_margin_m: an opening this much narrower than the
-    widest seen in the stream is a closed gripper."""
+    widest seen in the stream is a closed gripper; empty_opening_m: a closed gripper this
+    narrow or narrower holds nothing; occupied_speed_mps: how fast the reach grows while
+    depth still reads the object's surface at its last place."""
 
     enabled: bool = True
     slack_m: float = 0.03
     speed_mps: float = 0.1
+    occupied_speed_mps: float = 0.02
     cover_margin_m: float = 0.02
     max_gap_s: float = 2.0
     grasp_radius_m: float = 0.06
     closed_margin_m: float = 0.005
+    empty_opening_m: float = 0.005
 
     def __post_init__(self) -> None:
         require(self.slack_m > 0, "slack_m", f"must be > 0, got {self.slack_m}")
         require(self.speed_mps > 0, "speed_mps", f"must be > 0 (0 would never find a moved object again), got {self.speed_mps}")
+        require(0 < self.occupied_speed_mps <= self.speed_mps, "occupied_speed_mps",
+                f"must be in (0, speed_mps] (0 would never find a flat object that moved), got {self.occupied_speed_mps}")
+        require(self.empty_opening_m >= 0, "empty_opening_m", f"must be >= 0, got {self.empty_opening_m}")
         require(self.cover_margin_m > 0, "cover_margin_m", f"must be > 0, got {self.cover_margin_m}")
         require(self.max_gap_s > 0, "max_gap_s", f"must be > 0, got {self.max_gap_s}")
         require(self.grasp_radius_m >= 0, "grasp_radius_m", f"must be >= 0, got {self.grasp_radius_m}")
@@ -92,7 +106,7 @@ class Reach:
 @dataclass
 class _Track:
     xyz: np.ndarray  # (M, 3) base frame, NaN where the keypoint was not seen at the last sighting
-    unseen_s: float  # time unseen with the last place uncovered
+    grown_m: float  # how far the reach has grown beyond the slack since then
     grasped: bool = False  # the gripper came within grasp_radius_m of it since it was last seen
     held_from: np.ndarray | None = None  # (3,) gripper position when the gripper closed on it
     carried: bool = False  # held, and its old place was seen empty: it moves with the gripper
@@ -128,7 +142,7 @@ class ObjectPermanence:
         closed = False
         if gripper is not None:
             self._widest = max(self._widest, float(gripper.opening))
-            closed = gripper.opening < self._widest - self.config.closed_margin_m
+            closed = self.config.empty_opening_m < gripper.opening < self._widest - self.config.closed_margin_m
         self._gripper, self._closed = gripper, closed
         depth = None
         out: list[Reach | None] = []
@@ -151,20 +165,20 @@ class ObjectPermanence:
                     track.held_from = np.asarray(gripper.position, np.float64)
                 track.carried = track.carried or self._emptied(depth, uv, z)
                 track.moved = np.asarray(gripper.position, np.float64) - track.held_from
-            elif track.carried:  # put down where the gripper let go of it
+            elif track.carried and gripper.opening > self.config.empty_opening_m:  # put down where the gripper let go of it
                 track.xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
-                track.unseen_s, track.grasped, track.held_from, track.carried = 0.0, False, None, False
+                track.grown_m, track.grasped, track.held_from, track.carried = 0.0, False, None, False
                 uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
-            else:
-                track.held_from = None
-            if not held and not self._covered(depth, uv, z):
-                track.unseen_s += dt
+            else:  # never held, or it slipped out of fingers that then closed on nothing: looked for where it was
+                track.held_from, track.carried = None, False
+            if not held:
+                track.grown_m += dt * self._growth_speed(depth, uv, z)
             if track.carried:
                 xyz = track.xyz + track.moved
                 uv, z = project(frame.K, frame.T_base_camera, xyz[known])
             else:
                 xyz = track.xyz
-            radius_m = self.config.slack_m + self.config.speed_mps * track.unseen_s
+            radius_m = self.config.slack_m + track.grown_m
             anchor = np.full((len(track.xyz), 2), np.nan)
             anchor[known] = uv
             in_front = z > 1e-3
@@ -177,27 +191,38 @@ class ObjectPermanence:
         points xyz (M, 3), base frame."""
         return bool(np.linalg.norm(np.asarray(self._gripper.position) - xyz.mean(0)) <= self.config.grasp_radius_m)
 
-    def _covered(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> bool:
-        """Whether most of the last seen points have depth readings well in front of them
-        (something stands between them and the camera). Out of view or without readings:
-        not covered (nothing says the object is still there)."""
-        return self._most(depth, uv, z, -1)
+    def _growth_speed(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> float:
+        """m/s the reach of an unseen object grows at, from the depth readings at its last
+        seen points (uv (M, 2) px at depth z (M,) m): none while most stand covered; full
+        while most are seen through, or none is in view with a reading (nothing says the
+        object is still there); slow otherwise (the readings are still its surface's)."""
+        difference = self._differences(depth, uv, z)
+        if difference is None:
+            return self.config.speed_mps
+        margin = self.config.cover_margin_m
+        if (difference < -margin).sum() * 2 > len(difference):
+            return 0.0
+        if (difference > margin).sum() * 2 > len(difference):
+            return self.config.speed_mps
+        return self.config.occupied_speed_mps
 
     def _emptied(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> bool:
         """Whether most of the last seen points have depth readings well behind them (the
         camera sees through where the object was)."""
-        return self._most(depth, uv, z, +1)
+        difference = self._differences(depth, uv, z)
+        return difference is not None and bool((difference > self.config.cover_margin_m).sum() * 2 > len(difference))
 
-    def _most(self, depth: np.ndarray, uv: np.ndarray, z: np.ndarray, side: int) -> bool:
-        """Whether most points (uv (M, 2) px at depth z (M,) m) have readings more than
-        cover_margin_m in front of them (side -1) or behind them (+1)."""
+    @staticmethod
+    def _differences(depth: np.ndarray, uv: np.ndarray, z: np.ndarray) -> np.ndarray | None:
+        """Depth readings minus the depths z (M,) m of points uv (M, 2) px, for the points in
+        view with a reading (positive: the reading is behind the point); None where none is."""
         H, W = depth.shape
         inside = (z > 1e-3) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
         if not inside.any():
-            return False
-        measured = read_depth(depth, uv[inside], radius=2)
-        beyond = side * (measured - z[inside]) > self.config.cover_margin_m  # NaN compares False
-        return bool(beyond.sum() * 2 > len(beyond))
+            return None
+        difference = read_depth(depth, uv[inside], radius=2) - z[inside]
+        difference = difference[np.isfinite(difference)]
+        return difference if len(difference) else None
 
     def update(self, xyz: np.ndarray, visible: np.ndarray) -> None:
         """Record a frame's result: xyz (N, 3) base frame and visible (N,) of every keypoint.
