@@ -69,6 +69,7 @@ def test_builder_keeps_good_episodes_and_skips_broken_ones(recorded, tmp_path, c
 
     store = Store.open(tmp_path / "ds")
     assert store.attrs["keypoint_names"][:2] == ["block/top_center", "block/top_x"] and store.attrs["keypoint_source"] == "image"
+    assert store.attrs["spec"] == "pick_place"  # the shipped spec by name: a policy trained here runs on another machine
     e = store.read_episode("episode_0000")
     T = len(e)
     assert e.keypoints.shape == (T, 7, 3) and e.action.shape == (T, 16, 10) and T > 50

@@ -445,7 +445,9 @@ def build_dataset(episodes_dir: str | Path, out: str | Path, config: BuildConfig
             continue
         if store is None:
             store = Store.create(out, {
-                "task": config.task, "spec": str(spec_path(config.spec or config.task).resolve()),
+                # a task's shipped spec by its name, found again wherever kil is installed (a policy trained
+                # on another machine); any other spec by its full path
+                "task": config.task, "spec": str(spec_path(config.spec).resolve()) if config.spec else config.task,
                 "keypoint_names": list(source.layout.names),
                 "keypoint_instance": source.layout.instance.tolist(), "keypoint_source": config.keypoints,
                 "feature_model": config.feature_model if config.keypoints == "image" else None,

@@ -106,10 +106,19 @@ def trained_task(policy_path: str | Path) -> str:
     return _meta(policy_path)["trained_on"]["task"]
 
 
+EXTRACTION_WORDS = {"im": "image matching", "in": "instance matching", "t": "tracking"}
+
+
 def training_facts(policy_path: str | Path) -> str:
     meta = _meta(policy_path)
     seconds = meta.get("train_seconds")
     took = f"{seconds / 60:.1f} min" if seconds is not None else "unknown"
-    inputs = "colour images" if meta["run"]["policy"]["kind"] == "rgb" else f"{meta['trained_on']['keypoint_source']} keypoints"
+    trained_on = meta["trained_on"]
+    if meta["run"]["policy"]["kind"] == "rgb":
+        inputs = "colour images"
+    elif trained_on["keypoint_source"] == "image":
+        inputs = f"image keypoints by {EXTRACTION_WORDS.get(trained_on.get('extraction') or 'im', trained_on.get('extraction'))}"
+    else:
+        inputs = f"{trained_on['keypoint_source']} keypoints"
     return f"{meta.get('step', '?')} training steps in {took}; trained on {meta['trained_on']['task']} ({inputs})"
 

@@ -42,7 +42,7 @@ class KeypointsConfig:
     track_init: str = "im"  # extraction t: how keypoints are found to start (and restart) tracking: im or in
     candidates: int = 5  # places per keypoint its object's geometric verification chooses from (1: no verification)
     permanence: bool = True  # a hidden object stays where it was seen last instead of jumping to a look-alike
-    object_speed: float = 0.1  # m/s: how fast an unseen object's possible place grows while where it was lies uncovered
+    object_speed: float = 0.1  # m/s: how fast an unseen object's possible place grows while depth sees through where it was
     annotate: bool = True  # publish the frame with keypoints drawn
     threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
@@ -68,7 +68,8 @@ class KeypointsNode(Stage):
         extractor = load_extractor(config.model, {"device": config.device})
         references = reference_set(spec, extractor)
         del extractor  # the features node keeps the feature model (this node: a segmenter or tracker, if any)
-        permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed)
+        occupied = min(PermanenceConfig.occupied_speed_mps, config.object_speed)  # never faster where the object may still be
+        permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed, occupied_speed_mps=occupied)
         instances, tracking = extraction_config(config.extraction, config.segmenter, config.tracker, config.track_init)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
                                                                           config.candidates, permanence=permanence,
