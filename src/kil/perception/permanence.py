@@ -24,8 +24,9 @@ gripper stays closed (narrower than the widest opening seen in the stream by
 nothing: the grasp missed, or the object slipped out): its reach does not grow, so while
 the block rides in the fingers, where the matcher rarely finds it, a look-alike elsewhere
 on the table is not taken for it. When the gripper opens, or closes on nothing, the object
-has been put down (or dropped) somewhere the arm went and the reach grows again. Once the held object's old place is uncovered and empty (depth readings behind where
-its points were: the table under a lifted block) it is taken to be carried: its place moves
+has been put down (or dropped) somewhere the arm went and the reach grows again. Once the
+held object's old place is uncovered and empty (depth readings behind where its points
+were: the table under a lifted block) it is taken to be carried: its place moves
 with the gripper, so it is found in the fingers and where the gripper puts it down (the
 reach starts there, at the slack, when the gripper opens). A grasp that closes on nothing
 leaves the object's place occupied, so it stays there.
@@ -53,10 +54,11 @@ class PermanenceConfig:
     an object's seen keypoints may move between two frames regardless of time; speed_mps:
     how fast an unseen object's reach grows while its last place is seen through or out of
     view (about the arm's carrying speed); cover_margin_m: depth readings this much nearer
-    (farther) than the last seen points mean something covers them (they are gone); max_gap_s: a longer gap between frames starts
-    over; grasp_radius_m: the gripper's point this near the mean of an unseen object's last
-    seen points can have taken it; closed_margin_m: an opening this much narrower than the
-    widest seen in the stream is a closed gripper; empty_opening_m: a closed gripper this
+    (farther) than the last seen points mean something covers them (they are gone);
+    max_gap_s: a longer gap between frames starts over; grasp_radius_m: the gripper's
+    point this near the mean of an unseen object's last seen points can have taken it;
+    closed_margin_m: an opening this much narrower than the widest seen in the stream is a
+    closed gripper; empty_opening_m: a closed gripper this
     narrow or narrower holds nothing; occupied_speed_mps: how fast the reach grows while
     depth still reads the object's surface at its last place."""
 
@@ -165,7 +167,7 @@ class ObjectPermanence:
                     track.held_from = np.asarray(gripper.position, np.float64)
                 track.carried = track.carried or self._emptied(depth, uv, z)
                 track.moved = np.asarray(gripper.position, np.float64) - track.held_from
-            elif track.carried and gripper.opening > self.config.empty_opening_m:  # put down where the gripper let go of it
+            elif track.carried and gripper.opening > self.config.empty_opening_m:  # put down where the fingers let go
                 track.xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
                 track.grown_m, track.grasped, track.held_from, track.carried = 0.0, False, None, False
                 uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
