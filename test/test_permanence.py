@@ -318,3 +318,27 @@ def test_the_keypoints_node_takes_the_gripper_at_each_frames_stamp():
     node.on_state(RobotState(int(1.0 * 1e9), "world", np.zeros(3), np.array([0, 0, 0, 1.0]), 0.08))
     assert node._gripper_at(frame(1.0)) is None
     assert node._reported == {"state frame"}
+
+
+def test_a_carried_object_turns_with_the_gripper():
+    """An object (5 cm tall, its points spread unevenly about the gripper point) is seen,
+    grasped, lifted (its place seen empty: carried), carried 10 cm and turned 90 degrees
+    about the camera axis by the wrist, then put down: its reach follows the turned points
+    (a point 3 cm off the gripper axis lands 4 cm from where a translation alone puts it,
+    beyond the 3 cm slack), and stays there once the fingers open."""
+    offsets = np.array([[0.03, 0.0, 0.0], [0.0, 0.01, 0.0], [-0.01, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    at_a = np.array([-0.05, -0.05, 0.95])
+    at_b = at_a + [0.1, 0.0, -0.1]
+    level, turned = np.array([0.0, 0.0, 0.0, 1.0]), np.array([0.0, 0.0, np.sin(np.pi / 4), np.cos(np.pi / 4)])
+    Rz = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    permanence = ObjectPermanence([np.arange(4)])
+    permanence.reaches(frame(0.0), GripperState(at_a + [0.2, 0, -0.2], 0.08, level))
+    permanence.update(at_a + offsets, np.ones(4, bool))
+    permanence.reaches(frame(0.1, raised=[PLACE_A]), GripperState(at_a, 0.04, level))  # closed on it
+    permanence.reaches(frame(0.2), GripperState(at_a + [0, 0, -0.1], 0.04, level))  # lifted: its place is empty
+    carried = permanence.reaches(frame(0.3), GripperState(at_b, 0.04, turned))[0]
+    np.testing.assert_allclose(carried.last_xyz, at_b + offsets @ Rz.T, atol=1e-9)
+    assert np.linalg.norm(carried.last_xyz[0] - (at_b + offsets[0])) > carried.radius_m  # a translation alone misses it
+    permanence.reaches(frame(0.4), GripperState(at_b, 0.08, turned))  # put down
+    down = permanence.reaches(frame(0.5), GripperState(at_b + [0, 0, -0.2], 0.08, turned))[0]
+    np.testing.assert_allclose(down.last_xyz, at_b + offsets @ Rz.T, atol=1e-9)

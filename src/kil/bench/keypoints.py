@@ -151,7 +151,7 @@ def observe_episodes(extractor, episodes: list[Path], configs: dict[str, Detecto
             detector.reset()
         for t, (frame, truth) in enumerate(zip(streams.frames, streams.truth)):
             features = extractor.extract(frame.rgb)
-            gripper = GripperState(streams.ee_position[t], float(streams.gripper[t]))
+            gripper = GripperState(streams.ee_position[t], float(streams.gripper[t]), streams.ee_orientation[t])
             for label, detector in by_label.items():
                 keypoints, reasons = detector.detect_with_reasons([frame], features, [gripper])[0]
                 _record(out[label], metadata.variation, keypoints, reasons, truth.uv[index], truth.xyz[index], truth.visible[index])

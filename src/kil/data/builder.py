@@ -234,7 +234,7 @@ class KeypointSource:
         detector.reset()  # objects are tracked within an episode's frames (in order), never across episodes
         out: dict[str, list] = {"keypoints": [], "visible": [], "score": [], "similarity": []}
         B = self.config.batch_size
-        grippers = [GripperState(p, float(o)) for p, o in zip(streams.ee_position, streams.gripper)]
+        grippers = [GripperState(p, float(o), q) for p, o, q in zip(streams.ee_position, streams.gripper, streams.ee_orientation)]
         for start in range(0, len(streams.frames), B):
             frames = streams.frames[start: start + B]
             features = extractor.extract(np.stack([f.rgb for f in frames]))

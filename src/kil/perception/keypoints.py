@@ -41,7 +41,7 @@ from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
 EXTRACTIONS = ("im", "in", "t")  # image matching over the frame; instance matching inside instance masks; tracking
-DETECTION_VERSION = 7  # bump when the same inputs give other keypoints (dataset caches depend on it)
+DETECTION_VERSION = 8  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ on the table is not taken for it. When the gripper opens, or closes on nothing, 
 has been put down (or dropped) somewhere the arm went and the reach grows again. Once the
 held object's old place is uncovered and empty (depth readings behind where its points
 were: the table under a lifted block) it is taken to be carried: its place moves
-with the gripper, so it is found in the fingers and where the gripper puts it down (the
-reach starts there, at the slack, when the gripper opens). A grasp that closes on nothing
+with the gripper, and turns about the gripper point as the wrist turns where the gripper's
+orientation is known, so it is found in the fingers and where the gripper puts it down
+(the reach starts there, at the slack, when the gripper opens). A grasp that closes on nothing
 leaves the object's place occupied, so it stays there.
 
 Each object (a reference group) is tracked by the base-frame points of the keypoints seen
@@ -38,12 +39,12 @@ than `max_gap_s` starts over (a new episode, a restarted camera).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from kil.config import require
-from kil.geometry import project
+from kil.geometry import project, quat_to_matrix
 from kil.msgs import RGBD
 from kil.perception.lifting import depth_in_metres, read_depth
 
@@ -87,10 +88,17 @@ class PermanenceConfig:
 @dataclass(frozen=True)
 class GripperState:
     """The gripper at one frame: position (3,) metres in the base frame (the robot's EE
-    point, between the fingers), opening in metres."""
+    point, between the fingers), opening in metres, orientation (4,) quaternion (x, y, z, w)
+    in the base frame where known (a carried object turns with it; None: it only moves)."""
 
     position: np.ndarray
     opening: float
+    orientation: np.ndarray | None = None
+
+    def pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """(position (3,), rotation (3, 3)); identity where the orientation is unknown."""
+        R = np.eye(3) if self.orientation is None else quat_to_matrix(np.asarray(self.orientation, np.float64))
+        return np.asarray(self.position, np.float64), R
 
 
 @dataclass(frozen=True)
@@ -110,9 +118,17 @@ class _Track:
     xyz: np.ndarray  # (M, 3) base frame, NaN where the keypoint was not seen at the last sighting
     grown_m: float  # how far the reach has grown beyond the slack since then
     grasped: bool = False  # the gripper came within grasp_radius_m of it since it was last seen
-    held_from: np.ndarray | None = None  # (3,) gripper position when the gripper closed on it
+    held_from: tuple[np.ndarray, np.ndarray] | None = None  # gripper (position (3,), rotation (3, 3)) when it closed on it
     carried: bool = False  # held, and its old place was seen empty: it moves with the gripper
-    moved: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) m the gripper moved while holding it
+    carried_xyz: np.ndarray | None = None  # (M, 3) xyz where the gripper has carried it (rigidly, in the fingers)
+
+    def place(self, gripper: GripperState | None) -> np.ndarray:
+        """(M, 3) where the object is now if the gripper holds it rigidly since held_from:
+        its points moved (and turned about the gripper point) as the gripper has."""
+        if gripper is None or self.held_from is None:
+            return self.xyz if self.carried_xyz is None else self.carried_xyz
+        (p0, R0), (p1, R1) = self.held_from, gripper.pose()
+        return (self.xyz - p0) @ (R1 @ R0.T).T + p1
 
 
 class ObjectPermanence:
@@ -164,19 +180,19 @@ class ObjectPermanence:
                 pass
             elif held:
                 if track.held_from is None:
-                    track.held_from = np.asarray(gripper.position, np.float64)
+                    track.held_from = gripper.pose()
                 track.carried = track.carried or self._emptied(depth, uv, z)
-                track.moved = np.asarray(gripper.position, np.float64) - track.held_from
+                track.carried_xyz = track.place(gripper)
             elif track.carried and gripper.opening > self.config.empty_opening_m:  # put down where the fingers let go
-                track.xyz = track.xyz + (np.asarray(gripper.position) - track.held_from)
-                track.grown_m, track.grasped, track.held_from, track.carried = 0.0, False, None, False
+                track.xyz = track.place(gripper)
+                track.grown_m, track.grasped, track.held_from, track.carried, track.carried_xyz = 0.0, False, None, False, None
                 uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
             else:  # never held, or it slipped out of fingers that then closed on nothing: looked for where it was
-                track.held_from, track.carried = None, False
+                track.held_from, track.carried, track.carried_xyz = None, False, None
             if not held:
                 track.grown_m += dt * self._growth_speed(depth, uv, z)
             if track.carried:
-                xyz = track.xyz + track.moved
+                xyz = track.place(None)
                 uv, z = project(frame.K, frame.T_base_camera, xyz[known])
             else:
                 xyz = track.xyz
@@ -241,5 +257,5 @@ class ObjectPermanence:
                 else:
                     track.grasped = self._gripper is not None and self._near_gripper(track.xyz[seen])
                 if track.grasped and self._closed:
-                    track.held_from = np.asarray(self._gripper.position, np.float64)
+                    track.held_from = self._gripper.pose()
                 self._tracks[g] = track

@@ -98,7 +98,7 @@ class KeypointsNode(Stage):
             self._report_once("state frame", "keypoints: robot state on `state` is in frame %s but keypoints are in %s; "
                               "the gripper is ignored", state.frame_id, frame.base_frame_id)
             return None
-        return GripperState(state.position, state.gripper)
+        return GripperState(state.position, state.gripper, state.orientation)
 
     # Frames wait here for their features (which come later); of the features only the newest counts.
     @subscribe(rgbd=RGBD, features=FeatureMap, latest=("features",))
