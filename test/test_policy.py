@@ -394,6 +394,30 @@ def test_atk_selection_trains_jointly_and_writes_the_spec(tmp_path):
     assert not torch.equal(policy.predict_raw(raw, seed=1)["position"], policy.predict_raw(moved, seed=1)["position"])
 
 
+def test_atk_selection_never_writes_a_task_spec_installed_with_kil(tmp_path, monkeypatch):
+    """A dataset built with a task's installed spec (recorded by task name): the selected
+    spec goes to the run directory, and the installed spec is left as it was, with no
+    candidates file beside it."""
+    import kil.perception.spec as spec_module
+    from kil.perception.spec import load_spec
+    from kil.training.selection import CANDIDATES_FILE, select_keypoints
+
+    monkeypatch.setattr(spec_module, "share_dir", lambda: tmp_path / "share")
+    installed = _tiny_spec(tmp_path / "share" / "config" / "tasks" / "tiny")
+    before = installed.read_bytes()
+    store = make_store(tmp_path / "ds", 2)
+    Store(__import__("zarr").open_group(str(store), mode="r+"), store).root.attrs["spec"] = "tiny"
+    config = tmp_path / "select.yaml"
+    config.write_text(
+        "policy: {encoder: {d_model: 32, layers: 1, heads: 2, mlp: 64}, unet_channels: [32, 64], diffusion_step_embed: 32,\n"
+        "         horizon: 8, n_action_steps: 4, inference_steps: 5, selection: {enabled: true, init_keep: 4.0}}\n"
+        "training: {steps: 10, batch_size: 16, warmup_steps: 2, checkpoint_every: 10}\n")
+    result = select_keypoints(config, store, tmp_path / "run", {"policy": {"selection": {"sparsity": 0.0}}})
+    assert result.spec_path == tmp_path / "run" / "spec" / "keypoints.yaml"
+    assert load_spec(tmp_path / "run" / "spec").layout().names == tuple(result.selected)
+    assert installed.read_bytes() == before and not (installed.parent / CANDIDATES_FILE).exists()
+
+
 def test_rgb_baseline_trains_and_predicts_from_images(tmp_path):
     from kil.data.store import field_stats
     from kil.msgs import RobotState

@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     select.add_argument("--sparsity", type=float, default=None, help="L1 weight on the keep probabilities (default 0.002)")
     select.add_argument("--steps", type=int, default=None, help="training steps")
     select.add_argument("--spec-out", default=None, help="directory to write the selected spec to (default: the dataset's spec, "
-                        "whose candidates are kept as keypoints.candidates.yaml)")
+                        "whose candidates are kept as keypoints.candidates.yaml; for a task spec installed with kil, "
+                        "OUT/spec)")
     select.set_defaults(run_action=_select)
 
 
@@ -127,6 +128,7 @@ def _select(args: argparse.Namespace) -> int:
     for name, probability in result.keep_probability.items():
         print(f"  {'kept   ' if name in result.selected else 'dropped'} {name}  (keep probability {probability:.2f})")
     print(f"{result.spec_path}: {len(result.selected)} of {len(result.keep_probability)} keypoints selected")
+    print(f"train on them alone: kil build-dataset ... --spec {result.spec_path.parent}, then kil train")
     return 0
 
 

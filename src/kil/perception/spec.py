@@ -167,6 +167,13 @@ def spec_path(task_or_path: str | Path) -> Path:
     return share_dir() / "config" / "tasks" / str(task_or_path) / SPEC_FILE
 
 
+def shipped(directory: str | Path) -> bool:
+    """Whether a spec directory is one of the task specs installed with kil (config/tasks/):
+    those are never written to (an install may be read-only, and it is every user's)."""
+    tasks = (share_dir() / "config" / "tasks").resolve()
+    return Path(directory).resolve().is_relative_to(tasks)
+
+
 def _check_images(spec: KeypointSpec, directory: Path, where: str) -> None:
     for c, category in enumerate(spec.categories):
         for r, ref in enumerate(category.references):

@@ -12,7 +12,7 @@ from typing import Any
 
 from kil.data.store import Store
 from kil.errors import ConfigError
-from kil.perception.spec import SPEC_FILE, load_spec, save_spec
+from kil.perception.spec import SPEC_FILE, load_spec, save_spec, shipped
 from kil.policy.configuration import load_run_config
 from kil.policy.inference import Policy
 from kil.training.policy import train
@@ -47,7 +47,8 @@ def select_keypoints(config: str | Path, dataset: str | Path, out: str | Path, o
     if not selected:
         raise ConfigError(f"policy.selection.sparsity: {run.policy.selection.sparsity} dropped every keypoint; use a smaller weight")
     subset = spec.subset(selected)
-    target = Path(spec_out) if spec_out else spec.directory
+    # a user's spec is rewritten in place, its candidates kept; an installed task spec never is
+    target = Path(spec_out) if spec_out else Path(out) / "spec" if shipped(spec.directory) else spec.directory
     if target.resolve() == spec.directory.resolve():
         shutil.copyfile(spec.directory / SPEC_FILE, spec.directory / CANDIDATES_FILE)  # the candidates are never lost
     else:
