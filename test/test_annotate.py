@@ -141,6 +141,69 @@ def test_second_instance_points_are_named_like_the_first(served, page):
     assert layout.names == ("object0[0]/top", "object0[0]/side", "object0[1]/top", "object0[1]/side")
 
 
+def test_views_are_clicked_on_another_frame_and_kept_when_the_reference_is_edited(tmp_path, page):
+    """--view-of: the page shows the category's instances with the reference's point names;
+    clicks on this frame become a view of the reference (its points where the object lies
+    here), saved without touching the reference; editing the reference later keeps the
+    view on the points it still names."""
+    from PIL import Image
+
+    from kil.perception.spec import Category, KeypointSpec, Reference, View, save_spec
+
+    rng = np.random.default_rng(2)
+    reference, turned = ((rng.random((240, 320, 3)) * 255).astype(np.uint8) for _ in range(2))
+    Image.fromarray(reference).save(tmp_path / "ref.png")
+    save_spec(KeypointSpec("t", [Category("block", "a block", [Reference("ref.png", {"top": (10.0, 10.0), "side": (30.0, 30.0)})])]), tmp_path)
+    session = AnnotationSession(turned, "turned.png", tmp_path, "t", view_of="block")
+    server = serve(session, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_selector("body[data-ready=true]")
+        assert "views of block" in page.locator("#status").text_content()
+        click_pixel(page, 100, 60)
+        click_pixel(page, 140, 90)
+        page.click("#save")
+        page.wait_for_selector("#status.ok")
+    finally:
+        server.shutdown()
+        server.server_close()
+    ref = load_spec(tmp_path).spec.categories[0].references[0]
+    assert ref.keypoints == {"top": (10.0, 10.0), "side": (30.0, 30.0)}
+    assert ref.views == [View("turned.png", {"top": (100.0, 60.0), "side": (140.0, 90.0)})]
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "turned.png")), turned)
+
+    editing = AnnotationSession(reference, "ref.png", tmp_path, "t")
+    state = editing.state()
+    state["categories"][0]["references"][0]["keypoints"].pop()  # delete "side" from the reference
+    editing.save(state)
+    assert load_spec(tmp_path).spec.categories[0].references[0].views == [View("turned.png", {"top": (100.0, 60.0)})]
+
+
+def test_view_annotation_errors_are_one_line(tmp_path):
+    from PIL import Image
+
+    from kil.perception.spec import Category, KeypointSpec, Reference, save_spec
+
+    image = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ConfigError, match="--view-of: .*keypoints.yaml does not exist yet"):
+        AnnotationSession(image, "v.png", tmp_path, "t", view_of="block")
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    save_spec(KeypointSpec("t", [Category("block", "", [Reference("ref.png", {"top": (1.0, 1.0)})])]), tmp_path)
+    with pytest.raises(ConfigError, match=r"--view-of: no category 'tray' in .*keypoints.yaml \(it has block\)"):
+        AnnotationSession(image, "v.png", tmp_path, "t", view_of="tray")
+    session = AnnotationSession(image + 1, "v.png", tmp_path, "t", view_of="block")
+    before = (tmp_path / "keypoints.yaml").read_bytes()
+    state = session.state()
+    state["categories"][0]["references"][0]["keypoints"] = [{"name": "bottom", "u": 2.0, "v": 2.0}]
+    with pytest.raises(ConfigError, match=r"views\[0\]\.keypoints: names points the reference does not have: \['bottom'\]"):
+        session.save(state)
+    state["categories"][0]["references"].append({"keypoints": []})
+    with pytest.raises(ConfigError, match="2 instances, but 'block' has 1"):
+        session.save(state)
+    assert (tmp_path / "keypoints.yaml").read_bytes() == before and not (tmp_path / "v.png").exists()
+
+
 def test_frame_from_episode(tmp_path):
     graph = load_graph(Path(__file__).parent / "data" / "all_types_graph.yaml")
     rng = np.random.default_rng(0)

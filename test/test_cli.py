@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from kil.data.bag import EpisodeReader
 REQUIRED = ("run", "record", "sim", "annotate", "build-dataset", "train", "eval", "bench", "models")
 
 
-def kil(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kil", *args], capture_output=True, text=True, timeout=120)
+def kil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kil", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_lists_every_subcommand():
@@ -154,17 +155,21 @@ def test_calibration_that_reaches_no_precision_leaves_the_model_config_as_it_was
 def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
     """`kil bench keypoints --episodes DIR` runs a recorded sim episode's frames in order
     against the ground truth recorded beside them, with object permanence and without, by
-    image matching, instance matching and tracking; a directory without episodes is a
-    one-line error."""
+    image matching, instance matching and tracking, each timed; with a spec that has views,
+    also by the reference images alone; a directory without episodes is a one-line error."""
     episodes = tmp_path / "demos"
     assert main(["record", "--rig", "sim", "--teleop", "expert", "--variation", "scene", "--episodes", "1", "--camera-rate", "10",
                  "--seed", "5", "--out", str(episodes)]) == 0
-    bench = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes), "--extractions", "im,in,t")
+    assert main(["sim", "reference", "--task", "pick_place", "--out", str(tmp_path / "spec"), "--views", "2"]) == 0
+    bench = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes), "--extractions", "im,in,t",
+                "--spec", str(tmp_path / "spec"), timeout=600)
     assert bench.returncode == 0, bench.stderr
     out = " ".join(bench.stdout.split())
     assert "image matching (IM), in order, object permanence" in out and "image matching (IM), each frame on its own" in out
     assert "instance matching (IN, depth_colour), in order" in out and "tracking (T, lucas_kanade from IM), in order" in out
-    assert out.count("block/top_center") == 4 and "scene" in out and "recall" in out
+    assert "image matching (IM), in order, object permanence, reference images alone (no views)" in out
+    assert out.count("block/top_center") == 5 and "scene" in out and "recall" in out
+    assert len(re.findall(r"detection per frame \d+ / \d+ / \d+ ms", out)) == 5
     (tmp_path / "empty").mkdir()
     empty = kil("bench", "keypoints", "--episodes", str(tmp_path / "empty"))
     assert empty.returncode != 0 and "--episodes: no episode_* directories" in empty.stderr

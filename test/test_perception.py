@@ -19,7 +19,7 @@ from kil.perception.features.base import backend_names, describe, load_extractor
 from kil.perception.features.descriptor_net import DescriptorNet, NetArchitecture, load_net, save_net
 from kil.perception.lifting import lift, read_depth
 from kil.perception.matching import Matcher, naive_similarity, sample_descriptors
-from kil.perception.spec import Category, KeypointSpec, Reference, load_spec, save_spec
+from kil.perception.spec import Category, KeypointSpec, Reference, View, load_spec, save_spec
 from kil.runtimes.local import LocalRuntime
 
 # ---------------------------------------------------------------- matching
@@ -60,6 +60,40 @@ def test_fast_matcher_is_exact_on_random_feature_maps(shape):
     fast = Matcher(refs).similarity(features, (H, W))
     np.testing.assert_allclose(fast, naive_similarity(refs, features, (H, W)).numpy(), atol=1e-5)
     assert_same_matches(refs, features, (H, W))
+
+
+def test_a_keypoint_with_several_views_is_matched_by_its_best_view():
+    """Several descriptors of one keypoint (its reference and views): the similarity is the
+    best view's at each pixel, the match its argmax, candidates are distinct places of any
+    view, best first; the similarity vectors and the score at a given pixel agree."""
+    rng = np.random.default_rng(7)
+    B, C, h, w, H, W = 2, 16, 9, 12, 72, 96
+    features = rng.standard_normal((B, C, h, w)).astype(np.float32)
+    refs = rng.standard_normal((5, C)).astype(np.float32)
+    owner = np.array([0, 1, 2, 0, 1])
+    matcher = Matcher(refs, owner)
+    naive = naive_similarity(refs, features, (H, W)).numpy()
+    best_view = np.stack([naive[:, owner == n].max(1) for n in range(3)], 1)  # (B, 3, H, W)
+    np.testing.assert_allclose(matcher.similarity(features, (H, W)), best_view, atol=1e-5)
+    matches = matcher.match(features, (H, W), similarity_vectors=True, candidates=4)
+    assert matches.uv.shape == (B, 3, 2) and matches.candidate_uv.shape == (B, 3, 4, 2)
+    for b in range(B):
+        for n in range(3):
+            u, v = matches.uv[b, n].astype(int)
+            assert best_view[b, n, v, u] >= best_view[b, n].max() - 1e-5
+            assert abs(matches.score[b, n] - best_view[b, n].max()) < 1e-4
+            places, scores = matches.candidate_uv[b, n], matches.candidate_score[b, n]
+            np.testing.assert_array_equal(places[0], matches.uv[b, n])
+            assert (np.diff(scores) <= 0).all()
+            for k, (cu, cv) in enumerate(places.astype(int)):
+                assert abs(scores[k] - best_view[b, n, cv, cu]) < 1e-4
+                assert all(np.abs(places[k] - places[j]).max() > 3 for j in range(k))
+            for j in range(3):
+                assert abs(matches.similarity[b, n, j] - best_view[b, j, v, u]) < 1e-4
+        descriptors = sample_descriptors(features[b], matches.uv[b], (H, W))
+        np.testing.assert_allclose(matcher.scores(descriptors), matches.score[b], atol=1e-4)
+    with pytest.raises(ValueError, match="owner"):
+        Matcher(refs, np.array([0, 2, 2, 0, 2]))  # keypoint 1 has no descriptor
 
 
 @pytest.mark.parametrize("sizes", [(6, 8, 48, 64), (30, 40, 480, 640), (90, 120, 480, 640)])
@@ -312,6 +346,12 @@ def test_spec_round_trip_and_names(tmp_path):
     (lambda d: d["categories"][0]["references"][0].update(keypoints={}), "at least one keypoint"),
     (lambda d: d["categories"][0].update(references=[d["categories"][0]["references"][0], {"image": "ref.png", "keypoints": {"other": [1, 1]}}]), "must name the same points"),
     (lambda d: d.update(colour="red"), "colour: unknown key"),
+    (lambda d: d["categories"][0]["references"][0].update(views=[{"image": "gone.png", "keypoints": {"top": [1, 1]}}]),
+     r"references\[0\]\.views\[0\]\.image: reference image .*gone\.png does not exist"),
+    (lambda d: d["categories"][0]["references"][0].update(views=[{"image": "ref.png", "keypoints": {"top": [1, 200]}}]),
+     r"references\[0\]\.views\[0\]\.keypoints\.top: \(1\.0, 200\.0\) lies outside"),
+    (lambda d: d["categories"][0]["references"][0].update(views=[{"image": "ref.png", "keypoints": {"side": [1, 1]}}]),
+     r"views\[0\]\.keypoints: names points the reference does not have: \['side'\]"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, edit, message):
     path = write_spec(tmp_path, smooth_image(np.random.default_rng(0)), {"top": (10, 10)})
@@ -321,6 +361,32 @@ def test_bad_specs_are_one_line_errors(tmp_path, edit, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_spec(path)
     assert "\n" not in str(info.value)
+
+
+def test_spec_views_round_trip_subset_and_fingerprint(tmp_path):
+    """Views load as written, a reference without views is written without the key, a subset
+    keeps a view's selected points (dropping a view left without any), and the fingerprint
+    follows a view's image."""
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.png"):
+        PILImage.fromarray(smooth_image(rng)).save(tmp_path / name)
+    spec = KeypointSpec("views", [
+        Category("block", "a block", [Reference("a.png", {"top": (10.0, 20.0), "corner": (30.0, 40.0)},
+                                                [View("b.png", {"top": (50.0, 60.0)})])]),
+        Category("tray", "a tray", [Reference("a.png", {"center": (80.0, 60.0)})]),
+    ])
+    path = save_spec(spec, tmp_path)
+    loaded = load_spec(path)
+    assert loaded.spec == spec
+    written = yaml.safe_load(path.read_text())
+    assert "views" in written["categories"][0]["references"][0] and "views" not in written["categories"][1]["references"][0]
+    (view, uv, index), = loaded.views()
+    assert view.image == "b.png" and uv.tolist() == [[50.0, 60.0]] and index.tolist() == [0]  # block/top
+    assert loaded.subset({"block/top"}).categories[0].references[0].views == [View("b.png", {"top": (50.0, 60.0)})]
+    assert loaded.subset({"block/corner", "tray/center"}).categories[0].references[0].views == []
+    before = loaded.fingerprint()
+    PILImage.fromarray(smooth_image(rng)).save(tmp_path / "b.png")
+    assert load_spec(path).fingerprint() != before
 
 
 def test_a_keypoint_named_twice_is_refused(tmp_path):

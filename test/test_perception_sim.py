@@ -93,6 +93,43 @@ def test_oracle_spec_matches_itself_exactly(tmp_path):
     assert np.linalg.norm(kps.xyz - truth.xyz[visible], axis=1).max() < 0.02  # lifted within 2 cm
 
 
+def test_views_find_a_block_turned_away_from_the_reference(tmp_path):
+    """`kil sim reference --views`: each view holds the true visible points of the block in
+    another scene (the tray, which never moves, has none); in those scenes the block lies
+    turned, and the reference image alone puts its points 4+ px off, where with the views
+    every keypoint is found to the pixel (each keypoint by its own view, not another's)."""
+    from dataclasses import replace
+
+    from kil.msgs import RGBD
+    from kil.perception.features.base import load_extractor
+    from kil.perception.keypoints import KeypointDetector, reference_set
+    from kil.perception.spec import load_spec
+    from kil.sim.reference import VIEW_SEED_BASE, oracle_spec
+    from kil.sim.truth import render_truth_frame
+
+    spec = load_spec(oracle_spec("pick_place", tmp_path, views=2)[0])
+    block, tray = (category.references[0] for category in spec.spec.categories)
+    assert [v.image for v in block.views] == ["pick_place_view_00.png", "pick_place_view_01.png"] and tray.views == []
+    extractor = load_extractor("descriptor_net")
+    with_views = reference_set(spec, extractor)
+    assert with_views.view_owner.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    alone = replace(with_views, view_descriptors=None, view_owner=None)
+    for k, view in enumerate(block.views):
+        truth = render_truth_frame("pick_place", "in", VIEW_SEED_BASE + k, "panda", "away")
+        index = [truth.names.index(n) for n in with_views.names]
+        shown = [truth.names.index(f"block/{point}") for point in view.keypoints]
+        np.testing.assert_allclose(list(view.keypoints.values()), truth.uv[shown], atol=0.05)
+        frame = RGBD(1, "camera", truth.rgb, truth.depth, truth.K, "base_link", truth.T_base_camera)
+        features = extractor.extract(truth.rgb)
+        errors = {}
+        for label, references in (("views", with_views), ("alone", alone)):
+            (keypoints,) = KeypointDetector(references).detect([frame], features)
+            assert keypoints.visible.all()
+            errors[label] = np.linalg.norm(keypoints.uv - truth.uv[index], axis=1)
+        assert errors["views"].max() <= 1.0, errors
+        assert errors["alone"][:4].max() > 4.0, errors
+
+
 @pytest.mark.parametrize("task", ["pick_place", "place_upright", "pick_place_two"])
 def test_shipped_task_specs_load(task):
     from kil.perception.spec import load_spec

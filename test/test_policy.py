@@ -314,15 +314,17 @@ def test_run_configs_and_presets(tmp_path):
 
 
 def _tiny_spec(directory):
-    """A spec naming the tiny store's keypoints (block/a, block/b, tray/c) on a blank image."""
+    """A spec naming the tiny store's keypoints (block/a, block/b, tray/c) on a blank image,
+    block/a also on a view."""
     from PIL import Image
 
-    from kil.perception.spec import Category, KeypointSpec, Reference, save_spec
+    from kil.perception.spec import Category, KeypointSpec, Reference, View, save_spec
 
     directory.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (64, 48)).save(directory / "ref.png")
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(directory / "view.png")
     return save_spec(KeypointSpec("pick_place", [
-        Category("block", "block", [Reference("ref.png", {"a": (10.0, 10.0), "b": (20.0, 10.0)})]),
+        Category("block", "block", [Reference("ref.png", {"a": (10.0, 10.0), "b": (20.0, 10.0)}, [View("view.png", {"a": (30.0, 20.0)})])]),
         Category("tray", "tray", [Reference("ref.png", {"c": (40.0, 30.0)})]),
     ]), directory)
 
@@ -414,7 +416,10 @@ def test_atk_selection_never_writes_a_task_spec_installed_with_kil(tmp_path, mon
         "training: {steps: 10, batch_size: 16, warmup_steps: 2, checkpoint_every: 10}\n")
     result = select_keypoints(config, store, tmp_path / "run", {"policy": {"selection": {"sparsity": 0.0}}})
     assert result.spec_path == tmp_path / "run" / "spec" / "keypoints.yaml"
-    assert load_spec(tmp_path / "run" / "spec").layout().names == tuple(result.selected)
+    selected = load_spec(tmp_path / "run" / "spec")  # its images, the view's too, copied beside it
+    assert selected.layout().names == tuple(result.selected)
+    assert "block/a" in result.selected  # no sparsity: every keypoint kept
+    assert [v.image for v in selected.spec.categories[0].references[0].views] == ["view.png"]
     assert installed.read_bytes() == before and not (installed.parent / CANDIDATES_FILE).exists()
 
 

@@ -16,6 +16,7 @@ points) / anywhere. Reported per backend, variation and keypoint:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,9 +77,16 @@ class Observations:
     has_depth: list[bool] = field(default_factory=list)
     pixel: list[float] = field(default_factory=list)  # error of the reported place (inf where the truth is out of view)
     metres: list[float] = field(default_factory=list)  # 3-D error (inf without a lifted point)
+    frame_ms: list[float] = field(default_factory=list)  # per frame: detection time after feature extraction
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+        """The per-keypoint lists as arrays (frame_ms, per frame, is not among them)."""
+        return {k: np.asarray(v) for k, v in self.__dict__.items() if k != "frame_ms"}
+
+    def timing(self) -> str:
+        """Detection time per frame: median / p90 / max ms."""
+        ms = np.asarray(self.frame_ms)
+        return f"{np.median(ms):.0f} / {np.percentile(ms, 90):.0f} / {ms.max():.0f} ms" if len(ms) else "-"
 
 
 def observe(extractor, references: dict[str, TruthFrame], frames: list[TruthFrame], detector_config: DetectorConfig = DetectorConfig(),
@@ -117,12 +125,21 @@ def _record(out: Observations, variation: str, keypoints, reasons, uv: np.ndarra
         out.metres.append(float(np.linalg.norm(keypoints.xyz[k] - xyz[k])) if keypoints.visible[k] else np.inf)
 
 
-def observe_episodes(extractor, episodes: list[Path], configs: dict[str, DetectorConfig],
-                     progress=None) -> dict[str, Observations]:
+@dataclass(frozen=True)
+class EpisodeSetting:
+    """One detector of `kil bench keypoints --episodes`: its config, and whether the spec's
+    views describe the keypoints besides the reference images."""
+
+    config: DetectorConfig
+    views: bool = True
+
+
+def observe_episodes(extractor, episodes: list[Path], configs: dict[str, EpisodeSetting],
+                     progress=None, spec: str | Path | None = None) -> dict[str, Observations]:
     """Run detectors (one per config, features shared) over recorded sim episodes, their
     ground truth recorded beside the camera: each frame in order through one detector per
     episode, as the dataset builder and the live node do; the task's shipped reference spec
-    gives the keypoints."""
+    (or `spec`) gives the keypoints."""
     from kil.data.builder import BuildConfig, TopicMaps, oracle_index
     from kil.data.episode import read_metadata
     from kil.data.episode_streams import read_streams
@@ -137,10 +154,11 @@ def observe_episodes(extractor, episodes: list[Path], configs: dict[str, Detecto
         if metadata is None or not metadata.task:
             raise ConfigError(f"{episode}: no kil_episode.yaml naming the task")
         if metadata.task not in detectors:
-            spec = load_spec(metadata.task)
-            references = reference_set(spec, extractor)
-            detectors[metadata.task] = (spec.layout().names, {label: KeypointDetector(references, config)
-                                                              for label, config in configs.items()})
+            loaded = load_spec(spec or metadata.task)
+            references = reference_set(loaded, extractor)
+            detectors[metadata.task] = (loaded.layout().names, {
+                label: KeypointDetector(references if setting.views else references.without_views(), setting.config)
+                for label, setting in configs.items()})
         names, by_label = detectors[metadata.task]
         graph, _ = TopicMaps(BuildConfig(task=metadata.task)).of(episode, metadata)
         streams = read_streams(episode, graph)
@@ -153,7 +171,9 @@ def observe_episodes(extractor, episodes: list[Path], configs: dict[str, Detecto
             features = extractor.extract(frame.rgb)
             gripper = GripperState(streams.ee_position[t], float(streams.gripper[t]), streams.ee_orientation[t])
             for label, detector in by_label.items():
+                start = time.perf_counter()
                 keypoints, reasons = detector.detect_with_reasons([frame], features, [gripper])[0]
+                out[label].frame_ms.append(1e3 * (time.perf_counter() - start))
                 _record(out[label], metadata.variation, keypoints, reasons, truth.uv[index], truth.xyz[index], truth.visible[index])
         if progress:
             progress()
@@ -208,12 +228,17 @@ LEGEND = ("px and mm over keypoints the truth sees and the detector reports visi
           "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
 
 
-def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im",)) -> int:
+def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im",), spec: str | Path | None = None) -> int:
     """Recorded episodes in order, with object permanence and with every frame on its own
-    (image matching); `extractions` besides im: instance matching and tracking, in order
-    with object permanence, each as its keypoints node would run them."""
+    (image matching), by the task's spec or `spec`; with a spec that has views, also with the
+    reference images alone (the views left out); `extractions` besides im: instance matching
+    and tracking, in order with object permanence, each as its keypoints node would run
+    them. Each table gives the detection time per frame after feature extraction."""
     from kil.perception.features.base import load_extractor
     from kil.perception.keypoints import extraction_config
+    from kil.perception.spec import load_spec
+
+    with_views = spec is not None and bool(load_spec(spec).views())  # checked before the long work
 
     episodes = sorted(p for p in Path(episodes_dir).glob("episode_*") if p.is_dir())
     if not episodes:
@@ -224,16 +249,19 @@ def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im
     for extraction in extractions:
         instances, tracking = extraction_config(extraction)
         label = {"im": "image matching (IM)", "in": "instance matching (IN, depth_colour)", "t": "tracking (T, lucas_kanade from IM)"}[extraction]
-        settings[f"{label}, in order, object permanence"] = DetectorConfig(instances=instances, tracking=tracking)
-        if extraction == "im":
-            settings[f"{label}, each frame on its own"] = DetectorConfig(permanence=PermanenceConfig(enabled=False))
+        settings[f"{label}, in order, object permanence"] = EpisodeSetting(DetectorConfig(instances=instances, tracking=tracking))
+        if extraction == "im" and with_views:
+            settings[f"{label}, in order, object permanence, reference images alone (no views)"] = EpisodeSetting(DetectorConfig(), views=False)
+            settings[f"{label}, each frame on its own"] = EpisodeSetting(DetectorConfig(permanence=PermanenceConfig(enabled=False)))
     with Progress(console=console) as progress:
         bar = progress.add_task("episodes", total=len(episodes))
-        scored = observe_episodes(extractor, episodes, settings, lambda: progress.advance(bar))
+        scored = observe_episodes(extractor, episodes, settings, lambda: progress.advance(bar), spec)
     variations = sorted(set(scored[next(iter(scored))].variation))
     for label, obs in scored.items():
         console.print(_table(obs, variations, f"keypoints by {backend} (min_score {extractor.config.min_score:.3f}) over "
-                                               f"{len(episodes)} episodes of {episodes_dir}: {label}"))
+                                               f"{len(episodes)} episodes of {episodes_dir}{f' with {spec}' if spec else ''}: "
+                                               f"{label}; detection per frame "
+                                               f"{obs.timing()} (median / p90 / max, after features)"))
     console.print(LEGEND)
     return 0
 

@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                       "with object permanence and without (first backend only)")
     kp.add_argument("--extractions", default="im", help="with --episodes: comma-separated extraction methods to compare "
                                                         "(im image matching, in instance matching, t tracking; paper 001's Table II)")
+    kp.add_argument("--spec", default=None, help="with --episodes: the keypoint spec (file or directory) instead of the "
+                                                 "episodes' task spec; with views, also run without them")
     kp.set_defaults(run_suite=_keypoints)
 
     var = suites.add_parser("variations", help="paper 001's central result: keypoint policy vs RGB baseline on in / obj / scene")
@@ -131,7 +133,7 @@ def _keypoints(args: argparse.Namespace) -> int:
         unknown = sorted(set(_split(args.extractions)) - set(EXTRACTIONS))
         if unknown:
             raise ConfigError(f"--extractions: unknown {', '.join(unknown)} (choose from {', '.join(EXTRACTIONS)})")
-        return keypoints.run_episodes(_split(args.backends)[0], Path(args.episodes), _split(args.extractions))
+        return keypoints.run_episodes(_split(args.backends)[0], Path(args.episodes), _split(args.extractions), args.spec)
     if args.frames < 1:
         raise ConfigError(f"--frames: must be >= 1, got {args.frames}")
     return keypoints.run(_split(args.backends), _split(args.tasks), _split(args.variations), args.frames, args.robot)

@@ -142,7 +142,6 @@ def _show(args: argparse.Namespace) -> int:
     from kil.perception.draw import draw_keypoints
     from kil.perception.features.base import load_extractor
     from kil.perception.keypoints import reference_set
-    from kil.perception.matching import Matcher
     from kil.perception.spec import load_spec
 
     episode, spec_name = episode_task(args.episode, args.spec, "--spec")
@@ -154,7 +153,7 @@ def _show(args: argparse.Namespace) -> int:
         raise ConfigError(f"--episode: {episode} has no colour frames")
     picks = np.linspace(0, len(frames) - 1, min(args.frames, len(frames))).round().astype(int)
     images = np.stack([frames[i] for i in picks])
-    found = Matcher(references.descriptors).match(extractor.extract(images), images.shape[1:3])
+    found = references.matcher().match(extractor.extract(images), images.shape[1:3])
     drawn = [draw_keypoints(img, found.uv[k], references.names, found.valid[k], found.score[k]) for k, img in enumerate(images)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

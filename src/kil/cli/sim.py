@@ -2,7 +2,7 @@
 
     kil sim demos --task pick_place --robot panda --variation in --episodes 50 --seed 0 --out DIR [--miss-rate 0.3]
     kil sim render --task place_upright --robot ur5e --variation scene --seed 3 --out scene.png
-    kil sim reference --task pick_place --out config/tasks/pick_place
+    kil sim reference --task pick_place --out config/tasks/pick_place --views 12
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--miss-rate", type=float, default=0.0, metavar="P",
                         help="demos: share of first picks the expert aims 3 cm beside the object, then picks again "
                              "(demonstrations that show recovery from a missed grasp)")
+    parser.add_argument("--views", type=int, default=0, metavar="N",
+                        help="reference: also N views of the task objects (other scenes, the arm away: objects elsewhere "
+                             "and turned), each a further descriptor of the points it shows")
 
 def main(args: argparse.Namespace) -> int:
     from kil.errors import ConfigError
@@ -53,8 +56,11 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _reference(args: argparse.Namespace) -> int:
+    from kil.errors import ConfigError
     from kil.sim.reference import oracle_spec
 
-    path, seed = oracle_spec(args.task, args.out, args.robot, args.seed)
+    if args.views < 0:
+        raise ConfigError(f"--views: must be >= 0, got {args.views}")
+    path, seed = oracle_spec(args.task, args.out, args.robot, args.seed, views=args.views)
     Console().print(f"wrote {path} (reference frame: {args.task}/{args.robot}/in seed {seed})")
     return 0

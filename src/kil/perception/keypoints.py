@@ -22,7 +22,7 @@ frames in order, in batches). The detector remembers the objects of the stream i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -52,7 +52,8 @@ class ReferenceSet:
     px in their reference image; group: (N,) int, the reference image (one object) each
     keypoint was annotated on; min_score: the feature model's calibrated visibility
     threshold; category: (N,) int, the spec category of each keypoint, whose text prompt
-    is prompts[category] (instance matching).
+    is prompts[category] (instance matching); view_descriptors: (V, C) float32 further
+    descriptors from the spec's views, view_owner: (V,) the keypoint each describes.
     """
 
     names: tuple[str, ...]
@@ -64,11 +65,24 @@ class ReferenceSet:
     min_score: float = -1.0
     category: np.ndarray | None = None
     prompts: tuple[str, ...] = ()
+    view_descriptors: np.ndarray | None = None
+    view_owner: np.ndarray | None = None
+
+    def without_views(self) -> ReferenceSet:
+        """These keypoints described by their reference images alone."""
+        return replace(self, view_descriptors=None, view_owner=None)
+
+    def matcher(self) -> Matcher:
+        """The matcher of these keypoints: each by the best of its descriptors (reference and views)."""
+        if self.view_descriptors is None or len(self.view_descriptors) == 0:
+            return Matcher(self.descriptors)
+        return Matcher(np.concatenate([self.descriptors, self.view_descriptors]),
+                       np.concatenate([np.arange(len(self.descriptors)), self.view_owner]))
 
 
 def reference_set(spec: LoadedSpec, extractor: FeatureExtractor) -> ReferenceSet:
-    """Descriptors of every reference keypoint: the reference image's features, upsampled
-    (bilinearly, as in matching) and sampled at the annotated pixels."""
+    """Descriptors of every reference keypoint, and of its views: each image's features,
+    upsampled (bilinearly, as in matching) and sampled at the annotated pixels."""
     layout = spec.layout()
     rows, uvs, groups = [], [], []
     for g, (ref, uv) in enumerate(spec.references()):
@@ -77,11 +91,17 @@ def reference_set(spec: LoadedSpec, extractor: FeatureExtractor) -> ReferenceSet
         rows.append(sample_descriptors(features, uv, image.shape[:2]))
         uvs.append(uv)
         groups.append(np.full(len(uv), g))
+    view_rows, view_owner = [np.zeros((0, rows[0].shape[1]), np.float32)], [np.zeros(0, np.int64)]
+    for view, uv, index in spec.views():
+        image = spec.image(view)
+        view_rows.append(sample_descriptors(extractor.extract(image)[0], uv, image.shape[:2]))
+        view_owner.append(index)
     categories = spec.spec.categories
     category = [c for c, cat in enumerate(categories) for ref in cat.references for _ in ref.keypoints]
     return ReferenceSet(layout.names, layout.instance, np.concatenate(rows).astype(np.float32), extractor.name,
                         np.concatenate(uvs), np.concatenate(groups), extractor.config.min_score, np.array(category, np.int64),
-                        tuple(cat.prompt or cat.name for cat in categories))
+                        tuple(cat.prompt or cat.name for cat in categories),
+                        np.concatenate(view_rows).astype(np.float32), np.concatenate(view_owner))
 
 
 @dataclass(frozen=True)
@@ -156,7 +176,7 @@ class KeypointDetector:
         models = {} if device is None else {"device": device}
         self.references = references
         self.config = config
-        self.matcher = Matcher(references.descriptors)
+        self.matcher = references.matcher()
         self.min_score = references.min_score if config.min_score is None else config.min_score
         groups = references.group if references.group is not None else np.arange(len(references.names))
         self._groups = [np.flatnonzero(groups == g) for g in np.unique(groups)]
@@ -239,9 +259,7 @@ class KeypointDetector:
             return uv, score, verified, valid
         points = self.tracker.step(frame.rgb)
         one = features[0].cpu() if isinstance(features, torch.Tensor) else features[0]
-        descriptors = sample_descriptors(one, points.uv, size).astype(np.float64)
-        descriptors /= np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
-        score = np.einsum("nc,nc->n", descriptors, self.matcher.references).astype(np.float32)
+        score = self.matcher.scores(sample_descriptors(one, points.uv, size)).astype(np.float32)
         kept = points.tracked & self._trusted & np.isfinite(score) & (score >= self.min_score)
         if kept.all():
             return points.uv, score, kept, np.ones(len(score), bool)

@@ -13,9 +13,11 @@ so the similarity at any pixel costs a few scalar operations once those patch-le
 exist. The search then skips most of the image exactly: within a cell the numerator is at
 most the largest corner dot product, and |f| is at least min_k <F_k, u> for the unit mean
 direction u of the corners (f is a convex combination of them), which bounds the similarity
-from above; only cells whose bound reaches the best similarity found at one pixel per cell
-are evaluated pixel by pixel. Where the bounds prune too little, every pixel is evaluated
-(`similarity`), still at scalar cost. `naive_similarity` is the straightforward
+from above; only cells whose bound reaches a similarity already found (at the middle pixel
+of the most promising cells, or of every cell where that leaves many) are evaluated pixel
+by pixel. Where the bounds prune too little, every pixel is evaluated (`similarity`),
+still at scalar cost. A keypoint with several descriptors (a reference and its views) is
+matched by the best of them (`Matcher(references, owner)`). `naive_similarity` is the straightforward
 full-resolution computation the tests and the benchmark compare against.
 
 Exactness. The numerator and the norm use one set of interpolation weights, torch's own
@@ -46,6 +48,7 @@ _DENSE_SHARE = 0.2  # evaluate every pixel when candidate cells cover more of th
 _SPAN_SHARE = 0.03  # compute the span bound too when the convexity bound leaves more of the cells than this
 _CANCELLING = 0.05  # |f|^2 below this share of (sum_k w_k |F_k|)^2: recompute from the C-vector
 _VANISHING = 1e-6  # |f|^2 below this share of (sum_k w_k |F_k|)^2: even float64 Gram terms lose digits
+_SAME_PLACE_PX = 3  # candidates of two views of a keypoint closer than this (in u and v) are one place
 _DEGENERATE = 1e-8  # a corner whose squared distance to the span of the others is below this share of |F|^2 adds nothing
 
 
@@ -417,13 +420,22 @@ def _search_frame(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int) -> tuple[n
     bounds leave too much of the image to make this worthwhile."""
     N = t.dots.shape[1]
     bound = _cell_bounds(t, b)
-    # One pixel per cell (its middle) gives a similarity every best pixel must reach.
-    # (clamped: with fewer pixels than patches along an axis, the last cells hold no pixel)
+    # A similarity every best pixel must reach (any pixel's is a valid floor; a lower one only
+    # prunes less): first the middle pixel of the cell where the patch-level similarity peaks
+    # and of the cell with the highest bound, both near the best pixel as a rule (two
+    # evaluations per reference); where that leaves many cells, the middle pixel of every
+    # cell. (clamped: with fewer pixels than patches along an axis, the last cells hold no pixel)
+    h, w = bound.shape[1:]
     mid_rows = np.minimum(y.start + y.count // 2, len(y.cell) - 1)
     mid_cols = np.minimum(x.start + x.count // 2, W - 1)
-    sampled = _similarity_at(t, b, slice(None), y, x, mid_rows[:, None], mid_cols[None, :])  # (N, h, w)
-    floor = sampled.reshape(N, -1).max(1)
+    grid = t.dots[b][:, :h, :w] / np.maximum(t.length[b][:h, :w], _EPS)
+    picks = np.stack([grid.reshape(N, -1).argmax(1), bound.reshape(N, -1).argmax(1)], 1)  # (N, 2) flat cells
+    floor = _similarity_at(t, b, np.arange(N)[:, None], y, x, mid_rows[picks // w], mid_cols[picks % w]).max(1)
     candidates = bound >= (floor - _MARGIN)[:, None, None]
+    if candidates.mean() > _SPAN_SHARE:
+        sampled = _similarity_at(t, b, slice(None), y, x, mid_rows[:, None], mid_cols[None, :])  # (N, h, w)
+        floor = np.maximum(floor, sampled.reshape(N, -1).max(1))
+        candidates = bound >= (floor - _MARGIN)[:, None, None]
     if candidates.mean() > _SPAN_SHARE:  # the convexity bound is loose here (random-like features): tighten it
         candidates &= _span_bounds(t, b) >= (floor - _MARGIN)[:, None, None]
     n_idx, i_idx, j_idx = np.nonzero(candidates)
@@ -504,22 +516,64 @@ def _frame_candidates(t: _PatchTerms, b: int, y: _Axis, x: _Axis, W: int, best: 
 
 
 class Matcher:
-    """Finds N reference descriptors in feature maps by upsampled cosine similarity.
+    """Finds N reference keypoints in feature maps by upsampled cosine similarity.
 
-    references: (N, C) descriptors (e.g. from `sample_descriptors` on the reference image).
+    references: (M, C) descriptors (e.g. from `sample_descriptors` on the reference image).
+    owner: (M,) int, the keypoint each descriptor describes (several views of one keypoint:
+        its similarity at a pixel is the best of its views'); default one keypoint per
+        descriptor (N = M).
     """
 
-    def __init__(self, references: np.ndarray) -> None:
+    def __init__(self, references: np.ndarray, owner: np.ndarray | None = None) -> None:
         refs = np.asarray(references, np.float64)
         if refs.ndim != 2 or refs.shape[0] == 0:
             raise ValueError(f"references: expected (N, C) descriptors, got shape {refs.shape}")
         if not np.isfinite(refs).all():
             raise ValueError("references: descriptors contain NaN or inf")
-        self.references = refs / np.maximum(np.linalg.norm(refs, axis=1, keepdims=True), _EPS)  # (N, C) float64, unit
+        self.references = refs / np.maximum(np.linalg.norm(refs, axis=1, keepdims=True), _EPS)  # (M, C) float64, unit
+        self.owner = np.arange(len(refs)) if owner is None else np.asarray(owner, np.int64)
+        if self.owner.shape != (len(refs),) or not np.array_equal(np.unique(self.owner), np.arange(self.owner.max() + 1)):
+            raise ValueError(f"owner: expected one keypoint index per descriptor covering 0..N-1, got {self.owner.tolist()}")
+        self.keypoints = int(self.owner.max()) + 1
+        self._views = [np.flatnonzero(self.owner == n) for n in range(self.keypoints)]
 
     @property
     def channels(self) -> int:
         return int(self.references.shape[1])
+
+    @property
+    def several_views(self) -> bool:
+        return self.keypoints < len(self.references)
+
+    def _best_view(self, per_descriptor: np.ndarray, axis: int) -> np.ndarray:
+        """Per keypoint the maximum over its descriptors along `axis` (M there -> N)."""
+        if not self.several_views:
+            return per_descriptor
+        return np.stack([per_descriptor.take(rows, axis).max(axis) for rows in self._views], axis)
+
+    def scores(self, descriptors: np.ndarray) -> np.ndarray:
+        """(N,) cosine similarity of each keypoint to the descriptor (N, C) sampled where it
+        is (the best of its views)."""
+        d = np.asarray(descriptors, np.float64)
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), _EPS)
+        return self._best_view(np.einsum("mc,mc->m", d[self.owner], self.references), 0)
+
+    def _merge_views(self, uv: np.ndarray, score: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uv (N, count, 2), score (N, count)) of one frame from its descriptors' candidates
+        (M, K, ...): per keypoint the best places over its views, best first, a place found
+        by several views (within _SAME_PLACE_PX) once."""
+        out_uv = np.zeros((self.keypoints, count, 2), np.float32)
+        out_score = np.full((self.keypoints, count), -np.inf, np.float32)
+        for n, rows in enumerate(self._views):
+            places, values = uv[rows].reshape(-1, 2), score[rows].reshape(-1)
+            kept: list[int] = []
+            for i in np.argsort(-values, kind="stable"):
+                if not np.isfinite(values[i]) or len(kept) == count:
+                    break
+                if all(np.abs(places[i] - places[k]).max() > _SAME_PLACE_PX for k in kept):
+                    kept.append(i)
+            out_uv[n, :len(kept)], out_score[n, :len(kept)] = places[kept], values[kept]
+        return out_uv, out_score
 
     def _features(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
@@ -528,14 +582,15 @@ class Matcher:
         return feats.astype(np.float32, copy=False)
 
     def similarity(self, features: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
-        """(B, N, H, W) float32 cosine similarity of every pixel to every reference (NaN-free input).
+        """(B, N, H, W) float32 cosine similarity of every pixel to every keypoint (the best of
+        its views; NaN-free input).
 
         features: (B, C, h, w) patch features of B images of `image_size` (H, W).
         """
         feats = self._features(features)
         t = _patch_terms(self.references, feats)
         y, x = _axis(image_size[0], feats.shape[2]), _axis(image_size[1], feats.shape[3])
-        return np.stack([_dense_similarity(t, b, y, x) for b in range(len(feats))])
+        return np.stack([self._best_view(_dense_similarity(t, b, y, x), 0) for b in range(len(feats))])
 
     def match(
         self,
@@ -545,15 +600,15 @@ class Matcher:
         mask: np.ndarray | None = None,
         candidates: int = 0,
     ) -> Matches:
-        """Best pixel per reference in each of B frames.
+        """Best pixel per keypoint in each of B frames (the best over its views).
 
         features: (B, C, h, w) patch features; image_size: (H, W) pixels.
         mask: optional (B, H, W) bool; matches are searched only where it is true (every
             pixel is evaluated then).
-        candidates: also return this many best distinct places per reference (no mask).
+        candidates: also return this many best distinct places per keypoint (no mask).
         """
         feats = self._features(features)
-        B, N = feats.shape[0], self.references.shape[0]
+        B, N = feats.shape[0], self.keypoints
         H, W = image_size
         finite = np.isfinite(feats.sum(axis=(1, 2, 3), dtype=np.float64))  # NaN and inf propagate into the sum
         if not finite.all():  # such frames are matched on zeros and reported invalid
@@ -575,13 +630,15 @@ class Matcher:
                 found = _dense_best(t, b, y, x, None if masks is None else masks[b])
                 if masks is not None:
                     valid[b] &= bool(masks[b].any())
-            score[b], index[b] = found
+            best_view = np.array([rows[np.argmax(found[0][rows])] for rows in self._views])  # (N,) descriptor rows
+            score[b], index[b] = found[0][best_view], found[1][best_view]
             if candidates:
-                candidate_uv[b], candidate_score[b] = _frame_candidates(t, b, y, x, W, found, candidates)
+                places = _frame_candidates(t, b, y, x, W, found, candidates)
+                candidate_uv[b], candidate_score[b] = self._merge_views(*places, candidates) if self.several_views else places
         uv = np.stack([index % W, index // W], axis=-1)
         sims = None
         if similarity_vectors:
-            sims = np.stack([_similarity_at(t, b, slice(None), y, x, uv[b, :, 1], uv[b, :, 0]).T for b in range(B)])
+            sims = np.stack([self._best_view(_similarity_at(t, b, slice(None), y, x, uv[b, :, 1], uv[b, :, 0]).T, 1) for b in range(B)])
             sims = np.where(valid[:, :, None], sims, 0)
         score = np.where(valid, score, 0)
         return Matches(

@@ -3,9 +3,12 @@
 A spec names, per object category, a text prompt and one or more reference images with named
 keypoints (u, v) in pixels. Multi-instance tasks give one reference per instance: reference i
 of category c yields keypoints named ``c[i]/<point>`` (``c/<point>`` when there is only one),
-with instance index i. Image paths are relative to the spec file. Everything is checked at
-load: images exist, names are unique, points lie inside their image, every reference of a
-category has the same points.
+with instance index i. A reference may add views: other images of its object (turned,
+elsewhere) with some of its points, each a further descriptor of those keypoints, so that
+an object turned away from how the reference image shows it is still found (the matcher
+takes each keypoint's best view). Image paths are relative to the spec file. Everything is
+checked at load: images exist, names are unique, points lie inside their image, every
+reference of a category has the same points, a view names only its reference's points.
 
     task: pick_place
     categories:
@@ -14,6 +17,9 @@ category has the same points.
         references:
           - image: block.png
             keypoints: {top_center: [312.0, 240.5], top_corner: [330.0, 228.0]}
+            views:
+              - image: block_turned.png
+                keypoints: {top_center: [280.0, 251.0]}
 """
 
 from __future__ import annotations
@@ -33,18 +39,44 @@ from kil.paths import share_dir
 SPEC_FILE = "keypoints.yaml"
 
 
+def _check_points(image: str, keypoints: dict[str, tuple[float, float]], what: str) -> None:
+    require(bool(image), "image", "must name an image file")
+    require(len(keypoints) > 0, "keypoints", f"{what} needs at least one keypoint")
+    require(all(isinstance(n, str) and n and "/" not in n for n in keypoints), "keypoints",
+            f"names must be non-empty and without '/', got {list(keypoints)}")
+
+
 @dataclass(frozen=True)
-class Reference:
-    """One annotated image: its file (relative to the spec) and named points (u, v) pixels."""
+class View:
+    """Another image of a reference's object (turned, moved) with some of its points (u, v)
+    pixels: further descriptors of those keypoints."""
 
     image: str
     keypoints: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        require(bool(self.image), "image", "must name an image file")
-        require(len(self.keypoints) > 0, "keypoints", "a reference needs at least one keypoint")
-        require(all(isinstance(n, str) and n and "/" not in n for n in self.keypoints), "keypoints",
-                f"names must be non-empty and without '/', got {list(self.keypoints)}")
+        _check_points(self.image, self.keypoints, "a view")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One annotated image: its file (relative to the spec), named points (u, v) pixels, and
+    optional views of the same object."""
+
+    image: str
+    keypoints: dict[str, tuple[float, float]] = field(default_factory=dict)
+    views: list[View] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_points(self.image, self.keypoints, "a reference")
+        for i, view in enumerate(self.views):
+            unknown = [n for n in view.keypoints if n not in self.keypoints]
+            require(not unknown, f"views[{i}].keypoints", f"names points the reference does not have: {unknown}")
+
+    def restricted(self, points: list[str]) -> Reference:
+        """This reference with only `points` (views left without any are dropped)."""
+        views = [(v.image, {p: v.keypoints[p] for p in points if p in v.keypoints}) for v in self.views]
+        return Reference(self.image, {p: self.keypoints[p] for p in points}, [View(image, kept) for image, kept in views if kept])
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,11 @@ class KeypointSpec:
         require(len(self.categories) > 0, "categories", "a spec needs at least one category")
         names = [c.name for c in self.categories]
         require(len(set(names)) == len(names), "categories", f"category names must be unique, got {names}")
+
+    def images(self) -> set[str]:
+        """Every image the spec names (references and views), relative to its file."""
+        return {image for category in self.categories for ref in category.references
+                for image in (ref.image, *(view.image for view in ref.views))}
 
 
 @dataclass(frozen=True)
@@ -105,18 +142,18 @@ class LoadedSpec:
     def task(self) -> str:
         return self.spec.task
 
-    def image_path(self, reference: Reference) -> Path:
+    def image_path(self, reference: Reference | View) -> Path:
         return self.directory / reference.image
 
     def fingerprint(self) -> str:
         """A hash of the spec and its reference images: what keypoints extracted with it depend on."""
-        digest = hashlib.sha256(yaml.safe_dump(to_plain(self.spec), sort_keys=True).encode())
-        for image in sorted({ref.image for category in self.spec.categories for ref in category.references}):
+        digest = hashlib.sha256(yaml.safe_dump(plain_spec(self.spec), sort_keys=True).encode())
+        for image in sorted(self.spec.images()):
             digest.update((self.directory / image).read_bytes())
         return digest.hexdigest()[:16]
 
-    def image(self, reference: Reference) -> np.ndarray:
-        """(H, W, 3) uint8 RGB of a reference image."""
+    def image(self, reference: Reference | View) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of a reference's (or a view's) image."""
         with Image.open(self.image_path(reference)) as img:
             return np.asarray(img.convert("RGB"))
 
@@ -142,7 +179,7 @@ class LoadedSpec:
                     if any(f"{category.name}[{r}]/{point}" in wanted if several else f"{category.name}/{point}" in wanted
                            for r in range(len(category.references)))]
             if keep:
-                references = [Reference(ref.image, {p: ref.keypoints[p] for p in keep}) for ref in category.references]
+                references = [ref.restricted(keep) for ref in category.references]
                 categories.append(Category(category.name, category.prompt, references))
         if not categories:
             raise ConfigError(f"{self.directory / SPEC_FILE}: no keypoint of the spec is selected")
@@ -155,6 +192,27 @@ class LoadedSpec:
             for ref in category.references:
                 out.append((ref, np.array(list(ref.keypoints.values()), np.float64).reshape(-1, 2)))
         return out
+
+    def views(self) -> list[tuple[View, np.ndarray, np.ndarray]]:
+        """Each view with its (K, 2) pixels and (K,) layout indices of the keypoints it shows."""
+        out, offset = [], 0
+        for ref, uv in self.references():
+            points = list(ref.keypoints)
+            for view in ref.views:
+                index = np.array([offset + points.index(p) for p in view.keypoints], np.int64)
+                out.append((view, np.array(list(view.keypoints.values()), np.float64).reshape(-1, 2), index))
+            offset += len(uv)
+        return out
+
+
+def plain_spec(spec: KeypointSpec) -> dict:
+    """The spec as YAML-able data, a reference without views written without the key."""
+    data = to_plain(spec)
+    for category in data["categories"]:
+        for ref in category["references"]:
+            if not ref["views"]:
+                del ref["views"]
+    return data
 
 
 def spec_path(task_or_path: str | Path) -> Path:
@@ -174,21 +232,27 @@ def shipped(directory: str | Path) -> bool:
     return Path(directory).resolve().is_relative_to(tasks)
 
 
+def _check_image(annotated: Reference | View, directory: Path, key: str) -> None:
+    path = directory / annotated.image
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise ConfigError(f"{key}.image: reference image {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"{key}.image: cannot read {path} as an image ({err})") from None
+    for name, (u, v) in annotated.keypoints.items():
+        if not (np.isfinite(u) and np.isfinite(v) and 0 <= u <= width - 1 and 0 <= v <= height - 1):
+            raise ConfigError(f"{key}.keypoints.{name}: ({u}, {v}) lies outside the {width}x{height} image {path.name}")
+
+
 def _check_images(spec: KeypointSpec, directory: Path, where: str) -> None:
     for c, category in enumerate(spec.categories):
         for r, ref in enumerate(category.references):
             key = f"{where} categories[{c}].references[{r}]"
-            path = directory / ref.image
-            try:
-                with Image.open(path) as img:
-                    width, height = img.size
-            except FileNotFoundError:
-                raise ConfigError(f"{key}.image: reference image {path} does not exist") from None
-            except OSError as err:
-                raise ConfigError(f"{key}.image: cannot read {path} as an image ({err})") from None
-            for name, (u, v) in ref.keypoints.items():
-                if not (np.isfinite(u) and np.isfinite(v) and 0 <= u <= width - 1 and 0 <= v <= height - 1):
-                    raise ConfigError(f"{key}.keypoints.{name}: ({u}, {v}) lies outside the {width}x{height} image {path.name}")
+            _check_image(ref, directory, key)
+            for i, view in enumerate(ref.views):
+                _check_image(view, directory, f"{key}.views[{i}]")
 
 
 def load_spec(task_or_path: str | Path) -> LoadedSpec:
@@ -208,6 +272,6 @@ def save_spec(spec: KeypointSpec, directory: str | Path) -> Path:
     _check_images(spec, directory, f"{directory / SPEC_FILE}:")
     path = directory / SPEC_FILE
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(to_plain(spec), sort_keys=False, allow_unicode=True, default_flow_style=None), encoding="utf-8")
+    tmp.write_text(yaml.safe_dump(plain_spec(spec), sort_keys=False, allow_unicode=True, default_flow_style=None), encoding="utf-8")
     tmp.replace(path)
     return path

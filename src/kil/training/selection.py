@@ -53,7 +53,7 @@ def select_keypoints(config: str | Path, dataset: str | Path, out: str | Path, o
         shutil.copyfile(spec.directory / SPEC_FILE, spec.directory / CANDIDATES_FILE)  # the candidates are never lost
     else:
         target.mkdir(parents=True, exist_ok=True)
-        for image in {ref.image for c in subset.categories for ref in c.references}:
+        for image in subset.images():
             shutil.copyfile(spec.directory / image, target / image)
     path = save_spec(subset, target)
     return SelectionResult(dict(zip(names, probability)), selected, path, Path(out))

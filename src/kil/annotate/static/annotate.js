@@ -113,8 +113,9 @@ function imagePoint(event) {
 
 function nextName(cat, ref) {
   // Further instances name their points like the category's first one, in its order (that
-  // may lie on another image: the server sends its names as `points`).
-  const template = cat.other_references ? (cat.points || [])
+  // may lie on another image: the server sends its names as `points`); a view's points are
+  // the reference's.
+  const template = cat.other_references || state.view_of ? (cat.points || [])
     : (ref !== cat.references[0] ? cat.references[0].keypoints.map((kp) => kp.name) : []);
   const taken = new Set(ref.keypoints.map((kp) => kp.name));
   const missing = template.find((n) => !taken.has(n));
@@ -197,6 +198,7 @@ async function load() {
     canvas.width = image.naturalWidth;
     canvas.height = image.naturalHeight;
     render();
+    if (state.view_of) setStatus(`views of ${state.view_of}: click its points where it lies on this frame`);
     document.body.dataset.ready = "true";
   };
   image.src = "/image.png";
