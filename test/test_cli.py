@@ -170,6 +170,11 @@ def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
     assert "image matching (IM), in order, object permanence, reference images alone (no views)" in out
     assert out.count("block/top_center") == 5 and "scene" in out and "recall" in out
     assert len(re.findall(r"detection per frame \d+ / \d+ / \d+ ms", out)) == 5
+    shipped = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes), timeout=600)  # the task's spec: no views
+    assert shipped.returncode == 0, shipped.stderr
+    out = " ".join(shipped.stdout.split())
+    assert "in order, object permanence;" in out and "each frame on its own" in out and "no views" not in out
+    assert out.count("block/top_center") == 2
     (tmp_path / "empty").mkdir()
     empty = kil("bench", "keypoints", "--episodes", str(tmp_path / "empty"))
     assert empty.returncode != 0 and "--episodes: no episode_* directories" in empty.stderr

@@ -252,6 +252,7 @@ def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im
         settings[f"{label}, in order, object permanence"] = EpisodeSetting(DetectorConfig(instances=instances, tracking=tracking))
         if extraction == "im" and with_views:
             settings[f"{label}, in order, object permanence, reference images alone (no views)"] = EpisodeSetting(DetectorConfig(), views=False)
+        if extraction == "im":
             settings[f"{label}, each frame on its own"] = EpisodeSetting(DetectorConfig(permanence=PermanenceConfig(enabled=False)))
     with Progress(console=console) as progress:
         bar = progress.add_task("episodes", total=len(episodes))

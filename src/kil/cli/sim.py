@@ -2,7 +2,8 @@
 
     kil sim demos --task pick_place --robot panda --variation in --episodes 50 --seed 0 --out DIR [--miss-rate 0.3]
     kil sim render --task place_upright --robot ur5e --variation scene --seed 3 --out scene.png
-    kil sim reference --task pick_place --out config/tasks/pick_place --views 12
+    kil sim reference --task pick_place --out config/tasks/pick_place
+    kil sim reference --task pick_place --out my_spec --views 12
 """
 
 from __future__ import annotations
