@@ -146,7 +146,7 @@ class LoadedSpec:
         return self.directory / reference.image
 
     def fingerprint(self) -> str:
-        """A hash of the spec and its reference images: what keypoints extracted with it depend on."""
+        """A hash of the spec and its images (references and views): what keypoints extracted with it depend on."""
         digest = hashlib.sha256(yaml.safe_dump(plain_spec(self.spec), sort_keys=True).encode())
         for image in sorted(self.spec.images()):
             digest.update((self.directory / image).read_bytes())
