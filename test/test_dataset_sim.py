@@ -228,6 +228,34 @@ def test_instance_matching_builds_a_dataset_and_the_policy_runs_with_it(recorded
         live_params(load_rig("sim"), "pick_place", str(tmp_path / "run"), "im")
 
 
+def test_rigid_objects_go_from_the_dataset_to_the_policys_keypoints_node(recorded, tmp_path):
+    """rigid_objects_m: the builder follows objects as rigid bodies, the store records it
+    (its keypoints are cached apart from the default's), and the trained policy's closed-loop
+    and live keypoints nodes follow them so too; a policy without it sets nothing."""
+    from kil.policy.configuration import load_run_config
+    from kil.rigs import live_params, load_rig
+    from kil.sim.rollouts import policy_graph
+    from kil.training.policy import train
+
+    episodes = tmp_path / "episodes"
+    shutil.copytree(recorded, episodes / "episode_0000")
+    build_dataset(episodes, tmp_path / "im", BuildConfig(task="pick_place"))
+    build_dataset(episodes, tmp_path / "rigid", BuildConfig(task="pick_place", rigid_objects_m=0.015))
+    im, rigid = Store.open(tmp_path / "im"), Store.open(tmp_path / "rigid")
+    assert im.attrs["rigid_objects_m"] is None and rigid.attrs["rigid_objects_m"] == 0.015
+    config = tmp_path / "tiny.yaml"
+    config.write_text("preset: cpu-small\ntraining: {steps: 1, batch_size: 4, checkpoint_every: 1}\n")
+    for name in ("im", "rigid"):
+        train(load_run_config(config), tmp_path / name, tmp_path / f"run_{name}")
+    expected = {"im": None, "rigid": 0.015}
+    for name, value in expected.items():
+        assert policy_graph(tmp_path / f"run_{name}", "pick_place", "panda", "in", 5).nodes["keypoints"].config.rigid_objects_m == value
+        live = live_params(load_rig("sim"), "pick_place", str(tmp_path / f"run_{name}"))["keypoints"]  # what bringup.launch.py sets
+        assert live.get("rigid_objects_m") == value
+    with pytest.raises(ValueError, match="rigid_objects_m: must be > 0 metres"):
+        BuildConfig(task="pick_place", rigid_objects_m=0.0)
+
+
 def test_proposed_keypoints_lie_on_the_object_pointed_at(recorded, tmp_path):
     """kil keypoints propose: SKIL's k-means and KALM's consistent farthest points inside the
     block a pixel names, on the episode's first frame, written as a loadable spec beside the

@@ -32,6 +32,7 @@ from kil.perception.matching import sample_descriptors
 from kil.sim.truth import TruthFrame, render_truth_frame
 
 EVAL_SEED_BASE = 700_000  # disjoint from training views (500_000+) and the expert benchmark
+RIGID_M = 0.015  # the rigid-objects setting `--episodes` runs beside the default (PermanenceConfig.rigid_m)
 CALIBRATION_SEED_BASE = 800_000  # frames `kil keypoints calibrate` fits thresholds on
 REFERENCE_SEED = 699_999
 ARM_CYCLE = ("away", "occluding", "random", "holding", "placed")
@@ -230,7 +231,8 @@ LEGEND = ("px and mm over keypoints the truth sees and the detector reports visi
 
 def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im",), spec: str | Path | None = None) -> int:
     """Recorded episodes in order, with object permanence and with every frame on its own
-    (image matching), by the task's spec or `spec`; with a spec that has views, also with the
+    (image matching; also with objects followed as rigid bodies, RIGID_M), by the task's
+    spec or `spec`; with a spec that has views, also with the
     reference images alone (the views left out); `extractions` besides im: instance matching
     and tracking, in order with object permanence, each as its keypoints node would run
     them. Each table gives the detection time per frame after feature extraction."""
@@ -250,6 +252,9 @@ def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im
         instances, tracking = extraction_config(extraction)
         label = {"im": "image matching (IM)", "in": "instance matching (IN, depth_colour)", "t": "tracking (T, lucas_kanade from IM)"}[extraction]
         settings[f"{label}, in order, object permanence"] = EpisodeSetting(DetectorConfig(instances=instances, tracking=tracking))
+        if extraction == "im":
+            settings[f"{label}, in order, object permanence, rigid objects ({100 * RIGID_M:.1f} cm)"] = EpisodeSetting(
+                DetectorConfig(permanence=PermanenceConfig(rigid_m=RIGID_M)))
         if extraction == "im" and with_views:
             settings[f"{label}, in order, object permanence, reference images alone (no views)"] = EpisodeSetting(DetectorConfig(), views=False)
         if extraction == "im":

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", default=None, help="graph description with the recordings' topics, for recordings of no rig file")
     parser.add_argument("--include-unsuccessful", action="store_true",
                         help="also train on episodes that failed, were never judged or saved, or were recovered (partial)")
+    parser.add_argument("--rigid-objects", type=float, default=None, metavar="M",
+                        help="follow objects as rigid bodies: a keypoint that moved more than M metres unlike the rest of its object is hidden")
     parser.add_argument("--similarity", action="store_true", help="also store similarity vectors (paper 000)")
     parser.add_argument("--rate", type=float, default=10.0, help="policy rate in Hz (default 10)")
     parser.add_argument("--horizon", type=int, default=16, help="actions per stored chunk (default 16)")
@@ -53,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"--images: expected HEIGHTxWIDTH, e.g. 96x128, got {args.images!r}") from None
     config = load_dataclass(BuildConfig, {
         "task": args.task, "keypoints": args.keypoints, "feature_model": args.features, "extraction": args.extraction, "segmenter": args.segmenter,
-        "tracker": args.tracker, "track_init": args.track_init,
+        "tracker": args.tracker, "track_init": args.track_init, "rigid_objects_m": args.rigid_objects,
         "spec": args.spec, "graph": args.graph,
         "rig": args.rig, "include_unsuccessful": args.include_unsuccessful,
         "rate_hz": args.rate, "horizon": args.horizon, "similarity_vectors": args.similarity, "cache": not args.no_cache,

@@ -37,7 +37,7 @@ from kil.data.store import EpisodeData, Store, field_stats
 from kil.errors import BagError, ConfigError
 from kil.graph import GraphSpec, load_graph
 from kil.paths import check_creatable, graph_path
-from kil.perception.permanence import GripperState
+from kil.perception.permanence import GripperState, PermanenceConfig
 from kil.perception.spec import parse_keypoint_name, spec_path
 
 log = logging.getLogger("kil.dataset")
@@ -66,6 +66,7 @@ class BuildConfig:
     batch_size: int = 16
     device: str = "auto"
     similarity_vectors: bool = False
+    rigid_objects_m: float | None = None  # objects followed as rigid bodies within this many metres (None: off; PermanenceConfig.rigid_m)
     images: tuple[int, int] | None = None  # also store colour frames at (height, width): the RGB baseline's input
     cache: bool = True
 
@@ -76,6 +77,8 @@ class BuildConfig:
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.min_overlap_s > 0, "min_overlap_s", f"must be > 0, got {self.min_overlap_s}")
         require(not (self.graph and self.rig), "graph", "give the recordings' topics by graph or by rig, not both")
+        require(self.rigid_objects_m is None or self.rigid_objects_m > 0, "rigid_objects_m",
+                f"must be > 0 metres (or null: off), got {self.rigid_objects_m}")
         from kil.perception.keypoints import extraction_config
 
         extraction_config(self.extraction, self.segmenter, self.tracker, self.track_init)
@@ -188,6 +191,8 @@ class KeypointSource:
             parts["backend"] = json.dumps(to_plain(backend_config), sort_keys=True)
             detector = self._detector_config()
             settings = {k: v for k, v in to_plain(detector).items() if not (k in ("instances", "tracking") and v is None)}
+            if settings["permanence"]["rigid_m"] is None:  # the key as before rigid objects
+                del settings["permanence"]["rigid_m"]
             parts["detector"] = [DETECTION_VERSION, json.dumps(settings, sort_keys=True)]  # image matching's key as before IN and T
             if detector.instances is not None:  # the segmenter's settings decide the masks
                 from kil.perception.segmentation.base import SEGMENTERS
@@ -224,7 +229,8 @@ class KeypointSource:
 
         c = self.config
         instances, tracking = extraction_config(c.extraction, c.segmenter, c.tracker, c.track_init)
-        return DetectorConfig(similarity_vectors=c.similarity_vectors, instances=instances, tracking=tracking)
+        return DetectorConfig(similarity_vectors=c.similarity_vectors, instances=instances, tracking=tracking,
+                              permanence=PermanenceConfig(rigid_m=c.rigid_objects_m))
 
     def extract(self, streams: EpisodeStreams, episode: Path) -> dict[str, np.ndarray]:
         """keypoints (T, N, 3), visible (T, N), score (T, N) and optionally similarity (T, N, N)."""
@@ -360,6 +366,7 @@ def extraction_attrs(config: BuildConfig) -> dict[str, str | None]:
         "segmenter": config.segmenter if image and (config.extraction == "in" or (config.extraction == "t" and config.track_init == "in")) else None,
         "tracker": config.tracker if image and config.extraction == "t" else None,
         "track_init": config.track_init if image and config.extraction == "t" else None,
+        "rigid_objects_m": config.rigid_objects_m if image else None,
     }
 
 

@@ -6,8 +6,9 @@ the threshold calibrated for the feature model, `kil keypoints calibrate`), (2) 
 where the reference has it relative to the other keypoints of its object
 (`kil.perception.verification`; a keypoint whose best match breaks that takes its best
 candidate that agrees, or none), (3) its object can have got there since it was last seen
-(`kil.perception.permanence`: a hidden block does not jump to a look-alike beside it), and
-(4) depth has a surface there. Otherwise it is reported `visible=false` at its best match,
+(`kil.perception.permanence`: a hidden block does not jump to a look-alike beside it; as
+an option, its point moved with the rest of its object, a rigid body), and (4) depth has a
+surface there. Otherwise it is reported `visible=false` at its best match,
 never placed elsewhere.
 
 That is image matching (IM). Instance matching (IN, `kil.perception.instances`) replaces
@@ -281,19 +282,27 @@ class KeypointDetector:
         last seen than its object can have moved (at the right pixel, but its depth reading
         on the fingers in front of it), judged per keypoint: one point read off the gripper
         neither hides its object's other points nor passes because they lie right. A
-        keypoint not seen last time goes with its object's median displacement."""
+        keypoint without a place last time goes with its object's median displacement.
+        With `permanence.rigid_m`, where three or more points were placed then and are
+        seen now, each must also have moved like their median, within rigid_m: an object
+        is rigid, so a point that moved alone, even within the reach, was read off
+        something in front of it (a tray's centre under a block put down on it)."""
         out = np.ones(len(xyz), bool)
         for members, reach in zip(self._groups, reaches):
             if reach is None:
                 continue
             members = np.asarray(members)
             then = np.isfinite(reach.last_xyz[:, 0])
-            both = visible[members] & then  # seen then and now
+            both = visible[members] & then  # placed then (seen, or kept with its object), seen now
             if not both.any():
                 continue
-            moved = np.linalg.norm(xyz[members] - reach.last_xyz, axis=1)  # NaN where not seen then
+            displacement = xyz[members] - reach.last_xyz  # (M, 3), NaN where not placed then
+            moved = np.linalg.norm(displacement, axis=1)
             out[members[both]] = moved[both] <= reach.radius_m
             out[members[~then]] = float(np.median(moved[both])) <= reach.radius_m
+            if self.config.permanence.rigid_m is not None and both.sum() >= 3:  # rigid: each point moves with the others' median
+                alone = np.linalg.norm(displacement - np.median(displacement[both], axis=0), axis=1)
+                out[members[both]] &= alone[both] <= self.config.permanence.rigid_m
         return out
 
     def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor,

@@ -61,7 +61,11 @@ class PermanenceConfig:
     closed_margin_m: an opening this much narrower than the widest seen in the stream is a
     closed gripper; empty_opening_m: a closed gripper this
     narrow or narrower holds nothing; occupied_speed_mps: how fast the reach grows while
-    depth still reads the object's surface at its last place."""
+    depth still reads the object's surface at its last place; rigid_m: objects are followed
+    as rigid bodies (None: off): keypoints not seen in a frame keep their places, moved as
+    the seen ones moved, and a keypoint placed at the last sighting and seen now may move
+    this much more or less than the median of its object's (3+ such keypoints), else it was
+    read off something in front of it (a tray's centre under the block put down on it)."""
 
     enabled: bool = True
     slack_m: float = 0.03
@@ -72,6 +76,7 @@ class PermanenceConfig:
     grasp_radius_m: float = 0.06
     closed_margin_m: float = 0.005
     empty_opening_m: float = 0.005
+    rigid_m: float | None = None
 
     def __post_init__(self) -> None:
         require(self.slack_m > 0, "slack_m", f"must be > 0, got {self.slack_m}")
@@ -82,6 +87,7 @@ class PermanenceConfig:
         require(self.cover_margin_m > 0, "cover_margin_m", f"must be > 0, got {self.cover_margin_m}")
         require(self.max_gap_s > 0, "max_gap_s", f"must be > 0, got {self.max_gap_s}")
         require(self.grasp_radius_m >= 0, "grasp_radius_m", f"must be >= 0, got {self.grasp_radius_m}")
+        require(self.rigid_m is None or self.rigid_m > 0, "rigid_m", f"must be > 0 metres (or None: off), got {self.rigid_m}")
         require(self.closed_margin_m > 0, "closed_margin_m", f"must be > 0, got {self.closed_margin_m}")
 
 
@@ -115,8 +121,9 @@ class Reach:
 
 @dataclass
 class _Track:
-    xyz: np.ndarray  # (M, 3) base frame, NaN where the keypoint was not seen at the last sighting
+    xyz: np.ndarray  # (M, 3) base frame at the last sighting (unseen keypoints: where the object had them; NaN: never seen)
     grown_m: float  # how far the reach has grown beyond the slack since then
+    sighted: np.ndarray | None = None  # (M,) bool, seen at the last sighting (None: those with a place)
     grasped: bool = False  # the gripper came within grasp_radius_m of it since it was last seen
     held_from: tuple[np.ndarray, np.ndarray] | None = None  # gripper (position (3,), rotation (3, 3)) when it closed on it
     carried: bool = False  # held, and its old place was seen empty: it moves with the gripper
@@ -169,6 +176,8 @@ class ObjectPermanence:
                 out.append(None)
                 continue
             known = np.isfinite(track.xyz[:, 0])
+            if track.sighted is not None:
+                known &= track.sighted  # depth at places only presumed says nothing of the object
             if gripper is not None:
                 track.grasped = track.grasped or self._near_gripper(track.xyz[known])
             uv, z = project(frame.K, frame.T_base_camera, track.xyz[known])
@@ -197,8 +206,9 @@ class ObjectPermanence:
             else:
                 xyz = track.xyz
             radius_m = self.config.slack_m + track.grown_m
+            placed = np.isfinite(xyz[:, 0])
             anchor = np.full((len(track.xyz), 2), np.nan)
-            anchor[known] = uv
+            anchor[placed], z = project(frame.K, frame.T_base_camera, xyz[placed])
             in_front = z > 1e-3
             radius_px = float(frame.K[0, 0] * radius_m / np.median(z[in_front])) if in_front.any() else np.inf
             out.append(Reach(anchor, radius_px, xyz, radius_m))
@@ -244,14 +254,20 @@ class ObjectPermanence:
 
     def update(self, xyz: np.ndarray, visible: np.ndarray) -> None:
         """Record a frame's result: xyz (N, 3) base frame and visible (N,) of every keypoint.
-        An object with a visible keypoint is seen there now; others keep their last sighting."""
+        An object with a visible keypoint is seen there now; others keep their last sighting.
+        With `rigid_m`, its keypoints not seen now keep where it had them, moved as the seen
+        ones moved (a block lifted with one point under the fingers is still looked for whole)."""
         if not self.config.enabled:
             return
         for g, members in enumerate(self.groups):
             seen = visible[members]
             if seen.any():
-                track = _Track(np.where(seen[:, None], xyz[members], np.nan).astype(np.float64), 0.0)
                 before = self._tracks[g]
+                points = np.where(seen[:, None], xyz[members], np.nan).astype(np.float64)
+                if before is not None and self.config.rigid_m is not None:
+                    carried = before.carried and before.carried_xyz is not None
+                    points = _with_unseen(points, seen, before.carried_xyz if carried else before.xyz)
+                track = _Track(points, 0.0, sighted=seen.copy())
                 if self._closed and before is not None and before.carried:  # seen in the fingers: still carried
                     track.grasped, track.carried = True, True
                 else:
@@ -259,3 +275,16 @@ class ObjectPermanence:
                 if track.grasped and self._closed:
                     track.held_from = self._gripper.pose()
                 self._tracks[g] = track
+
+
+def _with_unseen(points: np.ndarray, seen: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """points (M, 3) of one object seen now (NaN where not seen) with its unseen keypoints
+    at their places before (M, 3, NaN unknown), moved by the seen keypoints' median
+    displacement (none where no keypoint was placed both times)."""
+    known = np.isfinite(before[:, 0])
+    both = seen & known
+    shift = np.median(points[both] - before[both], axis=0) if both.any() else np.zeros(3)
+    fill = ~seen & known
+    out = points.copy()
+    out[fill] = before[fill] + shift
+    return out

@@ -47,6 +47,7 @@ class TrainedOn:
     segmenter: str | None = None  # instance matching's segmentation backend config
     tracker: str | None = None  # extraction t: the point tracker config
     track_init: str | None = None  # extraction t: im or in
+    rigid_objects_m: float | None = None  # objects followed as rigid bodies within this many metres (None: off)
     base_frame: str = "base_link"
 
 
@@ -84,7 +85,7 @@ def trained_perception(policy_path: str | Path) -> tuple[str, str, dict[str, str
     policy's keypoints were extracted with, from its checkpoint's policy.yaml."""
     trained_on = load_yaml(checkpoint_dir(policy_path) / POLICY_FILE)["trained_on"]
     extraction = {"extraction": trained_on.get("extraction") or "im"}
-    extraction.update({key: trained_on[key] for key in ("segmenter", "tracker", "track_init") if trained_on.get(key)})
+    extraction.update({key: trained_on[key] for key in ("segmenter", "tracker", "track_init", "rigid_objects_m") if trained_on.get(key)})
     return trained_on.get("feature_model") or "descriptor_net", trained_on.get("spec") or trained_on["task"], extraction
 
 

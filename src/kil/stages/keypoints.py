@@ -43,6 +43,7 @@ class KeypointsConfig:
     candidates: int = 5  # places per keypoint its object's geometric verification chooses from (1: no verification)
     permanence: bool = True  # a hidden object stays where it was seen last instead of jumping to a look-alike
     object_speed: float = 0.1  # m/s: how fast an unseen object's possible place grows while depth sees through where it was
+    rigid_objects_m: float | None = None  # objects followed as rigid bodies within this many metres (None: off; PermanenceConfig.rigid_m)
     annotate: bool = True  # publish the frame with keypoints drawn
     threads: int = 0  # torch CPU threads of this process (0: torch's default; kil.threads)
 
@@ -52,6 +53,8 @@ class KeypointsConfig:
         require(self.min_score is None or -1.0 <= self.min_score <= 1.0, "min_score", f"a cosine similarity lies in [-1, 1], got {self.min_score}")
         require(self.candidates >= 1, "candidates", f"must be >= 1, got {self.candidates}")
         require(self.object_speed > 0, "object_speed", f"must be > 0 m/s, got {self.object_speed}")
+        require(self.rigid_objects_m is None or self.rigid_objects_m > 0, "rigid_objects_m",
+                f"must be > 0 metres (or null: off), got {self.rigid_objects_m}")
         extraction_config(self.extraction, self.segmenter, self.tracker, self.track_init)
         require(self.extraction == "im" or not self.similarity_vectors, "similarity_vectors",
                 f"not available with extraction {self.extraction} yet (image matching only)")
@@ -69,7 +72,8 @@ class KeypointsNode(Stage):
         references = reference_set(spec, extractor)
         del extractor  # the features node keeps the feature model (this node: a segmenter or tracker, if any)
         occupied = min(PermanenceConfig.occupied_speed_mps, config.object_speed)  # never faster where the object may still be
-        permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed, occupied_speed_mps=occupied)
+        permanence = PermanenceConfig(enabled=config.permanence, speed_mps=config.object_speed, occupied_speed_mps=occupied,
+                                      rigid_m=config.rigid_objects_m)
         instances, tracking = extraction_config(config.extraction, config.segmenter, config.tracker, config.track_init)
         self.detector = KeypointDetector(references, DetectorConfig(config.depth_radius, config.min_score, config.similarity_vectors,
                                                                           config.candidates, permanence=permanence,

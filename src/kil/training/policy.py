@@ -90,7 +90,8 @@ class Trainer:
         self.trained_on = TrainedOn(task=attrs["task"], keypoint_names=tuple(names), rate_hz=float(attrs["rate_hz"]),
                                     keypoint_source=attrs.get("keypoint_source", "image"), feature_model=attrs.get("feature_model"),
                                     spec=attrs.get("spec"), extraction=attrs.get("extraction"), segmenter=attrs.get("segmenter"),
-                                    tracker=attrs.get("tracker"), track_init=attrs.get("track_init"))
+                                    tracker=attrs.get("tracker"), track_init=attrs.get("track_init"),
+                                    rigid_objects_m=attrs.get("rigid_objects_m"))
         self.rank, self.world = _distributed()
         t = run.training
         # Every rank draws its own batches; rank r's stream is seeded (seed, r).
