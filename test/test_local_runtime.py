@@ -102,19 +102,21 @@ nodes:
 
 @pytest.mark.parametrize("threads", [False, True])
 def test_a_slow_node_delays_a_fast_timer_only_without_threads(threads):
-    """A node busy 60 ms per frame at 10 Hz: on one thread the 100 Hz timer loses most of its
-    ticks; with a thread per node it keeps (nearly) all of them, and each node is built and
-    run on its own thread."""
-    runtime = LocalRuntime(parse_graph(yaml.safe_load(THREADED), "threaded"), clock="realtime", threads=threads)
+    """A node busy 80 ms per frame at 10 Hz: on one thread the 100 Hz timer loses most of its
+    ticks (about 72 of 100); with a thread per node it keeps nearly all of them, and each node
+    is built and run on its own thread. The bounds sit far from both (28 and 99 ticks here) so
+    that a loaded CI machine, which delays the timer thread too, does not flip them."""
+    graph = parse_graph(yaml.safe_load(THREADED), "threaded", {"model": {"busy_s": 0.08}})
+    runtime = LocalRuntime(graph, clock="realtime", threads=threads)
     stats = runtime.run(1.0)
     model = runtime.stages["model"]
-    assert model.calls >= 8
+    assert model.calls >= 7
     fast = stats.published["/fast"]
     if threads:
-        assert fast >= 90 and model.threads == {"kil.model"}
+        assert fast >= 65 and model.threads == {"kil.model"}
         assert len(runtime.stages["collector"].received) == fast  # every message delivered across threads
     else:
-        assert fast < 70 and stats.skipped_ticks["control.tick"] > 30
+        assert fast <= 45 and stats.skipped_ticks["control.tick"] >= 50
 
 
 def test_threads_need_the_realtime_clock():
