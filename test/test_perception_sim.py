@@ -95,19 +95,31 @@ def test_oracle_spec_matches_itself_exactly(tmp_path):
 
 def test_views_find_a_block_turned_away_from_the_reference(tmp_path):
     """`kil sim reference --views`: each view holds the true visible points of the block in
-    another scene (the tray, which never moves, has none); in those scenes the block lies
-    turned, and the reference image alone puts its points 4+ px off, where with the views
-    every keypoint is found to the pixel (each keypoint by its own view, not another's)."""
+    another scene (the tray, which never moves, has none), the same instance as the
+    reference's (seeds showing another instance are passed over); in those scenes the block
+    lies turned, and the reference image alone puts its points 4+ px off, where with the
+    views every keypoint is found to the pixel (each keypoint by its own view, not another's)."""
     from dataclasses import replace
 
     from kil.msgs import RGBD
     from kil.perception.features.base import load_extractor
     from kil.perception.keypoints import KeypointDetector, reference_set
     from kil.perception.spec import load_spec
-    from kil.sim.reference import VIEW_SEED_BASE, oracle_spec
+    from kil.sim.objects import load_catalogue
+    from kil.sim.reference import VIEW_SEED_BASE, oracle_spec, view_seeds
+    from kil.sim.scene import sample_scene
+    from kil.sim.tasks import task_config
     from kil.sim.truth import render_truth_frame
 
-    spec = load_spec(oracle_spec("pick_place", tmp_path, views=2)[0])
+    def block_in(seed: int) -> str:
+        return sample_scene("pick_place", task_config("pick_place"), load_catalogue(), "in", seed).objects[0].instance.id
+
+    path, seed = oracle_spec("pick_place", tmp_path, views=2)
+    spec = load_spec(path)
+    seeds = [s for s, _ in view_seeds("pick_place", [block_in(seed)], 2)]
+    shown = [block_in(s) for s in range(VIEW_SEED_BASE, seeds[-1] + 1)]
+    assert len(set(shown)) == 2  # another instance came first, and was passed over
+    assert [s - VIEW_SEED_BASE for s in seeds] == [i for i, block in enumerate(shown) if block == block_in(seed)]
     block, tray = (category.references[0] for category in spec.spec.categories)
     assert [v.image for v in block.views] == ["pick_place_view_00.png", "pick_place_view_01.png"] and tray.views == []
     extractor = load_extractor("descriptor_net")
@@ -115,7 +127,7 @@ def test_views_find_a_block_turned_away_from_the_reference(tmp_path):
     assert with_views.view_owner.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     alone = replace(with_views, view_descriptors=None, view_owner=None)
     for k, view in enumerate(block.views):
-        truth = render_truth_frame("pick_place", "in", VIEW_SEED_BASE + k, "panda", "away")
+        truth = render_truth_frame("pick_place", "in", seeds[k], "panda", "away")
         index = [truth.names.index(n) for n in with_views.names]
         shown = [truth.names.index(f"block/{point}") for point in view.keypoints]
         np.testing.assert_allclose(list(view.keypoints.values()), truth.uv[shown], atol=0.05)
@@ -128,6 +140,14 @@ def test_views_find_a_block_turned_away_from_the_reference(tmp_path):
             errors[label] = np.linalg.norm(keypoints.uv - truth.uv[index], axis=1)
         assert errors["views"].max() <= 1.0, errors
         assert errors["alone"][:4].max() > 4.0, errors
+
+
+def test_views_of_an_instance_no_scene_shows_are_a_one_line_error():
+    from kil.errors import ConfigError
+    from kil.sim.reference import view_seeds
+
+    with pytest.raises(ConfigError, match=r"pick_place: seeds 900000\.\.900019 show object 0 \(block_green_tall\) only 0 times, not the 2 views asked"):
+        view_seeds("pick_place", ["block_green_tall"], 2, tries=20)  # a held-out instance: never in an `in` scene
 
 
 @pytest.mark.parametrize("task", ["pick_place", "place_upright", "pick_place_two"])

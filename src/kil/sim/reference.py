@@ -2,7 +2,10 @@
 `in` frame with the true named points of the task objects and the fixture, written as a
 spec like `kil annotate` writes one, optionally with views: further `in` frames (other seeds,
 the arm away) in which the task objects lie elsewhere and turned, with their true visible
-points. The shipped specs of the simulated tasks come from here.
+points. A view shows its own object, the instance of the reference, as a lab photographs
+its one block turned: a view of another instance (a red cube for a blue bar) would widen
+what the keypoint looks like to other colours, and in closed loop the block's points went
+to an orange ball beside it. The shipped specs of the simulated tasks come from here.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def oracle_spec(task: str, out_dir: str | Path, robot: str = "panda", seed: int 
             rgb, depth = world.render()
             truth = world.projected_keypoints(depth)
             prompts = {name: world.catalogue.category(name).prompt for name in {parse_keypoint_name(n)[0] for n in truth.names}}
+            instances = [placement.instance.id for placement in world.scene.objects]
         finally:
             world.close()
         fixture = truth.instance == truth.instance.max()
@@ -50,13 +54,13 @@ def oracle_spec(task: str, out_dir: str | Path, robot: str = "panda", seed: int 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     object_views: dict[tuple[str, int], list[View]] = {}
-    for k in range(views):
-        frame = render_truth_frame(task, "in", VIEW_SEED_BASE + k, robot, "away")
+    for k, (view_seed, same) in enumerate(view_seeds(task, instances, views)):
+        frame = render_truth_frame(task, "in", view_seed, robot, "away")
         view_name = f"{task}_view_{k:02d}.png"
         points: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
         fixture = frame.instance.max()
         for name, uv, instance, visible in zip(frame.names, frame.uv, frame.instance, frame.visible):
-            if visible and instance != fixture:
+            if visible and instance != fixture and int(instance) in same:
                 category, _, point = parse_keypoint_name(name)
                 points.setdefault((category, int(instance)), {})[point] = (round(float(uv[0]), 1), round(float(uv[1]), 1))
         for key, shown in points.items():
@@ -70,3 +74,33 @@ def oracle_spec(task: str, out_dir: str | Path, robot: str = "panda", seed: int 
     ]
     Image.fromarray(rgb).save(out / image_name)
     return save_spec(KeypointSpec(task, categories), out), s
+
+
+def view_seeds(task: str, instances: list[str], views: int, tries: int = 200) -> list[tuple[int, set[int]]]:
+    """The `in` seeds (from VIEW_SEED_BASE on) of up to `views` views of each task object,
+    with the objects (indices into the scene's objects) each shows: those that are the same
+    instance as the reference scene's `instances` (catalogue ids, in scene order). Each
+    object gets `views` views, or a ConfigError names the one that the first `tries` seeds
+    do not show often enough."""
+    from kil.sim.objects import load_catalogue
+    from kil.sim.scene import sample_scene
+    from kil.sim.tasks import task_config
+
+    catalogue, config = load_catalogue(), task_config(task)
+    counts = [0] * len(instances)
+    out: list[tuple[int, set[int]]] = []
+    for view_seed in range(VIEW_SEED_BASE, VIEW_SEED_BASE + tries):
+        if min(counts, default=views) >= views:
+            break
+        scene = sample_scene(task, config, catalogue, "in", view_seed)
+        same = {i for i, placement in enumerate(scene.objects)
+                if i < len(instances) and placement.instance.id == instances[i] and counts[i] < views}
+        if same:
+            out.append((view_seed, same))
+            for i in same:
+                counts[i] += 1
+    for i, count in enumerate(counts):
+        if count < views:
+            raise ConfigError(f"{task}: seeds {VIEW_SEED_BASE}..{VIEW_SEED_BASE + tries - 1} show object {i} "
+                              f"({instances[i]}) only {count} times, not the {views} views asked")
+    return out
