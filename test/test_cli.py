@@ -156,7 +156,8 @@ def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
     """`kil bench keypoints --episodes DIR` runs a recorded sim episode's frames in order
     against the ground truth recorded beside them, with object permanence and without, by
     image matching (also with rigid objects), instance matching and tracking, each timed;
-    with a spec that has views, also by the reference images alone; a directory without episodes is a one-line error."""
+    with a spec that has views, also by the reference images alone and with the views searched in every frame (not only
+    for an object's first sighting); a directory without episodes is a one-line error."""
     episodes = tmp_path / "demos"
     assert main(["record", "--rig", "sim", "--teleop", "expert", "--variation", "scene", "--episodes", "1", "--camera-rate", "10",
                  "--seed", "5", "--out", str(episodes)]) == 0
@@ -168,14 +169,15 @@ def test_keypoint_bench_runs_recorded_episodes_in_order(tmp_path):
     assert "image matching (IM), in order, object permanence" in out and "image matching (IM), each frame on its own" in out
     assert "instance matching (IN, depth_colour), in order" in out and "tracking (T, lucas_kanade from IM), in order" in out
     assert "image matching (IM), in order, object permanence, reference images alone (no views)" in out
+    assert "image matching (IM), in order, object permanence, views searched in every frame" in out
     assert "image matching (IM), in order, object permanence, rigid objects (1.5 cm)" in out
-    assert out.count("block/top_center") == 6 and "scene" in out and "recall" in out
-    assert len(re.findall(r"detection per frame \d+ / \d+ / \d+ ms", out)) == 6
+    assert out.count("block/top_center") == 7 and "scene" in out and "recall" in out
+    assert len(re.findall(r"detection per frame \d+ / \d+ / \d+ ms", out)) == 7
     shipped = kil("bench", "keypoints", "--backends", "descriptor_net", "--episodes", str(episodes), timeout=600)  # the task's spec: no views
     assert shipped.returncode == 0, shipped.stderr
     out = " ".join(shipped.stdout.split())
     assert "in order, object permanence;" in out and "each frame on its own" in out and "no views" not in out
-    assert out.count("block/top_center") == 3 and "rigid objects" in out
+    assert out.count("block/top_center") == 3 and "rigid objects" in out and "views searched" not in out
     (tmp_path / "empty").mkdir()
     empty = kil("bench", "keypoints", "--episodes", str(tmp_path / "empty"))
     assert empty.returncode != 0 and "--episodes: no episode_* directories" in empty.stderr

@@ -96,6 +96,29 @@ def test_a_keypoint_with_several_views_is_matched_by_its_best_view():
         Matcher(refs, np.array([0, 2, 2, 0, 2]))  # keypoint 1 has no descriptor
 
 
+def test_refine_moves_a_keypoint_to_its_best_view_within_the_radius():
+    """`Matcher.refine`: each chosen keypoint goes to the pixel of highest similarity (the
+    best of its descriptors, as the naive full-resolution computation has it) within the
+    radius of where it was found; the others stay, with a NaN score."""
+    rng = np.random.default_rng(11)
+    C, h, w, H, W = 16, 9, 12, 72, 96
+    features = rng.standard_normal((C, h, w)).astype(np.float32)
+    refs = rng.standard_normal((5, C)).astype(np.float32)
+    owner = np.array([0, 1, 2, 0, 1])
+    best_view = np.stack([naive_similarity(refs, features[None], (H, W)).numpy()[0, owner == n].max(0) for n in range(3)])
+    uv = np.array([[20.0, 30.0], [3.0, 2.0], [50.0, 40.0]])
+    which = np.array([True, True, False])
+    fine_uv, fine_score = Matcher(refs, owner).refine(features, (H, W), uv, which, radius=5)
+    for n in (0, 1):
+        u0, v0 = uv[n].astype(int)
+        window = best_view[n, max(v0 - 5, 0): v0 + 6, max(u0 - 5, 0): u0 + 6]  # clipped at the image border
+        assert abs(fine_score[n] - window.max()) < 1e-5
+        u, v = fine_uv[n].astype(int)
+        assert abs(u - u0) <= 5 and abs(v - v0) <= 5 and abs(best_view[n, v, u] - window.max()) < 1e-5
+    np.testing.assert_array_equal(fine_uv[2], uv[2])
+    assert np.isnan(fine_score[2])
+
+
 @pytest.mark.parametrize("sizes", [(6, 8, 48, 64), (30, 40, 480, 640), (90, 120, 480, 640)])
 def test_scores_stay_cosines_where_neighbouring_features_cancel(sizes):
     """Neighbouring patch features of opposite sign (a checkerboard, plus near-exact

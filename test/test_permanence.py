@@ -364,3 +364,70 @@ def test_a_carried_object_turns_with_the_gripper():
     permanence.reaches(frame(0.4), GripperState(at_b, 0.08, turned))  # put down
     down = permanence.reaches(frame(0.5), GripperState(at_b + [0, 0, -0.2], 0.08, turned))[0]
     np.testing.assert_allclose(down.last_xyz, at_b + offsets @ Rz.T, atol=1e-9)
+
+
+def views_scene():
+    """Reference descriptors (4, 32), view descriptors of the same keypoints (the object
+    turned: unlike the reference's), and a unit vector unlike both (4, 32 orthonormal sets)."""
+    basis = np.linalg.qr(np.random.default_rng(5).standard_normal((32, 9)))[0].T.astype(np.float32)
+    reference, view, other = basis[:4], basis[4:8], basis[8]
+    references = ReferenceSet(("block/a", "block/b", "block/c", "block/d"), np.zeros(4, np.int32), reference, "test",
+                              cell_centre(PLACE_A), np.zeros(4, int), 0.5, view_descriptors=view, view_owner=np.arange(4))
+    return reference, view, other, references
+
+
+def painted(rng, *layers: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(1, C, h, w) weak noise with (place (row, col), (4, C) descriptors, offset (row, col)) painted at the layout."""
+    out = 0.05 * rng.standard_normal((32, CELLS, CELLS))
+    for place, descriptors, offset in layers:
+        for (dr, dc), d in zip(LAYOUT, descriptors):
+            out[:, place[0] + dr + offset[0], place[1] + dc + offset[1]] = d
+    return out[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("views", ["initial", "refine", "search"])
+def test_views_find_an_object_on_its_first_sighting_and_then_only_refine(views):
+    """The object stands at A turned (its view descriptors there), a look-alike at B (8 cm
+    away) resembles the reference image (0.8). Its first sighting: searched with the views
+    ("initial", "search") the object is found at A; with the reference alone ("refine")
+    its points go to the look-alike, for the rest of the stream. Later frames: "initial"
+    searches by the reference alone, so the turned object is not found again there (and
+    the look-alike lies out of reach); "search" keeps finding it by its views."""
+    reference, view, other, references = views_scene()
+    rng = np.random.default_rng(2)
+    look_alike = 0.8 * reference + 0.6 * other
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5, views=views))
+    seen = [detector.detect([frame(0.1 * t, raised=[PLACE_A, PLACE_B])],
+                            painted(rng, (PLACE_A, view, (0, 0)), (PLACE_B, look_alike, (0, 0))))[0] for t in range(3)]
+    assert seen[0].visible.all()
+    np.testing.assert_allclose(seen[0].uv, cell_centre(PLACE_B if views == "refine" else PLACE_A), atol=2.5)  # A, B: 24 px apart
+    if views == "initial":
+        assert not any(k.visible.any() for k in seen[1:])
+    else:
+        for k in seen[1:]:
+            assert k.visible.all()
+            np.testing.assert_allclose(k.uv, cell_centre(PLACE_B if views == "refine" else PLACE_A), atol=2.5)
+
+
+@pytest.mark.parametrize("finger", [False, True])
+def test_a_found_keypoint_moves_to_its_view_nearby_on_the_same_surface(finger):
+    """Found at A by the reference (0.9 there), the object's view matches best one cell up and
+    left (4 px each way): each keypoint is refined there and lifted again; where depth at the view's
+    pixel reads a finger 25 cm in front, it stays where the reference found it."""
+    reference, view, other, references = views_scene()
+    rng = np.random.default_rng(4)
+    detector = KeypointDetector(references, DetectorConfig(min_score=0.5))
+    first = detector.detect([frame(0.0, raised=[PLACE_A])], painted(rng, (PLACE_A, reference, (0, 0))))[0]
+    assert first.visible.all()
+    later = frame(0.1, raised=[PLACE_A])
+    if finger:
+        depth = later.depth.copy()
+        for u, v in (cell_centre(PLACE_A) - STRIDE).astype(int):
+            depth[v - 1: v + 1, u - 1: u + 1] = 0.7  # the view's peak, more than 2 px from where the reference's lies
+        later = dataclasses.replace(later, depth=depth)
+    keypoints = detector.detect([later], painted(rng, (PLACE_A, 0.9 * reference + 0.44 * other, (0, 0)), (PLACE_A, view, (-1, -1))))[0]
+    assert keypoints.visible.all()
+    expected = cell_centre(PLACE_A) - (0 if finger else STRIDE)
+    np.testing.assert_allclose(keypoints.uv, expected, atol=2.5 if finger else 1.5)  # the reference's peak at 0.9 is broad
+    np.testing.assert_allclose(keypoints.xyz[:, 2], 0.95, atol=0.005)
+    assert (keypoints.score > 0.95).all() != finger  # the view's similarity there, or the reference's (0.9)

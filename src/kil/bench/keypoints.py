@@ -229,22 +229,31 @@ LEGEND = ("px and mm over keypoints the truth sees and the detector reports visi
           "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
 
 
+def _episode_task(episode: Path) -> str:
+    from kil.data.episode import read_metadata
+
+    metadata = read_metadata(episode)
+    if metadata is None or not metadata.task:
+        raise ConfigError(f"{episode}: no kil_episode.yaml naming the task")
+    return metadata.task
+
+
 def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im",), spec: str | Path | None = None) -> int:
     """Recorded episodes in order, with object permanence and with every frame on its own
     (image matching; also with objects followed as rigid bodies, RIGID_M), by the task's
-    spec or `spec`; with a spec that has views, also with the
-    reference images alone (the views left out); `extractions` besides im: instance matching
+    spec or `spec`; with a spec that has views, also with the reference images alone (the
+    views left out) and with the views searched in every frame, not only for an object's
+    first sighting (`DetectorConfig.views`); `extractions` besides im: instance matching
     and tracking, in order with object permanence, each as its keypoints node would run
     them. Each table gives the detection time per frame after feature extraction."""
     from kil.perception.features.base import load_extractor
     from kil.perception.keypoints import extraction_config
     from kil.perception.spec import load_spec
 
-    with_views = spec is not None and bool(load_spec(spec).views())  # checked before the long work
-
     episodes = sorted(p for p in Path(episodes_dir).glob("episode_*") if p.is_dir())
     if not episodes:
         raise ConfigError(f"--episodes: no episode_* directories in {episodes_dir}")
+    with_views = bool(load_spec(spec or _episode_task(episodes[0])).views())  # checked before the long work
     console = Console(width=170)
     extractor = load_extractor(backend)
     settings = {}
@@ -257,6 +266,7 @@ def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im
                 DetectorConfig(permanence=PermanenceConfig(rigid_m=RIGID_M)))
         if extraction == "im" and with_views:
             settings[f"{label}, in order, object permanence, reference images alone (no views)"] = EpisodeSetting(DetectorConfig(), views=False)
+            settings[f"{label}, in order, object permanence, views searched in every frame"] = EpisodeSetting(DetectorConfig(views="search"))
         if extraction == "im":
             settings[f"{label}, each frame on its own"] = EpisodeSetting(DetectorConfig(permanence=PermanenceConfig(enabled=False)))
     with Progress(console=console) as progress:

@@ -16,6 +16,11 @@ That is image matching (IM). Instance matching (IN, `kil.perception.instances`) 
 follows keypoints found by IM or IN with a point tracker, and replaces (2) by the check
 that a tracked point, found when tracking started, still looks like its reference.
 
+A spec's views (images of the object turned) join the search for an object's first sighting
+in a stream, where a look-alike scoring as high as the object would otherwise take its
+points for the whole stream; after that they only refine: a found keypoint moves to the
+best of its reference and views nearby (`DetectorConfig.views`).
+
 Shared by the keypoints node (one frame at a time) and the dataset builder (an episode's
 frames in order, in batches). The detector remembers the objects of the stream it is fed:
 `reset()` between unrelated frames.
@@ -28,11 +33,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from kil.msgs import RGBD, Keypoints
 from kil.config import require
+from kil.geometry import project
+from kil.msgs import RGBD, Keypoints
 from kil.perception.features.base import FeatureExtractor
 from kil.perception.instances import InstanceConfig, InstanceMatcher, Slot
-from kil.perception.lifting import lift
+from kil.perception.lifting import EDGE_GAP_M, lift
 from kil.perception.matching import Matcher, sample_descriptors
 from kil.perception.permanence import GripperState, ObjectPermanence, PermanenceConfig, Reach
 from kil.perception.segmentation.base import Segmenter, load_segmenter
@@ -41,8 +47,12 @@ from kil.perception.spec import LoadedSpec
 from kil.perception.verification import GeometryConfig, reachable, verify_object
 
 
+# A spec's views: "initial" search with them for an object not tracked yet (its first sighting,
+# where a look-alike scoring as high as the object takes its points for the whole stream) and
+# refine found keypoints with them; "refine" only refine; "search" search with them in every frame
+VIEW_USES = ("initial", "refine", "search")
 EXTRACTIONS = ("im", "in", "t")  # image matching over the frame; instance matching inside instance masks; tracking
-DETECTION_VERSION = 8  # bump when the same inputs give other keypoints (dataset caches depend on it)
+DETECTION_VERSION = 9  # bump when the same inputs give other keypoints (dataset caches depend on it)
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,9 @@ class ReferenceSet:
     prompts: tuple[str, ...] = ()
     view_descriptors: np.ndarray | None = None
     view_owner: np.ndarray | None = None
+
+    def has_views(self) -> bool:
+        return self.view_descriptors is not None and len(self.view_descriptors) > 0
 
     def without_views(self) -> ReferenceSet:
         """These keypoints described by their reference images alone."""
@@ -124,7 +137,9 @@ class DetectorConfig:
     permanence: objects tracked across the frames of a stream; instances: instance
     matching (IN: the search restricted to instance masks, `kil.perception.instances`)
     instead of image matching over the whole frame (None, IM); tracking: keypoints
-    followed by a point tracker between detections (T)."""
+    followed by a point tracker between detections (T); views: how a spec's views are used
+    (VIEW_USES; without views all three are the same); refine_px: how far a view may
+    move a found keypoint."""
 
     depth_radius: int = 3
     min_score: float | None = None
@@ -134,8 +149,12 @@ class DetectorConfig:
     permanence: PermanenceConfig = PermanenceConfig()
     instances: InstanceConfig | None = None
     tracking: TrackingConfig | None = None
+    views: str = "initial"
+    refine_px: int = 12
 
     def __post_init__(self) -> None:
+        require(self.views in VIEW_USES, "views", f"expected one of {', '.join(VIEW_USES)}, got {self.views!r}")
+        require(self.refine_px >= 1, "refine_px", f"must be >= 1 pixel, got {self.refine_px}")
         require((self.instances is None and self.tracking is None) or not self.similarity_vectors, "similarity_vectors",
                 "not available with instance matching or tracking (extraction: in, t) yet")
 
@@ -177,7 +196,8 @@ class KeypointDetector:
         models = {} if device is None else {"device": device}
         self.references = references
         self.config = config
-        self.matcher = references.matcher()
+        self.matcher = references.matcher() if config.views == "search" else references.without_views().matcher()
+        self.refiner = references.matcher() if config.views != "search" and references.has_views() else None
         self.min_score = references.min_score if config.min_score is None else config.min_score
         groups = references.group if references.group is not None else np.arange(len(references.names))
         self._groups = [np.flatnonzero(groups == g) for g in np.unique(groups)]
@@ -228,17 +248,42 @@ class KeypointDetector:
         rows = np.arange(N)
         return candidate_uv[rows, choice], candidate_score[rows, choice], verified
 
+    def _untracked(self, reaches: list[Reach | None]) -> np.ndarray:
+        """(N,) bool: keypoints whose object is not tracked yet, searched with the spec's views
+        too (views "initial"; none otherwise, or without views)."""
+        untracked = np.zeros(len(self.references.names), bool)
+        if self.config.views == "initial" and self.refiner is not None:
+            for members, reach in zip(self._groups, reaches):
+                untracked[members] = reach is None
+        return untracked
+
+    def _first_sightings(self, features: np.ndarray | torch.Tensor, size: tuple[int, int], reaches: list[Reach | None],
+                         candidate_uv: np.ndarray, candidate_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One frame's candidates (N, K, 2) and scores (N, K) by the reference images, those of
+        objects not tracked yet replaced by the search with their views too (features (1, C, h, w))."""
+        untracked = self._untracked(reaches)
+        if not untracked.any():
+            return candidate_uv, candidate_score
+        found = self.refiner.match(features, size, candidates=max(self.config.candidates, 1))
+        return (np.where(untracked[:, None, None], found.candidate_uv[0], candidate_uv),
+                np.where(untracked[:, None], found.candidate_score[0], candidate_score))
+
     def _find(self, frame: RGBD, features: np.ndarray | torch.Tensor, size: tuple[int, int],
               reaches: list[Reach | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(uv (N, 2), score (N,), verified (N,), valid (N,)) of one frame (features (1, C, h,
         w)) by image or instance matching."""
         one = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, np.float32)
         finite = bool(np.isfinite(one).all())  # a frame with broken features is matched on zeros, not visible
+        one = one if finite else np.zeros_like(one)
         if self.instances is None:
-            matches = self.matcher.match(one if finite else np.zeros_like(one), size, candidates=max(self.config.candidates, 1))
-            uv, score, verified = self._choose(matches.candidate_uv[0], matches.candidate_score[0], reaches)
+            matches = self.matcher.match(one, size, candidates=max(self.config.candidates, 1))
+            uv, score, verified = self._choose(*self._first_sightings(one, size, reaches, matches.candidate_uv[0],
+                                                                      matches.candidate_score[0]), reaches)
         else:
-            similarity = self.matcher.similarity(one if finite else np.zeros_like(one), size)[0]
+            similarity = self.matcher.similarity(one, size)[0]
+            untracked = self._untracked(reaches)
+            if untracked.any():
+                similarity = np.where(untracked[:, None, None], self.refiner.similarity(one, size)[0], similarity)
             uv, score, verified, _ = self.instances.choose(frame, similarity, reaches, self.min_score)
         return uv, score, verified & finite, np.full(len(score), finite)
 
@@ -305,6 +350,26 @@ class KeypointDetector:
                 out[members[both]] &= alone[both] <= self.config.permanence.rigid_m
         return out
 
+    def _refine(self, features: np.ndarray | torch.Tensor, size: tuple[int, int], frame: RGBD, uv: np.ndarray,
+                score: np.ndarray, xyz: np.ndarray, visible: np.ndarray):
+        """Visible keypoints moved to the best of their reference and views within refine_px
+        (a block turned away from its reference: the reference descriptor peaks 5-10 px
+        off, toward where the point faced in the reference image), lifted again there;
+        a keypoint without depth at its refined pixel, or with depth of another surface
+        (EDGE_GAP_M nearer or farther: the fingers beside it), stays where it was found. Views
+        only refine: where a keypoint is searched for (and whether it is found) stays the
+        reference's, so views add no look-alikes. Returns (uv (N, 2), score (N,), xyz (N, 3))."""
+        one = features.cpu() if isinstance(features, torch.Tensor) else features
+        fine_uv, fine_score = self.refiner.refine(one, size, uv, visible, self.config.refine_px)
+        fine_xyz, lifted = lift(fine_uv, frame.depth, frame.K, frame.T_base_camera, self.config.depth_radius)
+        moved = visible & lifted
+        if moved.any():  # on the surface it was found on (a pixel nearer the fingers beside it reads them)
+            _, z_found = project(frame.K, frame.T_base_camera, np.where(moved[:, None], xyz, 0.0))
+            _, z_fine = project(frame.K, frame.T_base_camera, np.where(moved[:, None], fine_xyz, 0.0))
+            moved &= np.abs(z_fine - z_found) <= EDGE_GAP_M
+        return (np.where(moved[:, None], fine_uv, uv), np.where(moved, fine_score, score).astype(np.float32),
+                np.where(moved[:, None], fine_xyz, xyz))
+
     def detect(self, frames: list[RGBD], features: np.ndarray | torch.Tensor,
                grippers: list[GripperState | None] | None = None) -> list[Keypoints]:
         """Keypoints of B frames from their (B, C, h, w) patch features (one image size);
@@ -329,7 +394,9 @@ class KeypointDetector:
         for b, frame in enumerate(frames):
             reaches = self.permanence.reaches(frame, None if grippers is None else grippers[b])
             if matches is not None:
-                uv, score, verified = self._choose(matches.candidate_uv[b], matches.candidate_score[b], reaches)
+                candidate_uv, candidate_score = self._first_sightings(features[b:b + 1], size, reaches, matches.candidate_uv[b],
+                                                                     matches.candidate_score[b])
+                uv, score, verified = self._choose(candidate_uv, candidate_score, reaches)
                 valid = matches.valid[b]
             elif self.tracker is not None:
                 uv, score, verified, valid = self._track(frame, features[b:b + 1], size, reaches)
@@ -339,6 +406,8 @@ class KeypointDetector:
             visible = has_depth & valid & (score >= self.min_score) & verified
             verified &= self._within_reach(xyz, visible, reaches)
             visible &= verified
+            if self.refiner is not None and visible.any():
+                uv, score, xyz = self._refine(features[b], size, frame, uv, score, xyz, visible)
             xyz[~visible] = np.nan
             self.permanence.update(xyz, visible)
             reasons = Reasons(score >= self.min_score, verified, has_depth)

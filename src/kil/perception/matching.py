@@ -558,6 +558,26 @@ class Matcher:
         d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), _EPS)
         return self._best_view(np.einsum("mc,mc->m", d[self.owner], self.references), 0)
 
+    def refine(self, features: np.ndarray | torch.Tensor, image_size: tuple[int, int], uv: np.ndarray,
+               which: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each keypoint of `which` (N,) bool moved to the pixel of highest similarity (the
+        best of its descriptors) within `radius` px of uv (N, 2); (uv (N, 2), score (N,)
+        there, NaN for the others). features: (C, h, w) of one frame of image_size (H, W)."""
+        H, W = image_size
+        offsets = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1).reshape(-1, 2)
+        out_uv, out_score = np.array(uv, np.float64, copy=True), np.full(len(uv), np.nan)
+        for n in np.flatnonzero(which):
+            window = np.round(uv[n]) + offsets
+            window = window[(window[:, 0] >= 0) & (window[:, 0] < W) & (window[:, 1] >= 0) & (window[:, 1] < H)]
+            if not len(window):
+                continue
+            d = sample_descriptors(features, window, image_size).astype(np.float64)
+            d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), _EPS)
+            similarity = (d @ self.references[self._views[n]].T).max(1)  # (P,) best of its descriptors
+            best = int(np.argmax(similarity))
+            out_uv[n], out_score[n] = window[best], similarity[best]
+        return out_uv, out_score
+
     def _merge_views(self, uv: np.ndarray, score: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(uv (N, count, 2), score (N, count)) of one frame from its descriptors' candidates
         (M, K, ...): per keypoint the best places over its views, best first, a place found
