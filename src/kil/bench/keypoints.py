@@ -229,15 +229,6 @@ LEGEND = ("px and mm over keypoints the truth sees and the detector reports visi
           "not visible; hidden: not seen by the truth (arm, gripper, clutter, out of view).")
 
 
-def _episode_task(episode: Path) -> str:
-    from kil.data.episode import read_metadata
-
-    metadata = read_metadata(episode)
-    if metadata is None or not metadata.task:
-        raise ConfigError(f"{episode}: no kil_episode.yaml naming the task")
-    return metadata.task
-
-
 def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im",), spec: str | Path | None = None) -> int:
     """Recorded episodes in order, with object permanence and with every frame on its own
     (image matching; also with objects followed as rigid bodies, RIGID_M), by the task's
@@ -246,6 +237,7 @@ def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im
     first sighting (`DetectorConfig.views`); `extractions` besides im: instance matching
     and tracking, in order with object permanence, each as its keypoints node would run
     them. Each table gives the detection time per frame after feature extraction."""
+    from kil.data.episode import episode_task
     from kil.perception.features.base import load_extractor
     from kil.perception.keypoints import extraction_config
     from kil.perception.spec import load_spec
@@ -253,7 +245,7 @@ def run_episodes(backend: str, episodes_dir: Path, extractions: list[str] = ("im
     episodes = sorted(p for p in Path(episodes_dir).glob("episode_*") if p.is_dir())
     if not episodes:
         raise ConfigError(f"--episodes: no episode_* directories in {episodes_dir}")
-    with_views = bool(load_spec(spec or _episode_task(episodes[0])).views())  # checked before the long work
+    with_views = bool(load_spec(spec or episode_task(episodes[0], None, "--spec")[1]).views())  # checked before the long work
     console = Console(width=170)
     extractor = load_extractor(backend)
     settings = {}

@@ -566,16 +566,20 @@ class Matcher:
         H, W = image_size
         offsets = np.stack(np.meshgrid(np.arange(-radius, radius + 1), np.arange(-radius, radius + 1)), -1).reshape(-1, 2)
         out_uv, out_score = np.array(uv, np.float64, copy=True), np.full(len(uv), np.nan)
-        for n in np.flatnonzero(which):
-            window = np.round(uv[n]) + offsets
-            window = window[(window[:, 0] >= 0) & (window[:, 0] < W) & (window[:, 1] >= 0) & (window[:, 1] < H)]
-            if not len(window):
+        chosen = np.flatnonzero(which)
+        if not len(chosen):
+            return out_uv, out_score
+        windows = np.round(np.asarray(uv, np.float64)[chosen])[:, None] + offsets  # (n, P, 2)
+        inside = (windows[..., 0] >= 0) & (windows[..., 0] < W) & (windows[..., 1] >= 0) & (windows[..., 1] < H)
+        d = sample_descriptors(features, windows[inside], image_size).astype(np.float64)  # one sampling for every window
+        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), _EPS)
+        starts = np.concatenate([[0], np.cumsum(inside.sum(1))])
+        for i, n in enumerate(chosen):
+            if starts[i] == starts[i + 1]:
                 continue
-            d = sample_descriptors(features, window, image_size).astype(np.float64)
-            d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), _EPS)
-            similarity = (d @ self.references[self._views[n]].T).max(1)  # (P,) best of its descriptors
+            similarity = (d[starts[i]:starts[i + 1]] @ self.references[self._views[n]].T).max(1)  # (P,) best of its descriptors
             best = int(np.argmax(similarity))
-            out_uv[n], out_score[n] = window[best], similarity[best]
+            out_uv[n], out_score[n] = windows[i][inside[i]][best], similarity[best]
         return out_uv, out_score
 
     def _merge_views(self, uv: np.ndarray, score: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
