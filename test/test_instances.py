@@ -4,6 +4,8 @@ without an instance is not visible (the policy's padding)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -187,3 +189,30 @@ def test_the_detector_loads_its_segmenter_and_tracker_on_the_device_it_is_given(
     assert KeypointDetector(refs, config).instances.segmenter.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ConfigError, match="device"):
         KeypointDetector(refs, config, device="tpu")
+
+
+@pytest.mark.parametrize("views", ["initial", "refine"])
+def test_an_object_not_tracked_yet_is_searched_with_its_views_inside_its_instances(views):
+    """Instance matching with a spec's views. First frame: only the tray is in view, found by
+    its reference (every object untracked). A frame later the block appears turned (its
+    views' descriptors there, unlike its reference's) while the tray is tracked: the block,
+    not tracked yet, is searched with its views too and found ("initial"); with the views
+    only refining ("refine") it is not. The tray is found by its reference either way."""
+    refs, block, tray = references(categories=2)
+    rng = np.random.default_rng(7)
+    turned = rng.standard_normal((4, 32))
+    turned -= turned @ np.concatenate([block, tray]).T @ np.concatenate([block, tray])  # unlike every reference descriptor
+    turned = (turned / np.linalg.norm(turned, axis=1, keepdims=True)).astype(np.float32)
+    refs = dataclasses.replace(refs, view_descriptors=turned, view_owner=np.arange(4))
+    detector = KeypointDetector(refs, DetectorConfig(instances=InstanceConfig(), views=views), Masks([((16, 16), 1)]))
+    first = detector.detect([frame(0.0)], features(tray, [(np.array([16, 16]), 1.0)]))[0]
+    assert not first.visible[:4].any() and first.visible[4:].all()
+    np.testing.assert_allclose(first.uv[4:], centres((16, 16)), atol=2)
+    detector.instances.segmenter = Masks([((4, 4), 0), ((16, 16), 1)])
+    later = detector.detect([frame(0.1)], features(turned, [(np.array([4, 4]), 1.0)], seed=1)
+                            + features(tray, [(np.array([16, 16]), 1.0)], seed=2))[0]
+    assert later.visible[4:].all()
+    np.testing.assert_allclose(later.uv[4:], centres((16, 16)), atol=2)
+    assert later.visible[:4].all() == (views == "initial") and later.visible[:4].any() == (views == "initial")
+    if views == "initial":
+        np.testing.assert_allclose(later.uv[:4], centres((4, 4)), atol=2)

@@ -280,10 +280,13 @@ class KeypointDetector:
             uv, score, verified = self._choose(*self._first_sightings(one, size, reaches, matches.candidate_uv[0],
                                                                       matches.candidate_score[0]), reaches)
         else:
-            similarity = self.matcher.similarity(one, size)[0]
             untracked = self._untracked(reaches)
-            if untracked.any():
-                similarity = np.where(untracked[:, None, None], self.refiner.similarity(one, size)[0], similarity)
+            if untracked.all():  # every object searched with its views (each stream's first frame): one matcher
+                similarity = self.refiner.similarity(one, size)[0]
+            else:
+                similarity = self.matcher.similarity(one, size)[0]
+                if untracked.any():
+                    similarity = np.where(untracked[:, None, None], self.refiner.similarity(one, size)[0], similarity)
             uv, score, verified, _ = self.instances.choose(frame, similarity, reaches, self.min_score)
         return uv, score, verified & finite, np.full(len(score), finite)
 
